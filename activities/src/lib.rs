@@ -1,0 +1,250 @@
+//! The activities of the `AgentExecution` workflow and everything they touch: the store, the
+//! live output hub, and the execution backends.
+//!
+//! `exec` is deliberately not idempotent: it claims the execution in the store (`queued →
+//! running`) before spawning anything, so a retry after a lost worker finds the claim and
+//! reports the loss instead of silently running the command a second time.
+
+pub mod hub;
+pub mod local;
+pub mod output;
+pub mod store;
+
+use hub::{Hub, HubEvent};
+use local::{Ended, StopReason, Stopper};
+use output::OutputSink;
+use std::sync::Arc;
+use std::time::Duration;
+use stigmer_workflows::{ExecutionInput, ExecutionResult, Mode, Status};
+use store::{StartClaim, Store, StoreError};
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+/// Default bound on the output the store keeps per execution.
+pub const DEFAULT_OUTPUT_RETAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How often `exec` heartbeats (the workflow's heartbeat timeout is 5 s).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// What the activities need from the worker that hosts them.
+#[derive(Clone)]
+pub struct Activities {
+    store: Store,
+    hub: Hub,
+    worker_id: String,
+    output_retain_bytes: u64,
+}
+
+impl Activities {
+    #[must_use]
+    pub fn new(store: Store, hub: Hub, worker_id: String, output_retain_bytes: u64) -> Self {
+        Self {
+            store,
+            hub,
+            worker_id,
+            output_retain_bytes,
+        }
+    }
+
+    /// Runs the command of `input` to its end and records the result.
+    async fn run_exec(
+        &self,
+        ctx: &ActivityContext,
+        input: ExecutionInput,
+    ) -> Result<ExecutionResult, ActivityError> {
+        let attempt = ctx.info().attempt;
+        let id = input.id.clone();
+        match self
+            .store
+            .mark_started(&id, &self.worker_id, attempt)
+            .await
+            .map_err(retryable)?
+        {
+            StartClaim::Claimed => {}
+            StartClaim::AlreadyFinished(result) => return Ok(result),
+            StartClaim::Missing => {
+                return Err(non_retryable(format!(
+                    "execution {id} is not in the store {}; was it started against another store?",
+                    self.store.display_url()
+                )));
+            }
+            StartClaim::AlreadyStarted { worker_id } if !input.retry_exec => {
+                let who = worker_id.unwrap_or_else(|| "unknown".into());
+                let lost = ExecutionResult::ended(
+                    &id,
+                    Status::Failed,
+                    &format!(
+                        "the worker running the command ({who}) was lost while it ran; \
+                         the command was not re-run (use --retry-exec to allow that)"
+                    ),
+                );
+                return self.store.finish(&lost, None).await.map_err(retryable);
+            }
+            StartClaim::AlreadyStarted { .. } => {
+                self.store
+                    .mark_restarted(&id, &self.worker_id, attempt)
+                    .await
+                    .map_err(retryable)?;
+            }
+        }
+
+        let env = self.store.execution_env(&id).await.map_err(retryable)?;
+        let mut sink = OutputSink::new(
+            self.store.clone(),
+            self.hub.clone(),
+            &id,
+            self.output_retain_bytes,
+        );
+        if attempt > 1 {
+            // A deliberate re-run appends after what the lost attempt stored.
+            if let Ok(chunks) = self.store.read_output(&id, -1, i64::MAX).await
+                && let Some(last) = chunks.last()
+            {
+                sink.resume_after(last.seq);
+            }
+        }
+
+        let stop = Stopper::new();
+        let heartbeats = spawn_heartbeats(ctx.clone(), stop.clone());
+        let timer = input.timeout_secs.map(|secs| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                stop.stop(StopReason::TimedOut);
+            })
+        });
+
+        let ended = match input.effective_mode {
+            Mode::Local => {
+                local::run(&input.command.argv(), &input.workdir, &env, &mut sink, &stop).await
+            }
+            other => Ok(Ended::Failed {
+                exit_code: None,
+                reason: format!("{other} mode is not available on this worker"),
+            }),
+        };
+        heartbeats.abort();
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => Ended::Failed {
+                exit_code: None,
+                reason: format!("could not record the command's output: {e}"),
+            },
+        };
+        let totals = sink.finish().await.ok();
+        let result = result_of(&id, &ended, input.timeout_secs);
+        let summary = totals.map(|t| store::OutputSummary {
+            bytes: t.bytes as i64,
+            dropped: t.dropped as i64,
+            sha256: Some(t.sha256),
+        });
+        let recorded = self
+            .store
+            .finish(&result, summary.as_ref())
+            .await
+            .map_err(retryable)?;
+        self.hub
+            .publish(&id, HubEvent::Ended(recorded.clone()), &Default::default())
+            .await;
+        if ended == Ended::Cancelled {
+            return Err(ActivityError::cancelled());
+        }
+        Ok(recorded)
+    }
+}
+
+#[activities]
+impl Activities {
+    #[activity(definition = stigmer_workflows::activity_defs::Exec)]
+    pub async fn exec(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: ExecutionInput,
+    ) -> Result<ExecutionResult, ActivityError> {
+        self.run_exec(&ctx, input).await
+    }
+
+    #[activity(definition = stigmer_workflows::activity_defs::Finish)]
+    pub async fn finish(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        result: ExecutionResult,
+    ) -> Result<ExecutionResult, ActivityError> {
+        let recorded = self.store.finish(&result, None).await.map_err(retryable)?;
+        self.hub
+            .publish(
+                &result.id,
+                HubEvent::Ended(recorded.clone()),
+                &Default::default(),
+            )
+            .await;
+        Ok(recorded)
+    }
+}
+
+/// Heartbeats until aborted, and turns Temporal's cancellation into a stop.
+fn spawn_heartbeats(ctx: ActivityContext, stop: Stopper) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                () = ctx.cancelled() => {
+                    stop.stop(StopReason::Cancelled);
+                    return;
+                }
+                _ = tick.tick() => {
+                    let _ = ctx.record_heartbeat(()).await;
+                }
+            }
+        }
+    })
+}
+
+fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionResult {
+    match ended {
+        Ended::Exited(0) => ExecutionResult {
+            id: id.to_string(),
+            status: Status::Succeeded,
+            exit_code: Some(0),
+            error: None,
+        },
+        Ended::Exited(code) => ExecutionResult {
+            id: id.to_string(),
+            status: Status::Failed,
+            exit_code: Some(*code),
+            error: None,
+        },
+        Ended::TimedOut => ExecutionResult::ended(
+            id,
+            Status::TimedOut,
+            &format!(
+                "timed out after {} s; the command and its process group were killed",
+                timeout_secs.unwrap_or(0)
+            ),
+        ),
+        Ended::Cancelled => ExecutionResult::ended(
+            id,
+            Status::Cancelled,
+            "cancelled by request; the command and its process group were killed",
+        ),
+        Ended::Failed { exit_code, reason } => ExecutionResult {
+            id: id.to_string(),
+            status: Status::Failed,
+            exit_code: *exit_code,
+            error: Some(reason.clone()),
+        },
+    }
+}
+
+fn retryable(e: StoreError) -> ActivityError {
+    ActivityError::from(anyhow::Error::from(e))
+}
+
+fn non_retryable(message: String) -> ActivityError {
+    ActivityError::application(ApplicationFailure::non_retryable(message))
+}

@@ -1,0 +1,70 @@
+//! The live output hub: how a client waiting on the daemon's socket sees a command's output as it
+//! is produced, without polling. The `exec` activity publishes into it; the socket handler that
+//! started the execution subscribes before starting it. Each subscriber has a bounded queue, so
+//! a slow client slows the command (as a terminal would) instead of growing memory.
+
+use crate::output::StreamKind;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use stigmer_workflows::ExecutionResult;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Chunks queued per subscriber (each at most 64 KiB).
+const QUEUE: usize = 64;
+
+/// What a subscriber receives.
+#[derive(Debug)]
+pub enum HubEvent {
+    Output { stream: StreamKind, data: Vec<u8> },
+    /// A human-readable line about the execution (goes to the client's stderr).
+    Notice(String),
+    /// The command ended; the result is also in the store and the workflow's result.
+    Ended(ExecutionResult),
+}
+
+/// Shared between the worker's activities and the daemon's socket handlers.
+#[derive(Clone, Default)]
+pub struct Hub {
+    subscribers: Arc<Mutex<HashMap<String, mpsc::Sender<HubEvent>>>>,
+}
+
+impl Hub {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to an execution's events; call before starting it so nothing is missed.
+    #[must_use]
+    pub fn subscribe(&self, execution_id: &str) -> mpsc::Receiver<HubEvent> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.insert(execution_id.to_string(), tx);
+        }
+        rx
+    }
+
+    pub fn unsubscribe(&self, execution_id: &str) {
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.remove(execution_id);
+        }
+    }
+
+    /// Delivers an event to the execution's subscriber, if any, waiting for room in its queue
+    /// unless `cancel` fires. A subscriber that went away is forgotten.
+    pub async fn publish(&self, execution_id: &str, event: HubEvent, cancel: &CancellationToken) {
+        let sender = match self.subscribers.lock() {
+            Ok(subs) => subs.get(execution_id).cloned(),
+            Err(_) => None,
+        };
+        let Some(sender) = sender else { return };
+        let gone = tokio::select! {
+            sent = sender.send(event) => sent.is_err(),
+            () = cancel.cancelled() => false,
+        };
+        if gone {
+            self.unsubscribe(execution_id);
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! The SQL store: executions (the audit record), their output, and container leases.
+//!
+//! One set of queries serves SQLite (the default, one file under the data dir) and Postgres
+//! (many workers): placeholders are `$N`, which both accept, timestamps are unix milliseconds,
+//! and `with_pool!` expands each query once per backend so the SQL is written once.
+//! SQLite write transactions begin `IMMEDIATE` so two writers never deadlock upgrading a lock.
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use stigmer_workflows::{ExecutionResult, Status};
+
+/// Errors of the store, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not open the store at {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("could not migrate the store at {url}: {source}")]
+    Migrate {
+        url: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("unsupported STIGMER_DATABASE_URL {0:?}: use sqlite:PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("the store has no tables yet ({0}); start the daemon (`stigmer server start`) or a worker once to create them")]
+    NotInitialized(String),
+    #[error("store query failed ({what}): {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored value is corrupt ({0})")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever backend the store uses; the query text and
+/// bindings are written once and compiled for both.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Milliseconds since the Unix epoch, the store's timestamp unit.
+#[must_use]
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+    url: String,
+    store_id: String,
+}
+
+/// A new execution, as the daemon or client records it before starting the workflow.
+#[derive(Clone, Debug, Default)]
+pub struct NewExecution {
+    pub id: String,
+    pub workflow_id: String,
+    pub command: String,
+    pub argv: Option<Vec<String>>,
+    pub workdir: String,
+    pub requested_mode: String,
+    pub effective_mode: String,
+    pub reason: String,
+    pub os_user: Option<String>,
+    pub ci_identity: Option<String>,
+    pub client_host: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub env: Vec<(String, String)>,
+}
+
+/// An execution as stored: what `executions show` prints.
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub workflow_id: String,
+    pub run_id: Option<String>,
+    pub command: String,
+    pub workdir: String,
+    pub requested_mode: String,
+    pub effective_mode: String,
+    pub reason: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub os_user: Option<String>,
+    pub ci_identity: Option<String>,
+    pub client_host: Option<String>,
+    pub worker_id: Option<String>,
+    pub attempt: i64,
+    pub timeout_secs: Option<i64>,
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
+    pub container_id: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub output_bytes: i64,
+    pub output_dropped: i64,
+    pub output_sha256: Option<String>,
+}
+
+impl ExecutionRecord {
+    #[must_use]
+    pub fn status(&self) -> Option<Status> {
+        Status::parse(&self.status)
+    }
+
+    /// The execution's result as the workflow would report it.
+    #[must_use]
+    pub fn result(&self) -> ExecutionResult {
+        ExecutionResult {
+            id: self.id.clone(),
+            status: self.status().unwrap_or(Status::Failed),
+            exit_code: self.exit_code.map(|c| c as i32),
+            error: self.error.clone(),
+        }
+    }
+}
+
+const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
+    effective_mode, reason, status, exit_code, error, os_user, ci_identity, client_host, \
+    worker_id, attempt, timeout_secs, image, image_digest, container_id, created_at, started_at, \
+    finished_at, output_bytes, output_dropped, output_sha256";
+
+/// What `mark_started` found.
+#[derive(Debug)]
+pub enum StartClaim {
+    /// The row moved to `running` now: spawn the command.
+    Claimed,
+    /// A previous attempt already started the command (its worker may be gone).
+    AlreadyStarted { worker_id: Option<String> },
+    /// The execution already has a terminal state (a retry after it was recorded).
+    AlreadyFinished(ExecutionResult),
+    /// No such execution in the store.
+    Missing,
+}
+
+/// One stored piece of output.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutputChunk {
+    pub seq: i64,
+    pub stream: String,
+    pub data: Vec<u8>,
+}
+
+/// Totals of an execution's output, recorded when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct OutputSummary {
+    pub bytes: i64,
+    pub dropped: i64,
+    pub sha256: Option<String>,
+}
+
+impl Store {
+    /// Opens the store at `url` (`sqlite:PATH` or `postgres://…`). Only the daemon and workers
+    /// pass `migrate = true`; clients open an existing store.
+    pub async fn open(url: &str, migrate: bool) -> Result<Self> {
+        let open_err = |source| StoreError::Open {
+            url: redact_url(url),
+            source,
+        };
+        let pool = if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+                .map_err(open_err)?
+                .create_if_missing(migrate)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .min_connections(1)
+                .connect_with(options)
+                .await
+                .map_err(open_err)?;
+            Pool::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(open_err)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .map_err(open_err)?;
+            Pool::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let mut store = Self {
+            pool,
+            url: url.to_string(),
+            store_id: String::new(),
+        };
+        if migrate {
+            store.migrate().await?;
+        }
+        store.store_id = store.load_store_id().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mig_err = |source| StoreError::Migrate {
+            url: redact_url(&self.url),
+            source,
+        };
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite")
+                .run(pool)
+                .await
+                .map_err(mig_err)?,
+            Pool::Postgres(pool) => sqlx::migrate!("../migrations/postgres")
+                .run(pool)
+                .await
+                .map_err(mig_err)?,
+        }
+        // The store id labels every container this installation makes, so a reaper only ever
+        // touches its own. Generated once; the first writer wins.
+        let candidate = ulid::Ulid::new().to_string().to_lowercase();
+        with_pool!(self, pool => sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('store_id', $1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&candidate)
+        .execute(pool)
+        .await
+        .map_err(q("create store id"))?.rows_affected());
+        Ok(())
+    }
+
+    async fn load_store_id(&self) -> Result<String> {
+        let row: std::result::Result<Option<(String,)>, sqlx::Error> = with_pool!(self, pool =>
+            sqlx::query_as("SELECT value FROM meta WHERE key = 'store_id'")
+                .fetch_optional(pool)
+                .await);
+        match row {
+            Ok(Some((id,))) => Ok(id),
+            Ok(None) => Err(StoreError::NotInitialized(redact_url(&self.url))),
+            Err(e) if is_missing_table(&e) => {
+                Err(StoreError::NotInitialized(redact_url(&self.url)))
+            }
+            Err(e) => Err(StoreError::Query {
+                what: "read store id",
+                source: e,
+            }),
+        }
+    }
+
+    /// This installation's id (labels its containers).
+    #[must_use]
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// The URL with any password removed, for messages.
+    #[must_use]
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// The statement that opens a write transaction: SQLite takes the write lock up front.
+    fn begin_write(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "BEGIN IMMEDIATE",
+            Pool::Postgres(_) => "BEGIN",
+        }
+    }
+
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Records a new execution as `queued`, with its environment (kept until it ends).
+    pub async fn insert_execution(&self, new: &NewExecution) -> Result<()> {
+        let argv = new
+            .argv
+            .as_ref()
+            .map(|a| serde_json::to_string(a).unwrap_or_default());
+        let env: serde_json::Map<String, serde_json::Value> = new
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let env = serde_json::Value::Object(env).to_string();
+        with_pool!(self, pool => sqlx::query(
+            "INSERT INTO executions (id, workflow_id, command, argv, workdir, requested_mode, \
+             effective_mode, reason, status, os_user, ci_identity, client_host, timeout_secs, env, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&new.id)
+        .bind(&new.workflow_id)
+        .bind(&new.command)
+        .bind(argv)
+        .bind(&new.workdir)
+        .bind(&new.requested_mode)
+        .bind(&new.effective_mode)
+        .bind(&new.reason)
+        .bind(&new.os_user)
+        .bind(&new.ci_identity)
+        .bind(&new.client_host)
+        .bind(new.timeout_secs.map(|t| t as i64))
+        .bind(env)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map_err(q("insert execution"))?.rows_affected());
+        Ok(())
+    }
+
+    /// Records the Temporal run id once the workflow has started.
+    pub async fn set_run_id(&self, id: &str, run_id: &str) -> Result<()> {
+        with_pool!(self, pool => sqlx::query("UPDATE executions SET run_id = $1 WHERE id = $2")
+            .bind(run_id)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map_err(q("record run id"))?.rows_affected());
+        Ok(())
+    }
+
+    pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
+        with_pool!(self, pool => sqlx::query_as::<_, ExecutionRecord>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("read execution")))
+    }
+
+    /// The most recent executions first.
+    pub async fn list_executions(&self, limit: i64) -> Result<Vec<ExecutionRecord>> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions ORDER BY created_at DESC, id DESC LIMIT $1"
+        );
+        with_pool!(self, pool => sqlx::query_as::<_, ExecutionRecord>(&sql)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(q("list executions")))
+    }
+
+    /// The environment values recorded for an execution (empty once it has ended).
+    pub async fn execution_env(&self, id: &str) -> Result<Vec<(String, String)>> {
+        let row: Option<(Option<String>,)> = with_pool!(self, pool =>
+            sqlx::query_as("SELECT env FROM executions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(q("read environment"))?);
+        let Some((Some(json),)) = row else {
+            return Ok(Vec::new());
+        };
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("environment of {id}: {e}")))?;
+        Ok(map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+            .collect())
+    }
+
+    /// Claims the right to spawn the command: `queued → running`, recorded before anything is
+    /// spawned, in one atomic update. A second attempt finds the row already `running`.
+    pub async fn mark_started(&self, id: &str, worker_id: &str, attempt: u32) -> Result<StartClaim> {
+        let claimed = with_pool!(self, pool => sqlx::query(
+            "UPDATE executions SET status = 'running', started_at = $1, worker_id = $2, attempt = $3 \
+             WHERE id = $4 AND status = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(worker_id)
+        .bind(i64::from(attempt))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(q("mark execution started"))?.rows_affected());
+        if claimed == 1 {
+            return Ok(StartClaim::Claimed);
+        }
+        let Some(record) = self.get_execution(id).await? else {
+            return Ok(StartClaim::Missing);
+        };
+        match record.status() {
+            Some(s) if s.is_terminal() => Ok(StartClaim::AlreadyFinished(record.result())),
+            _ => Ok(StartClaim::AlreadyStarted {
+                worker_id: record.worker_id,
+            }),
+        }
+    }
+
+    /// Re-claims a started execution for a deliberate re-run (`--retry-exec`).
+    pub async fn mark_restarted(&self, id: &str, worker_id: &str, attempt: u32) -> Result<()> {
+        with_pool!(self, pool => sqlx::query(
+            "UPDATE executions SET status = 'running', started_at = $1, worker_id = $2, attempt = $3 \
+             WHERE id = $4 AND status IN ('queued', 'running')",
+        )
+        .bind(now_ms())
+        .bind(worker_id)
+        .bind(i64::from(attempt))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(q("mark execution restarted"))?.rows_affected());
+        Ok(())
+    }
+
+    /// Records where a sandbox execution ran.
+    pub async fn set_placement(
+        &self,
+        id: &str,
+        image: Option<&str>,
+        image_digest: Option<&str>,
+        container_id: Option<&str>,
+        lease_id: Option<&str>,
+    ) -> Result<()> {
+        with_pool!(self, pool => sqlx::query(
+            "UPDATE executions SET image = COALESCE($1, image), image_digest = COALESCE($2, image_digest), \
+             container_id = COALESCE($3, container_id), lease_id = COALESCE($4, lease_id) WHERE id = $5",
+        )
+        .bind(image)
+        .bind(image_digest)
+        .bind(container_id)
+        .bind(lease_id)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(q("record placement"))?.rows_affected());
+        Ok(())
+    }
+
+    /// Records the terminal state once; a row already terminal keeps its first outcome, which is
+    /// returned. The environment is wiped here.
+    pub async fn finish(
+        &self,
+        result: &ExecutionResult,
+        output: Option<&OutputSummary>,
+    ) -> Result<ExecutionResult> {
+        let (bytes, dropped, sha) = match output {
+            Some(o) => (Some(o.bytes), Some(o.dropped), o.sha256.clone()),
+            None => (None, None, None),
+        };
+        with_pool!(self, pool => sqlx::query(
+            "UPDATE executions SET status = $1, exit_code = $2, error = $3, finished_at = $4, \
+             output_bytes = COALESCE($5, output_bytes), output_dropped = COALESCE($6, output_dropped), \
+             output_sha256 = COALESCE($7, output_sha256), env = NULL \
+             WHERE id = $8 AND status IN ('queued', 'running')",
+        )
+        .bind(result.status.as_str())
+        .bind(result.exit_code.map(i64::from))
+        .bind(&result.error)
+        .bind(now_ms())
+        .bind(bytes)
+        .bind(dropped)
+        .bind(sha)
+        .bind(&result.id)
+        .execute(pool)
+        .await
+        .map_err(q("record execution result"))?.rows_affected());
+        match self.get_execution(&result.id).await? {
+            Some(record) => Ok(record.result()),
+            None => Ok(result.clone()),
+        }
+    }
+
+    /// Appends output chunks (seq numbers chosen by the one writer of an execution).
+    pub async fn append_output(&self, id: &str, chunks: &[(i64, &str, &[u8])]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let at = now_ms();
+        let begin = self.begin_write();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_with(begin).await.map_err(q("begin output write"))?;
+            for (seq, stream, data) in chunks {
+                sqlx::query(
+                    "INSERT INTO output (execution_id, seq, stream, data, at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (execution_id, seq) DO NOTHING",
+                )
+                .bind(id)
+                .bind(seq)
+                .bind(stream)
+                .bind(*data)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("write output"))?;
+            }
+            tx.commit().await.map_err(q("commit output"))?;
+        });
+        Ok(())
+    }
+
+    /// Output chunks after `after_seq`, in order, at most `limit`.
+    pub async fn read_output(&self, id: &str, after_seq: i64, limit: i64) -> Result<Vec<OutputChunk>> {
+        with_pool!(self, pool => sqlx::query_as::<_, OutputChunk>(
+            "SELECT seq, stream, data FROM output WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(q("read output")))
+    }
+
+    /// Deletes output of executions that ended before `before_ms` (retention).
+    pub async fn prune_output(&self, before_ms: i64) -> Result<u64> {
+        with_pool!(self, pool => Ok(sqlx::query(
+            "DELETE FROM output WHERE execution_id IN \
+             (SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < $1)",
+        )
+        .bind(before_ms)
+        .execute(pool)
+        .await
+        .map_err(q("prune output"))?
+        .rows_affected()))
+    }
+
+    /// Records (or refreshes) a worker's liveness.
+    pub async fn heartbeat_worker(
+        &self,
+        id: &str,
+        host: &str,
+        engine_id: Option<&str>,
+        task_queue: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        with_pool!(self, pool => sqlx::query(
+            "INSERT INTO workers (id, host, pid, engine_id, task_queue, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = $6, engine_id = COALESCE($4, workers.engine_id), \
+             pid = $3, host = $2, task_queue = $5",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(i64::from(std::process::id()))
+        .bind(engine_id)
+        .bind(task_queue)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map_err(q("worker heartbeat"))?.rows_affected());
+        Ok(())
+    }
+}
+
+fn is_missing_table(e: &sqlx::Error) -> bool {
+    let text = e.to_string();
+    text.contains("no such table") || text.contains("does not exist")
+}
+
+/// Removes a password from a database URL so it can appear in messages.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((creds, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://stigmer:s3cret@db:5432/stigmer"),
+            "postgres://stigmer:***@db:5432/stigmer"
+        );
+        assert_eq!(redact_url("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+    }
+}
