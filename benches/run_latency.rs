@@ -1,0 +1,102 @@
+//! Benchmark (not a test): end-to-end latency of `stigmer run true` against a warm daemon,
+//! client process start included, beside a raw `sh -c true` spawn measured in the same run,
+//! and the daemon's idle memory. Run with `cargo bench --bench run_latency` (or `make bench`).
+//!
+//! The daemon is private to the run (its own data dir and Temporal ports) and stopped at the end.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 50;
+const WARMUP: usize = 5;
+
+fn stigmer() -> String {
+    // `cargo bench` builds the binary beside the bench executable.
+    let exe = std::env::current_exe().expect("bench path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("stigmer").display().to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn measure(mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..WARMUP {
+        f();
+    }
+    let mut samples: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    samples
+}
+
+fn report(name: &str, samples: &[Duration]) {
+    println!(
+        "{name:<38} median {:>8.2} ms   p95 {:>8.2} ms   min {:>8.2} ms   (n={})",
+        percentile(samples, 0.5).as_secs_f64() * 1e3,
+        percentile(samples, 0.95).as_secs_f64() * 1e3,
+        samples[0].as_secs_f64() * 1e3,
+        samples.len()
+    );
+}
+
+fn rss_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let bin = stigmer();
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = 30000 + (std::process::id() % 2000) as u16;
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.args(args)
+            .env("STIGMER_DATA_DIR", data.path())
+            .env("STIGMER_TEMPORAL_PORT", port.to_string())
+            .env("STIGMER_TEMPORAL_UI_PORT", (port + 1000).to_string())
+            .env_remove("TEMPORAL_ADDRESS")
+            .env_remove("STIGMER_DATABASE_URL")
+            .env_remove("STIGMER_EXECUTION_MODE")
+            .stdin(Stdio::null());
+        c
+    };
+    let started = cmd(&["server", "start", "--detach"]).status().expect("start daemon");
+    assert!(started.success(), "the daemon did not start");
+
+    println!("stigmer run latency (warm daemon, {RUNS} runs after {WARMUP} warm-up runs)");
+    let baseline = measure(|| {
+        let ok = Command::new("sh").args(["-c", "true"]).status().expect("sh");
+        assert!(ok.success());
+    });
+    report("baseline: sh -c true", &baseline);
+    let run = measure(|| {
+        let out = cmd(&["run", "true"]).stdout(Stdio::null()).status().expect("stigmer run");
+        assert!(out.success(), "stigmer run true failed");
+    });
+    report("stigmer run true (local mode)", &run);
+    let overhead = percentile(&run, 0.5).saturating_sub(percentile(&baseline, 0.5));
+    println!("{:<38} {:>8.2} ms over the baseline", "median overhead", overhead.as_secs_f64() * 1e3);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = std::fs::read_to_string(data.path().join("daemon.pid")).unwrap_or_default();
+    let pid = pid.trim();
+    println!(
+        "{:<38} {:>8.1} MB (target ≤ 60 MB); managed Temporal server not included",
+        "daemon idle RSS",
+        rss_kb(pid) as f64 / 1024.0
+    );
+    let _ = cmd(&["server", "stop"]).status();
+}

