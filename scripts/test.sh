@@ -55,7 +55,7 @@ cargo build --workspace --all-targets
 log "tests (SQLite store)"
 STIGMER_TEST_POSTGRES_URL= cargo test --workspace -- --test-threads "$THREADS"
 
-log "end-to-end suite again (Postgres store)"
-cargo test --test local_mode --test store -- --test-threads "$THREADS"
+log "end-to-end suites again (Postgres store)"
+cargo test --test local_mode --test store --test remote_worker -- --test-threads "$THREADS"
 
 log "all tests passed"

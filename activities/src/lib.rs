@@ -47,6 +47,17 @@ impl Activities {
         }
     }
 
+    /// A lost worker on this host may have left its command running: kill that process group.
+    async fn kill_leftover(&self, id: &str) {
+        let Ok(Some((worker, pgid, started))) = self.store.recorded_process(id).await else {
+            return;
+        };
+        let same_host = worker.rsplit_once('-').map(|(h, _)| h) == self.worker_id.rsplit_once('-').map(|(h, _)| h);
+        if same_host && local::kill_leftover_group(pgid as i32, started) {
+            tracing::warn!("killed process group {pgid} left running by lost worker {worker} ({id})");
+        }
+    }
+
     /// Runs the command of `input` to its end and records the result.
     async fn run_exec(
         &self,
@@ -70,6 +81,7 @@ impl Activities {
                 )));
             }
             StartClaim::AlreadyStarted { worker_id } if !input.retry_exec => {
+                self.kill_leftover(&id).await;
                 let who = worker_id.unwrap_or_else(|| "unknown".into());
                 let lost = ExecutionResult::ended(
                     &id,
@@ -82,6 +94,7 @@ impl Activities {
                 return self.store.finish(&lost, None).await.map_err(retryable);
             }
             StartClaim::AlreadyStarted { .. } => {
+                self.kill_leftover(&id).await;
                 self.store
                     .mark_restarted(&id, &self.worker_id, attempt)
                     .await
@@ -117,7 +130,17 @@ impl Activities {
 
         let ended = match input.effective_mode {
             Mode::Local => {
-                local::run(&input.command.argv(), &input.workdir, &env, &mut sink, &stop).await
+                let store = self.store.clone();
+                let exec_id = id.clone();
+                let on_spawn = move |pgid: i32| {
+                    if let Some(started) = local::process_start_time(pgid) {
+                        tokio::spawn(async move {
+                            let _ = store.record_process(&exec_id, i64::from(pgid), started).await;
+                        });
+                    }
+                };
+                local::run(&input.command.argv(), &input.workdir, &env, &mut sink, &stop, on_spawn)
+                    .await
             }
             other => Ok(Ended::Failed {
                 exit_code: None,

@@ -74,6 +74,7 @@ pub async fn run(
     env: &[(String, String)],
     sink: &mut OutputSink,
     stop: &Stopper,
+    on_spawn: impl FnOnce(i32),
 ) -> Result<Ended, StoreError> {
     let Some((program, args)) = argv.split_first() else {
         return Ok(Ended::Failed {
@@ -112,6 +113,9 @@ pub async fn run(
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let Some(pgid) = pgid {
+        on_spawn(pgid.as_raw());
+    }
 
     let (tx, mut rx) = mpsc::channel::<(StreamKind, Vec<u8>)>(16);
     if let Some(out) = child.stdout.take() {
@@ -186,6 +190,24 @@ async fn terminate_group(pgid: Pid) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+/// The start time of a process (clock ticks since boot, /proc/PID/stat field 22): with the pid
+/// it names one process, even after the pid is reused.
+#[must_use]
+pub fn process_start_time(pid: i32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process group `pgid` if its leader is still the process that started at
+/// `started` (so a reused pid is never hit). Returns whether something was killed.
+pub fn kill_leftover_group(pgid: i32, started: i64) -> bool {
+    if process_start_time(pgid) != Some(started) {
+        return false;
+    }
+    killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> i32 {

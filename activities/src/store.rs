@@ -196,6 +196,12 @@ impl Store {
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
         {
+            if migrate
+                && let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                let _ = std::fs::create_dir_all(dir);
+            }
             let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
                 .map_err(open_err)?
                 .create_if_missing(migrate)
@@ -435,6 +441,33 @@ impl Store {
         .await
         .map_err(q("mark execution restarted"))?.rows_affected());
         Ok(())
+    }
+
+    /// Records the process group a local command runs in, so a restarted worker on the same
+    /// host can kill what a lost one left running.
+    pub async fn record_process(&self, id: &str, pgid: i64, started: i64) -> Result<()> {
+        with_pool!(self, pool => sqlx::query("UPDATE executions SET pgid = $1, pgid_started = $2 WHERE id = $3")
+            .bind(pgid)
+            .bind(started)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map_err(q("record process group"))?.rows_affected());
+        Ok(())
+    }
+
+    /// The worker, process group and its start time recorded for an execution.
+    pub async fn recorded_process(&self, id: &str) -> Result<Option<(String, i64, i64)>> {
+        let row: Option<(Option<String>, Option<i64>, Option<i64>)> = with_pool!(self, pool =>
+            sqlx::query_as("SELECT worker_id, pgid, pgid_started FROM executions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(q("read process group"))?);
+        Ok(match row {
+            Some((Some(worker), Some(pgid), Some(started))) => Some((worker, pgid, started)),
+            _ => None,
+        })
     }
 
     /// Records where a sandbox execution ran.

@@ -29,6 +29,10 @@ CREATE TABLE executions (
     image_digest   TEXT,
     container_id   TEXT,
     lease_id       TEXT,
+    -- Process group and its start time (clock ticks) on the worker's host, for local commands:
+    -- lets a restarted worker kill what a lost one left running.
+    pgid           INTEGER,
+    pgid_started   INTEGER,
     -- JSON object of environment values; cleared when the execution ends.
     env            TEXT,
     created_at     INTEGER NOT NULL,

@@ -19,8 +19,9 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 /// Two free loopback ports (gRPC and UI) that no other test in this process will pick.
 fn free_port_pair() -> (u16, u16) {
     if NEXT_PORT.load(Ordering::SeqCst) == 0 {
-        // Spread test binaries apart by pid so parallel test processes rarely collide.
-        let base = 20000 + (std::process::id() % 400) as u16 * 100;
+        // Spread test binaries apart by pid so parallel test processes rarely collide, and stay
+        // below the kernel's ephemeral range (32768+), where servers pick their random ports.
+        let base = 15000 + (std::process::id() % 150) as u16 * 100;
         let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
     }
     loop {

@@ -1,0 +1,148 @@
+//! The scale-out deployment: a Temporal server the user runs, `stigmer worker` processes, and
+//! `stigmer run` with `TEMPORAL_ADDRESS` starting the workflow itself and following the output
+//! through the store. Also what happens when a worker dies with SIGKILL mid-command.
+
+mod common;
+
+use common::{Env, eventually, processes_matching, text};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Kills what the test started, whatever way it ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_temporal(env: &Env) -> Child {
+    let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
+    let child = Command::new(temporal)
+        .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "error"])
+        .args(["--port", &env.port.to_string()])
+        .args(["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("temporal CLI on PATH");
+    let address = format!("127.0.0.1:{}", env.port);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            Command::new(std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into()))
+                .args(["workflow", "list", "--limit", "1", "--address", &address])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        }),
+        "Temporal dev server did not answer"
+    );
+    child
+}
+
+fn start_worker(env: &Env) -> Child {
+    let mut cmd = env.cmd();
+    cmd.arg("worker").stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().expect("stigmer worker")
+}
+
+fn remote_env() -> Env {
+    let mut env = Env::new();
+    env.extra.push(("TEMPORAL_ADDRESS".into(), format!("127.0.0.1:{}", env.port)));
+    env
+}
+
+fn wait_terminal(env: &Env, id: &str, limit: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let done = eventually(limit, || {
+        last = env.show(id);
+        !matches!(last["status"].as_str(), Some("queued") | Some("running"))
+    });
+    assert!(done, "execution {id} is not terminal: {last}");
+    last
+}
+
+#[test]
+fn run_against_a_remote_cluster_follows_output_through_the_store() {
+    let env = remote_env();
+    let mut children = Children(vec![start_temporal(&env)]);
+    children.0.push(start_worker(&env));
+    // The worker creates the store; wait for it before the client opens it.
+    assert!(eventually(Duration::from_secs(30), || env.stigmer(&["executions", "list"]).status.success()));
+
+    let out = env.stigmer(&["run", "echo remote; echo err >&2; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "remote\n");
+    assert!(text(&out.stderr).contains("err\n"));
+    assert!(env.daemon_pid().is_none(), "no daemon is started when TEMPORAL_ADDRESS is set");
+
+    let out = env.stigmer(&["run", "--no-follow", "--output", "json", "echo queued-work"]);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record = wait_terminal(&env, &id, Duration::from_secs(30));
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(text(&env.stigmer(&["logs", &id]).stdout), "queued-work\n");
+}
+
+#[test]
+fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
+    let env = remote_env();
+    let mut children = Children(vec![start_temporal(&env)]);
+    children.0.push(start_worker(&env));
+    assert!(eventually(Duration::from_secs(30), || env.stigmer(&["executions", "list"]).status.success()));
+
+    let marker = "4545.4545";
+    let out = env.stigmer(&["run", "--no-follow", &format!("echo ran >> runs.txt; sleep {marker}")]);
+    let id = text(&out.stdout).trim().to_string();
+    assert!(eventually(Duration::from_secs(20), || !processes_matching(&format!("sleep {marker}")).is_empty()));
+
+    // The worker dies without a chance to clean up; a new one takes over.
+    children.0[1].kill().unwrap();
+    children.0[1].wait().unwrap();
+    children.0.push(start_worker(&env));
+
+    let record = wait_terminal(&env, &id, Duration::from_secs(60));
+    assert_eq!(record["status"], "failed", "{record}");
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("lost") && error.contains("--retry-exec"), "{error}");
+    let runs = std::fs::read_to_string(env.dir.path().join("runs.txt")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the command ran exactly once");
+    assert!(
+        eventually(Duration::from_secs(10), || processes_matching(&format!("sleep {marker}")).is_empty()),
+        "the lost worker's command was left running"
+    );
+}
+
+#[test]
+fn retry_exec_reruns_a_command_whose_worker_was_lost() {
+    let env = remote_env();
+    let mut children = Children(vec![start_temporal(&env)]);
+    children.0.push(start_worker(&env));
+    assert!(eventually(Duration::from_secs(30), || env.stigmer(&["executions", "list"]).status.success()));
+
+    let out = env.stigmer(&[
+        "run",
+        "--no-follow",
+        "--retry-exec",
+        "echo attempt >> attempts.txt; if [ $(wc -l < attempts.txt) -lt 2 ]; then sleep 4646.4646; fi; echo done",
+    ]);
+    let id = text(&out.stdout).trim().to_string();
+    assert!(eventually(Duration::from_secs(20), || !processes_matching("sleep 4646.4646").is_empty()));
+    children.0[1].kill().unwrap();
+    children.0[1].wait().unwrap();
+    children.0.push(start_worker(&env));
+
+    let record = wait_terminal(&env, &id, Duration::from_secs(60));
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["attempt"], 2);
+    let attempts = std::fs::read_to_string(env.dir.path().join("attempts.txt")).unwrap();
+    assert_eq!(attempts.lines().count(), 2);
+    assert!(text(&env.stigmer(&["logs", &id]).stdout).contains("done"));
+}
