@@ -73,22 +73,34 @@ fn main() {
             .stdin(Stdio::null());
         c
     };
-    let started = cmd(&["server", "start", "--detach"]).status().expect("start daemon");
+    let started = cmd(&["server", "start", "--detach"])
+        .status()
+        .expect("start daemon");
     assert!(started.success(), "the daemon did not start");
 
     println!("stigmer run latency (warm daemon, {RUNS} runs after {WARMUP} warm-up runs)");
     let baseline = measure(|| {
-        let ok = Command::new("sh").args(["-c", "true"]).status().expect("sh");
+        let ok = Command::new("sh")
+            .args(["-c", "true"])
+            .status()
+            .expect("sh");
         assert!(ok.success());
     });
     report("baseline: sh -c true", &baseline);
     let run = measure(|| {
-        let out = cmd(&["run", "true"]).stdout(Stdio::null()).status().expect("stigmer run");
+        let out = cmd(&["run", "true"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("stigmer run");
         assert!(out.success(), "stigmer run true failed");
     });
     report("stigmer run true (local mode)", &run);
     let overhead = percentile(&run, 0.5).saturating_sub(percentile(&baseline, 0.5));
-    println!("{:<38} {:>8.2} ms over the baseline", "median overhead", overhead.as_secs_f64() * 1e3);
+    println!(
+        "{:<38} {:>8.2} ms over the baseline",
+        "median overhead",
+        overhead.as_secs_f64() * 1e3
+    );
 
     std::thread::sleep(Duration::from_secs(2));
     let pid = std::fs::read_to_string(data.path().join("daemon.pid")).unwrap_or_default();

@@ -168,7 +168,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             daemon::run_worker(cfg).await?;
             Ok(0)
         }
-        Command::Logs { id, follow } => client::logs(&load_config(&Flags::new())?, &id, follow).await,
+        Command::Logs { id, follow } => {
+            client::logs(&load_config(&Flags::new())?, &id, follow).await
+        }
         Command::Executions(ExecutionsCommand::List { limit, output }) => {
             client::list(&load_config(&Flags::new())?, limit, output).await
         }
@@ -204,7 +206,10 @@ fn config_show(cfg: &Config, format: OutputFormat) {
 async fn server(cmd: ServerCommand) -> Result<i32> {
     let cfg = load_config(&Flags::new())?;
     match cmd {
-        ServerCommand::Start { detach, install_temporal } => {
+        ServerCommand::Start {
+            detach,
+            install_temporal,
+        } => {
             if install_temporal && !cfg.is_remote() && temporal_server::find_binary(&cfg).is_err() {
                 daemon::prepare_data_dir(&cfg.data_dir.value)?;
                 temporal_server::install(&cfg)?;
@@ -242,7 +247,11 @@ async fn server(cmd: ServerCommand) -> Result<i32> {
         }
         ServerCommand::Status { output } => {
             let pid = daemon::running_pid(&cfg);
-            let status = if pid.is_some() { daemon::ping(&cfg).await.ok() } else { None };
+            let status = if pid.is_some() {
+                daemon::ping(&cfg).await.ok()
+            } else {
+                None
+            };
             let temporal_pid = temporal_server::recorded_server(&cfg);
             match output {
                 OutputFormat::Json => println!(
@@ -299,17 +308,25 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             args.command.join(" "),
             args.command.join(" ")
         ))),
-        (_, _) => bail!(usage("give either a command string or a program after `--`, not both")),
+        (_, _) => bail!(usage(
+            "give either a command string or a program after `--`, not both"
+        )),
     };
     let workdir = match &args.workdir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().context("could not read the current directory")?,
     };
     let workdir = std::fs::canonicalize(&workdir).map_err(|e| {
-        usage(format!("--workdir {}: {e}; give an existing directory", workdir.display()))
+        usage(format!(
+            "--workdir {}: {e}; give an existing directory",
+            workdir.display()
+        ))
     })?;
     if !workdir.is_dir() {
-        bail!(usage(format!("--workdir {} is not a directory", workdir.display())));
+        bail!(usage(format!(
+            "--workdir {} is not a directory",
+            workdir.display()
+        )));
     }
     let mut extra = Vec::new();
     for pair in &args.env {
@@ -327,10 +344,21 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
     }
     let requested = cfg.execution_mode.value;
     let (effective, reason) = match requested {
-        RequestedMode::Local => (Mode::Local, format!("mode local ({})", cfg.execution_mode.source)),
-        RequestedMode::Sandbox => (Mode::Sandbox, format!("mode sandbox ({})", cfg.execution_mode.source)),
-        RequestedMode::Cloud => (Mode::Cloud, format!("mode cloud ({})", cfg.execution_mode.source)),
-        RequestedMode::Auto => bail!(usage("auto mode is not available in this build; use --mode local")),
+        RequestedMode::Local => (
+            Mode::Local,
+            format!("mode local ({})", cfg.execution_mode.source),
+        ),
+        RequestedMode::Sandbox => (
+            Mode::Sandbox,
+            format!("mode sandbox ({})", cfg.execution_mode.source),
+        ),
+        RequestedMode::Cloud => (
+            Mode::Cloud,
+            format!("mode cloud ({})", cfg.execution_mode.source),
+        ),
+        RequestedMode::Auto => bail!(usage(
+            "auto mode is not available in this build; use --mode local"
+        )),
     };
     // Local mode runs with the caller's environment; the sandbox sees only what is named.
     let env = if effective == Mode::Local {
@@ -355,7 +383,9 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
         retry_exec: args.retry_exec,
         os_user: client::os_user(),
         ci_identity: client::ci_identity(),
-        client_host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
+        client_host: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok()),
         sandbox: None,
     })
 }

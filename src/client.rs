@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::time::Duration;
 use stigmer_activities::store::{ExecutionRecord, Store};
-use stigmer_workflows::{AgentExecution, EXIT_CANCELLED, EXIT_INFRA_FAILURE, ExecutionResult, Status};
+use stigmer_workflows::{
+    AgentExecution, EXIT_CANCELLED, EXIT_INFRA_FAILURE, ExecutionResult, Status,
+};
 use temporalio_client::{WorkflowCancelOptions, WorkflowGetResultOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -29,12 +31,15 @@ pub enum OutputFormat {
 /// The identity of whoever runs the command, for the audit record.
 #[must_use]
 pub fn os_user() -> Option<String> {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(|| {
-        nix::unistd::User::from_uid(nix::unistd::getuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-    })
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
 }
 
 /// The CI system and run this is part of, from the variables CI systems set.
@@ -92,13 +97,22 @@ pub async fn run(cfg: &Config, request: RunRequest, format: OutputFormat) -> Res
             daemon::spawn_detached(cfg, false).await?;
             UnixStream::connect(cfg.socket_path())
                 .await
-                .with_context(|| format!("the daemon started but {} does not answer", cfg.socket_path().display()))?
+                .with_context(|| {
+                    format!(
+                        "the daemon started but {} does not answer",
+                        cfg.socket_path().display()
+                    )
+                })?
         }
     };
     run_via_daemon(stream, request, format).await
 }
 
-async fn run_via_daemon(stream: UnixStream, request: RunRequest, format: OutputFormat) -> Result<i32> {
+async fn run_via_daemon(
+    stream: UnixStream,
+    request: RunRequest,
+    format: OutputFormat,
+) -> Result<i32> {
     let (mut reader, mut writer) = stream.into_split();
     protocol::write_json(&mut writer, Tag::Request, &request).await?;
     let mut stdout = tokio::io::stdout();
@@ -180,7 +194,10 @@ impl Interrupts {
 
 fn print_started(started: &Started, format: OutputFormat) {
     match format {
-        OutputFormat::Json => println!("{}", json!({ "id": started.id, "workflow_id": started.workflow_id })),
+        OutputFormat::Json => println!(
+            "{}",
+            json!({ "id": started.id, "workflow_id": started.workflow_id })
+        ),
         OutputFormat::Text => println!("{}", started.id),
     }
 }
@@ -224,9 +241,13 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
         return Ok(0);
     }
     let handle = client.get_workflow_handle::<AgentExecution>(started.workflow_id.clone());
-    let result_handle = handle.client().get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
+    let result_handle = handle
+        .client()
+        .get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
     let mut workflow_result = Box::pin(async move {
-        result_handle.get_result(WorkflowGetResultOptions::default()).await
+        result_handle
+            .get_result(WorkflowGetResultOptions::default())
+            .await
     });
     let mut interrupts = Interrupts::new()?;
     let mut follower = Follower::new(&id);
@@ -268,7 +289,10 @@ struct Follower {
 
 impl Follower {
     fn new(id: &str) -> Self {
-        Self { id: id.to_string(), next: -1 }
+        Self {
+            id: id.to_string(),
+            next: -1,
+        }
     }
 
     /// Prints what is new; returns how many chunks were printed.
@@ -401,15 +425,24 @@ pub async fn list(cfg: &Config, limit: i64, format: OutputFormat) -> Result<i32>
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         OutputFormat::Text => {
-            println!("{:<30} {:<10} {:>4} {:<8} {:<24} COMMAND", "ID", "STATUS", "EXIT", "MODE", "CREATED");
+            println!(
+                "{:<30} {:<10} {:>4} {:<8} {:<24} COMMAND",
+                "ID", "STATUS", "EXIT", "MODE", "CREATED"
+            );
             for r in &records {
-                let exit = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                let exit = r
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into());
                 let created = rfc3339(Some(r.created_at)).unwrap_or_default();
                 let mut command = r.command.replace('\n', " ");
                 if command.chars().count() > 60 {
                     command = command.chars().take(57).collect::<String>() + "...";
                 }
-                println!("{:<30} {:<10} {:>4} {:<8} {:<24} {}", r.id, r.status, exit, r.effective_mode, created, command);
+                println!(
+                    "{:<30} {:<10} {:>4} {:<8} {:<24} {}",
+                    r.id, r.status, exit, r.effective_mode, created, command
+                );
             }
         }
     }

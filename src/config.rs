@@ -202,7 +202,8 @@ fn read_file(path: &Path, explicit: bool) -> Result<BTreeMap<String, String>> {
             return Ok(BTreeMap::new());
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("could not read config file {}", path.display()));
+            return Err(e)
+                .with_context(|| format!("could not read config file {}", path.display()));
         }
     };
     let table: toml::Table = text
@@ -399,19 +400,30 @@ impl Config {
     /// Every setting as (name, shown value, source), for `config show`. Secrets are masked.
     #[must_use]
     pub fn rows(&self) -> Vec<(&'static str, String, String)> {
-        fn row<T>(name: &'static str, s: &Setting<T>, show: impl Fn(&T) -> String) -> (&'static str, String, String) {
+        fn row<T>(
+            name: &'static str,
+            s: &Setting<T>,
+            show: impl Fn(&T) -> String,
+        ) -> (&'static str, String, String) {
             (name, show(&s.value), s.source.to_string())
         }
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
         vec![
             row("execution_mode", &self.execution_mode, |v| v.to_string()),
             row("sandbox_image", &self.sandbox_image, Clone::clone),
-            row("sandbox_auto_pull", &self.sandbox_auto_pull, bool::to_string),
+            row(
+                "sandbox_auto_pull",
+                &self.sandbox_auto_pull,
+                bool::to_string,
+            ),
             row("sandbox_cleanup", &self.sandbox_cleanup, bool::to_string),
             row("sandbox_ttl", &self.sandbox_ttl, u64::to_string),
-            row("sandbox_network", &self.sandbox_network, |v| v.as_str().into()),
+            row("sandbox_network", &self.sandbox_network, |v| {
+                v.as_str().into()
+            }),
             row("temporal_address", &self.temporal_address, |v| {
-                v.clone().unwrap_or_else(|| "(unset: managed dev server)".into())
+                v.clone()
+                    .unwrap_or_else(|| "(unset: managed dev server)".into())
             }),
             row("temporal_namespace", &self.temporal_namespace, Clone::clone),
             row("temporal_port", &self.temporal_port, u16::to_string),
@@ -426,9 +438,17 @@ impl Config {
                 stigmer_activities::store::redact_url(v)
             }),
             row("task_queue", &self.task_queue, Clone::clone),
-            row("output_retain_bytes", &self.output_retain_bytes, u64::to_string),
+            row(
+                "output_retain_bytes",
+                &self.output_retain_bytes,
+                u64::to_string,
+            ),
             row("daytona_api_key", &self.daytona_api_key, |v| {
-                if v.is_some() { "(set, hidden)".into() } else { "(unset)".into() }
+                if v.is_some() {
+                    "(set, hidden)".into()
+                } else {
+                    "(unset)".into()
+                }
             }),
             row("daytona_api_url", &self.daytona_api_url, Clone::clone),
             row("daytona_snapshot_id", &self.daytona_snapshot_id, opt),

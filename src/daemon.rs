@@ -17,14 +17,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use stigmer_activities::Activities;
 use stigmer_activities::hub::{Hub, HubEvent};
 use stigmer_activities::output::StreamKind;
 use stigmer_activities::store::{NewExecution, Store};
-use stigmer_activities::Activities;
-use stigmer_workflows::{
-    AgentExecution, ExecutionInput, ExecutionResult, Status, workflow_id,
+use stigmer_workflows::{AgentExecution, ExecutionInput, ExecutionResult, Status, workflow_id};
+use temporalio_client::{
+    Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions,
 };
-use temporalio_client::{Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -62,7 +62,11 @@ pub fn log_path(cfg: &Config) -> PathBuf {
 
 /// The pid of a live daemon for this data dir, if any.
 pub fn running_pid(cfg: &Config) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_path(cfg)).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_path(cfg))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     // The lock, not the pid file, says whether a daemon is alive: try to take it.
     let file = File::open(lock_path(cfg)).ok()?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -79,7 +83,10 @@ pub async fn ping(cfg: &Config) -> Result<DaemonStatus> {
     protocol::write_frame(&mut stream, Tag::Ping, b"").await?;
     match protocol::read_frame(&mut stream).await? {
         Some((Tag::Pong, body)) => Ok(serde_json::from_slice(&body)?),
-        other => bail!("unexpected answer from the daemon: {:?}", other.map(|f| f.0)),
+        other => bail!(
+            "unexpected answer from the daemon: {:?}",
+            other.map(|f| f.0)
+        ),
     }
 }
 
@@ -102,12 +109,17 @@ pub async fn spawn_detached(cfg: &Config, quiet: bool) -> Result<DaemonStatus> {
     // and no inherited pipe that would keep `out=$(stigmer run …)` waiting.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
         });
     }
     let mut child = command.spawn().context("could not start the daemon")?;
     if !quiet {
-        eprintln!("stigmer: starting the daemon (log: {})", log_path(cfg).display());
+        eprintln!(
+            "stigmer: starting the daemon (log: {})",
+            log_path(cfg).display()
+        );
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -189,7 +201,12 @@ fn build_worker(
     hub: Hub,
     worker_id: &str,
 ) -> Result<Worker> {
-    let activities = Activities::new(store, hub, worker_id.to_string(), cfg.output_retain_bytes.value);
+    let activities = Activities::new(
+        store,
+        hub,
+        worker_id.to_string(),
+        cfg.output_retain_bytes.value,
+    );
     let options = WorkerOptions::new(cfg.task_queue.value.clone())
         .register_workflow::<AgentExecution>()
         .context("could not register the AgentExecution workflow")?
@@ -237,7 +254,11 @@ async fn serve(cfg: Config) -> Result<()> {
         let managed = temporal_server::ensure_running(&cfg).await?;
         eprintln!(
             "stigmer: Temporal dev server {} (pid {}) at {}; Web UI: {}",
-            if managed.adopted { "adopted" } else { "started" },
+            if managed.adopted {
+                "adopted"
+            } else {
+                "started"
+            },
             managed.pid,
             cfg.temporal_target(),
             managed.ui_url
@@ -258,7 +279,14 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
     let hub = Hub::new();
     let runtime = Runtime::from_current_tokio(Default::default())
         .context("could not start the Temporal runtime")?;
-    let mut worker = build_worker(&runtime, cfg, client.clone(), store.clone(), hub.clone(), &worker_id)?;
+    let mut worker = build_worker(
+        &runtime,
+        cfg,
+        client.clone(),
+        store.clone(),
+        hub.clone(),
+        &worker_id,
+    )?;
     let shutdown_worker = worker.shutdown_handle();
 
     let socket = cfg.socket_path();
@@ -298,7 +326,11 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
             }
         }
     };
-    let heartbeat = liveness(store.clone(), worker_id.clone(), cfg.task_queue.value.clone());
+    let heartbeat = liveness(
+        store.clone(),
+        worker_id.clone(),
+        cfg.task_queue.value.clone(),
+    );
     let signals = async {
         wait_for_shutdown_signal().await;
         eprintln!("stigmer: shutting down");
@@ -335,7 +367,14 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
     let client = temporal_server::wait_ready(&cfg, Duration::from_secs(60), None).await?;
     let runtime = Runtime::from_current_tokio(Default::default())
         .context("could not start the Temporal runtime")?;
-    let mut worker = build_worker(&runtime, &cfg, client, store.clone(), Hub::new(), &worker_id)?;
+    let mut worker = build_worker(
+        &runtime,
+        &cfg,
+        client,
+        store.clone(),
+        Hub::new(),
+        &worker_id,
+    )?;
     let shutdown = worker.shutdown_handle();
     eprintln!(
         "stigmer: worker {worker_id} polling task queue {} on {} (store {})",
@@ -363,7 +402,10 @@ async fn liveness(store: Store, worker_id: String, task_queue: String) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        if let Err(e) = store.heartbeat_worker(&worker_id, &host, None, &task_queue).await {
+        if let Err(e) = store
+            .heartbeat_worker(&worker_id, &host, None, &task_queue)
+            .await
+        {
             tracing::warn!("could not record worker liveness: {e}");
         }
     }
@@ -371,8 +413,10 @@ async fn liveness(store: Store, worker_id: String, task_queue: String) {
 
 async fn wait_for_shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -467,7 +511,10 @@ pub async fn start_execution(
         .enable_eager_workflow_start(eager)
         .static_summary(input.display_command())
         .build();
-    let handle = match client.start_workflow(AgentExecution::run, input.clone(), options).await {
+    let handle = match client
+        .start_workflow(AgentExecution::run, input.clone(), options)
+        .await
+    {
         Ok(handle) => handle,
         Err(e) => {
             let failed = ExecutionResult::ended(
@@ -476,7 +523,9 @@ pub async fn start_execution(
                 &format!("could not start the workflow: {e}"),
             );
             let _ = store.finish(&failed, None).await;
-            return Err(anyhow::Error::new(e).context("could not start the AgentExecution workflow"));
+            return Err(
+                anyhow::Error::new(e).context("could not start the AgentExecution workflow")
+            );
         }
     };
     let run_id = handle.run_id().unwrap_or_default().to_string();
@@ -523,7 +572,9 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
     let handle = shared
         .client
         .get_workflow_handle::<AgentExecution>(started.workflow_id.clone());
-    let result_handle = handle.client().get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
+    let result_handle = handle
+        .client()
+        .get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
     let mut workflow_result = Box::pin(async move {
         result_handle
             .get_result(WorkflowGetResultOptions::default())

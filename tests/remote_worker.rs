@@ -23,9 +23,20 @@ impl Drop for Children {
 fn start_temporal(env: &Env) -> Child {
     let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
     let child = Command::new(temporal)
-        .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "error"])
+        .args([
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "error",
+        ])
         .args(["--port", &env.port.to_string()])
-        .args(["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"])
+        .args([
+            "--dynamic-config-value",
+            "history.transferProcessorMaxPollRPS=10000",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -33,12 +44,14 @@ fn start_temporal(env: &Env) -> Child {
     let address = format!("127.0.0.1:{}", env.port);
     assert!(
         eventually(Duration::from_secs(30), || {
-            Command::new(std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into()))
-                .args(["workflow", "list", "--limit", "1", "--address", &address])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+            Command::new(
+                std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into()),
+            )
+            .args(["workflow", "list", "--limit", "1", "--address", &address])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
         }),
         "Temporal dev server did not answer"
     );
@@ -47,13 +60,16 @@ fn start_temporal(env: &Env) -> Child {
 
 fn start_worker(env: &Env) -> Child {
     let mut cmd = env.cmd();
-    cmd.arg("worker").stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     cmd.spawn().expect("stigmer worker")
 }
 
 fn remote_env() -> Env {
     let mut env = Env::new();
-    env.extra.push(("TEMPORAL_ADDRESS".into(), format!("127.0.0.1:{}", env.port)));
+    env.extra
+        .push(("TEMPORAL_ADDRESS".into(), format!("127.0.0.1:{}", env.port)));
     env
 }
 
@@ -73,13 +89,19 @@ fn run_against_a_remote_cluster_follows_output_through_the_store() {
     let mut children = Children(vec![start_temporal(&env)]);
     children.0.push(start_worker(&env));
     // The worker creates the store; wait for it before the client opens it.
-    assert!(eventually(Duration::from_secs(30), || env.stigmer(&["executions", "list"]).status.success()));
+    assert!(eventually(Duration::from_secs(30), || env
+        .stigmer(&["executions", "list"])
+        .status
+        .success()));
 
     let out = env.stigmer(&["run", "echo remote; echo err >&2; exit 5"]);
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "remote\n");
     assert!(text(&out.stderr).contains("err\n"));
-    assert!(env.daemon_pid().is_none(), "no daemon is started when TEMPORAL_ADDRESS is set");
+    assert!(
+        env.daemon_pid().is_none(),
+        "no daemon is started when TEMPORAL_ADDRESS is set"
+    );
 
     let out = env.stigmer(&["run", "--no-follow", "--output", "json", "echo queued-work"]);
     let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
@@ -96,12 +118,22 @@ fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
     let env = remote_env();
     let mut children = Children(vec![start_temporal(&env)]);
     children.0.push(start_worker(&env));
-    assert!(eventually(Duration::from_secs(30), || env.stigmer(&["executions", "list"]).status.success()));
+    assert!(eventually(Duration::from_secs(30), || env
+        .stigmer(&["executions", "list"])
+        .status
+        .success()));
 
     let marker = "4545.4545";
-    let out = env.stigmer(&["run", "--no-follow", &format!("echo ran >> runs.txt; sleep {marker}")]);
+    let out = env.stigmer(&[
+        "run",
+        "--no-follow",
+        &format!("echo ran >> runs.txt; sleep {marker}"),
+    ]);
     let id = text(&out.stdout).trim().to_string();
-    assert!(eventually(Duration::from_secs(20), || !processes_matching(&format!("sleep {marker}")).is_empty()));
+    assert!(eventually(Duration::from_secs(20), || !processes_matching(
+        &format!("sleep {marker}")
+    )
+    .is_empty()));
 
     // The worker dies without a chance to clean up; a new one takes over.
     children.0[1].kill().unwrap();
@@ -111,11 +143,17 @@ fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
     let record = wait_terminal(&env, &id, Duration::from_secs(60));
     assert_eq!(record["status"], "failed", "{record}");
     let error = record["error"].as_str().unwrap_or_default();
-    assert!(error.contains("lost") && error.contains("--retry-exec"), "{error}");
+    assert!(
+        error.contains("lost") && error.contains("--retry-exec"),
+        "{error}"
+    );
     let runs = std::fs::read_to_string(env.dir.path().join("runs.txt")).unwrap();
     assert_eq!(runs.lines().count(), 1, "the command ran exactly once");
     assert!(
-        eventually(Duration::from_secs(10), || processes_matching(&format!("sleep {marker}")).is_empty()),
+        eventually(Duration::from_secs(10), || processes_matching(&format!(
+            "sleep {marker}"
+        ))
+        .is_empty()),
         "the lost worker's command was left running"
     );
 }
@@ -125,7 +163,10 @@ fn retry_exec_reruns_a_command_whose_worker_was_lost() {
     let env = remote_env();
     let mut children = Children(vec![start_temporal(&env)]);
     children.0.push(start_worker(&env));
-    assert!(eventually(Duration::from_secs(30), || env.stigmer(&["executions", "list"]).status.success()));
+    assert!(eventually(Duration::from_secs(30), || env
+        .stigmer(&["executions", "list"])
+        .status
+        .success()));
 
     let out = env.stigmer(&[
         "run",
@@ -134,7 +175,10 @@ fn retry_exec_reruns_a_command_whose_worker_was_lost() {
         "echo attempt >> attempts.txt; if [ $(wc -l < attempts.txt) -lt 2 ]; then sleep 4646.4646; fi; echo done",
     ]);
     let id = text(&out.stdout).trim().to_string();
-    assert!(eventually(Duration::from_secs(20), || !processes_matching("sleep 4646.4646").is_empty()));
+    assert!(eventually(Duration::from_secs(20), || !processes_matching(
+        "sleep 4646.4646"
+    )
+    .is_empty()));
     children.0[1].kill().unwrap();
     children.0[1].wait().unwrap();
     children.0.push(start_worker(&env));

@@ -10,7 +10,9 @@ use stigmer_workflows::{ExecutionResult, Status};
 
 async fn open(env: &common::Env) -> Store {
     std::fs::create_dir_all(env.data_dir()).unwrap();
-    Store::open(&env.database_url, true).await.expect("open store")
+    Store::open(&env.database_url, true)
+        .await
+        .expect("open store")
 }
 
 fn new_execution(id: &str) -> NewExecution {
@@ -39,7 +41,10 @@ async fn a_command_is_claimed_once_even_when_attempts_race() {
             let store = store.clone();
             let id = id.clone();
             tasks.push(tokio::spawn(async move {
-                store.mark_started(&id, &format!("w{worker}"), 1).await.unwrap()
+                store
+                    .mark_started(&id, &format!("w{worker}"), 1)
+                    .await
+                    .unwrap()
             }));
         }
         let mut claimed = 0;
@@ -48,7 +53,10 @@ async fn a_command_is_claimed_once_even_when_attempts_race() {
                 claimed += 1;
             }
         }
-        assert_eq!(claimed, 1, "round {round}: exactly one attempt may spawn the command");
+        assert_eq!(
+            claimed, 1,
+            "round {round}: exactly one attempt may spawn the command"
+        );
     }
 }
 
@@ -56,21 +64,46 @@ async fn a_command_is_claimed_once_even_when_attempts_race() {
 async fn the_first_terminal_state_wins_and_the_environment_is_wiped() {
     let env = common::Env::new();
     let store = open(&env).await;
-    store.insert_execution(&new_execution("aex-t1")).await.unwrap();
-    assert_eq!(store.execution_env("aex-t1").await.unwrap(), vec![("TOKEN".to_string(), "secret".to_string())]);
-    assert!(matches!(store.mark_started("aex-t1", "w1", 1).await.unwrap(), StartClaim::Claimed));
+    store
+        .insert_execution(&new_execution("aex-t1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.execution_env("aex-t1").await.unwrap(),
+        vec![("TOKEN".to_string(), "secret".to_string())]
+    );
+    assert!(matches!(
+        store.mark_started("aex-t1", "w1", 1).await.unwrap(),
+        StartClaim::Claimed
+    ));
     assert!(matches!(
         store.mark_started("aex-t1", "w2", 2).await.unwrap(),
         StartClaim::AlreadyStarted { worker_id: Some(ref w) } if w == "w1"
     ));
-    let done = ExecutionResult { id: "aex-t1".into(), status: Status::Failed, exit_code: Some(3), error: None };
-    let summary = OutputSummary { bytes: 3, dropped: 0, sha256: Some("abc".into()) };
+    let done = ExecutionResult {
+        id: "aex-t1".into(),
+        status: Status::Failed,
+        exit_code: Some(3),
+        error: None,
+    };
+    let summary = OutputSummary {
+        bytes: 3,
+        dropped: 0,
+        sha256: Some("abc".into()),
+    };
     let recorded = store.finish(&done, Some(&summary)).await.unwrap();
     assert_eq!(recorded.exit_code, Some(3));
     let late = ExecutionResult::ended("aex-t1", Status::Cancelled, "too late");
     let kept = store.finish(&late, None).await.unwrap();
-    assert_eq!(kept.status, Status::Failed, "a terminal state is never overwritten");
-    assert!(store.execution_env("aex-t1").await.unwrap().is_empty(), "environment values are wiped at the end");
+    assert_eq!(
+        kept.status,
+        Status::Failed,
+        "a terminal state is never overwritten"
+    );
+    assert!(
+        store.execution_env("aex-t1").await.unwrap().is_empty(),
+        "environment values are wiped at the end"
+    );
     match store.mark_started("aex-t1", "w3", 3).await.unwrap() {
         StartClaim::AlreadyFinished(r) => assert_eq!(r.exit_code, Some(3)),
         other => panic!("expected AlreadyFinished, got {other:?}"),
@@ -84,12 +117,24 @@ async fn the_first_terminal_state_wins_and_the_environment_is_wiped() {
 async fn output_comes_back_in_order_and_pages() {
     let env = common::Env::new();
     let store = open(&env).await;
-    store.insert_execution(&new_execution("aex-o1")).await.unwrap();
+    store
+        .insert_execution(&new_execution("aex-o1"))
+        .await
+        .unwrap();
     let chunks: Vec<(i64, &str, Vec<u8>)> = (0..500)
-        .map(|i| (i, if i % 3 == 0 { "stderr" } else { "stdout" }, format!("line {i}\n").into_bytes()))
+        .map(|i| {
+            (
+                i,
+                if i % 3 == 0 { "stderr" } else { "stdout" },
+                format!("line {i}\n").into_bytes(),
+            )
+        })
         .collect();
     for batch in chunks.chunks(37) {
-        let rows: Vec<(i64, &str, &[u8])> = batch.iter().map(|(s, st, d)| (*s, *st, d.as_slice())).collect();
+        let rows: Vec<(i64, &str, &[u8])> = batch
+            .iter()
+            .map(|(s, st, d)| (*s, *st, d.as_slice()))
+            .collect();
         store.append_output("aex-o1", &rows).await.unwrap();
     }
     let mut seen = Vec::new();
@@ -114,9 +159,14 @@ async fn output_comes_back_in_order_and_pages() {
 async fn a_client_never_creates_or_migrates_the_store() {
     let env = common::Env::new();
     if env.database_url.starts_with("sqlite:") {
-        let err = Store::open(&env.database_url, false).await.expect_err("no store yet");
+        let err = Store::open(&env.database_url, false)
+            .await
+            .expect_err("no store yet");
         let msg = format!("{err}");
-        assert!(msg.contains("stigmer server start") || msg.contains("could not open"), "{msg}");
+        assert!(
+            msg.contains("stigmer server start") || msg.contains("could not open"),
+            "{msg}"
+        );
     }
     let store = open(&env).await;
     let id = store.store_id().to_string();

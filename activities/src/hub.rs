@@ -16,7 +16,10 @@ const QUEUE: usize = 64;
 /// What a subscriber receives.
 #[derive(Debug)]
 pub enum HubEvent {
-    Output { stream: StreamKind, data: Vec<u8> },
+    Output {
+        stream: StreamKind,
+        data: Vec<u8>,
+    },
     /// A human-readable line about the execution (goes to the client's stderr).
     Notice(String),
     /// The command ended; the result is also in the store and the workflow's result.

@@ -52,9 +52,12 @@ impl Activities {
         let Ok(Some((worker, pgid, started))) = self.store.recorded_process(id).await else {
             return;
         };
-        let same_host = worker.rsplit_once('-').map(|(h, _)| h) == self.worker_id.rsplit_once('-').map(|(h, _)| h);
+        let same_host = worker.rsplit_once('-').map(|(h, _)| h)
+            == self.worker_id.rsplit_once('-').map(|(h, _)| h);
         if same_host && local::kill_leftover_group(pgid as i32, started) {
-            tracing::warn!("killed process group {pgid} left running by lost worker {worker} ({id})");
+            tracing::warn!(
+                "killed process group {pgid} left running by lost worker {worker} ({id})"
+            );
         }
     }
 
@@ -135,12 +138,21 @@ impl Activities {
                 let on_spawn = move |pgid: i32| {
                     if let Some(started) = local::process_start_time(pgid) {
                         tokio::spawn(async move {
-                            let _ = store.record_process(&exec_id, i64::from(pgid), started).await;
+                            let _ = store
+                                .record_process(&exec_id, i64::from(pgid), started)
+                                .await;
                         });
                     }
                 };
-                local::run(&input.command.argv(), &input.workdir, &env, &mut sink, &stop, on_spawn)
-                    .await
+                local::run(
+                    &input.command.argv(),
+                    &input.workdir,
+                    &env,
+                    &mut sink,
+                    &stop,
+                    on_spawn,
+                )
+                .await
             }
             other => Ok(Ended::Failed {
                 exit_code: None,

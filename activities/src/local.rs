@@ -28,7 +28,10 @@ pub enum Ended {
     TimedOut,
     Cancelled,
     /// It could not be started or run; the text says why (for the user).
-    Failed { exit_code: Option<i32>, reason: String },
+    Failed {
+        exit_code: Option<i32>,
+        reason: String,
+    },
 }
 
 /// Why a run stopped early.

@@ -31,7 +31,9 @@ pub enum StoreError {
     },
     #[error("unsupported STIGMER_DATABASE_URL {0:?}: use sqlite:PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
-    #[error("the store has no tables yet ({0}); start the daemon (`stigmer server start`) or a worker once to create them")]
+    #[error(
+        "the store has no tables yet ({0}); start the daemon (`stigmer server start`) or a worker once to create them"
+    )]
     NotInitialized(String),
     #[error("store query failed ({what}): {source}")]
     Query {
@@ -401,7 +403,12 @@ impl Store {
 
     /// Claims the right to spawn the command: `queued → running`, recorded before anything is
     /// spawned, in one atomic update. A second attempt finds the row already `running`.
-    pub async fn mark_started(&self, id: &str, worker_id: &str, attempt: u32) -> Result<StartClaim> {
+    pub async fn mark_started(
+        &self,
+        id: &str,
+        worker_id: &str,
+        attempt: u32,
+    ) -> Result<StartClaim> {
         let claimed = with_pool!(self, pool => sqlx::query(
             "UPDATE executions SET status = 'running', started_at = $1, worker_id = $2, attempt = $3 \
              WHERE id = $4 AND status = 'queued'",
@@ -557,7 +564,12 @@ impl Store {
     }
 
     /// Output chunks after `after_seq`, in order, at most `limit`.
-    pub async fn read_output(&self, id: &str, after_seq: i64, limit: i64) -> Result<Vec<OutputChunk>> {
+    pub async fn read_output(
+        &self,
+        id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<OutputChunk>> {
         with_pool!(self, pool => sqlx::query_as::<_, OutputChunk>(
             "SELECT seq, stream, data FROM output WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )

@@ -125,7 +125,11 @@ impl Env {
 
     pub fn start_daemon(&self) {
         let out = self.stigmer(&["server", "start", "--detach"]);
-        assert!(out.status.success(), "server start failed: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "server start failed: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -150,7 +154,10 @@ impl Drop for Env {
 
 /// Creates a fresh database on the Postgres server at `admin_url` and returns its URL.
 fn fresh_postgres_db(admin_url: &str) -> String {
-    let name = format!("stigmer_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let name = format!(
+        "stigmer_test_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
     let status = Command::new("psql")
         .arg(admin_url)
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
@@ -158,7 +165,9 @@ fn fresh_postgres_db(admin_url: &str) -> String {
         .status()
         .expect("psql must be installed when STIGMER_TEST_POSTGRES_URL is set");
     assert!(status.success(), "could not create database {name}");
-    let (base, _) = admin_url.rsplit_once('/').expect("postgres URL with a database");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("postgres URL with a database");
     format!("{base}/{name}")
 }
 
@@ -184,7 +193,9 @@ pub fn wait_output(child: Child, limit: Duration) -> Output {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            panic!("command did not finish within {limit:?} (a hang: stdout kept open, or a lost execution)");
+            panic!(
+                "command did not finish within {limit:?} (a hang: stdout kept open, or a lost execution)"
+            );
         }
     }
 }
@@ -221,7 +232,10 @@ pub fn processes_matching(needle: &str) -> Vec<i32> {
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let zombie = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
             .unwrap_or(false);
         if cmdline.contains(needle) && !zombie {
             found.push(pid);

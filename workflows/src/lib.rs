@@ -11,6 +11,7 @@ mod types;
 pub use types::*;
 
 use std::time::Duration;
+use temporalio_common::RetryPolicy;
 use temporalio_common::protos::temporal::api::enums::v1::TimeoutType;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{
@@ -18,7 +19,6 @@ use temporalio_sdk::{
     WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
     activities::ActivityError,
 };
-use temporalio_common::RetryPolicy;
 
 /// Name of the workflow type as Temporal sees it.
 pub const WORKFLOW_TYPE: &str = "AgentExecution";
@@ -83,18 +83,19 @@ impl AgentExecution {
         // `exec` must not run a command twice unless asked. The activity itself refuses to
         // re-spawn a command whose start is recorded, so retries here only cover failures
         // before the spawn (store unavailable, worker crashed before starting).
-        let exec_options = ActivityOptions::with_start_to_close_timeout(exec_start_to_close(&input))
-            .heartbeat_timeout(EXEC_HEARTBEAT_TIMEOUT)
-            .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
-            .retry_policy(
-                RetryPolicy::builder()
-                    .initial_interval(Duration::from_millis(500))
-                    .maximum_interval(Duration::from_secs(10))
-                    .maximum_attempts(if retry_exec { 5 } else { 10 })
-                    .build(),
-            )
-            .summary(format!("exec {}", input.display_command()))
-            .build();
+        let exec_options =
+            ActivityOptions::with_start_to_close_timeout(exec_start_to_close(&input))
+                .heartbeat_timeout(EXEC_HEARTBEAT_TIMEOUT)
+                .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+                .retry_policy(
+                    RetryPolicy::builder()
+                        .initial_interval(Duration::from_millis(500))
+                        .maximum_interval(Duration::from_secs(10))
+                        .maximum_attempts(if retry_exec { 5 } else { 10 })
+                        .build(),
+                )
+                .summary(format!("exec {}", input.display_command()))
+                .build();
 
         let outcome = ctx
             .execute_activity(StigmerActivities::exec, input, exec_options)
