@@ -91,12 +91,19 @@ impl<'p> Classifier<'p> {
             let children: Vec<Node> = node.children(&mut cursor).collect();
             stack.extend(children.into_iter().rev());
         }
+        // A part a user rule sent local explains the outcome better than the default does.
+        let mut local_by_policy = None;
         for node in order {
             if let Some(d) = self.check_node(node, src, depth) {
-                return d;
+                if d.decision == Mode::Sandbox {
+                    return d;
+                }
+                if local_by_policy.is_none() && d.rule.starts_with("policy:") {
+                    local_by_policy = Some(d);
+                }
             }
         }
-        Decision::local()
+        local_by_policy.unwrap_or_else(Decision::local)
     }
 
     fn check_node(&self, node: Node, src: &str, depth: usize) -> Option<Decision> {
@@ -111,13 +118,12 @@ impl<'p> Classifier<'p> {
                 text(node, src),
             ));
         }
-        let d = match kind {
-            "command" => self.classify_command(node, src, depth),
-            "file_redirect" => check_redirect(node, src, self.policy),
-            "pipeline" => check_pipeline(node, src),
-            _ => return None,
-        };
-        (d.decision == Mode::Sandbox).then_some(d)
+        match kind {
+            "command" => Some(self.classify_command(node, src, depth)),
+            "file_redirect" => Some(check_redirect(node, src, self.policy)),
+            "pipeline" => Some(check_pipeline(node, src)),
+            _ => None,
+        }
     }
 
     fn classify_command(&self, node: Node, src: &str, depth: usize) -> Decision {
