@@ -54,6 +54,19 @@ pub enum Command {
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Explain where auto mode would run a command, and why.
+    Explain {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+        /// Directory whose `.stigmer/policy.toml` applies (default: the current directory).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// The command, as one shell string.
+        command: Vec<String>,
+        /// Or the program and its arguments, after `--`.
+        #[arg(last = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +190,27 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Executions(ExecutionsCommand::Show { id, output }) => {
             client::show(&load_config(&Flags::new())?, &id, output).await
         }
+        Command::Explain {
+            output,
+            workdir,
+            command,
+            argv,
+        } => {
+            let spec = command_spec(&command, &argv)?;
+            let workdir = resolve_workdir(workdir.as_ref())?;
+            let decision = auto_decide(&spec, &workdir)?;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string(&decision)?),
+                OutputFormat::Text => {
+                    println!("{}: {}", decision.decision, decision.reason);
+                    println!("  rule: {}", decision.rule);
+                    if let Some(part) = &decision.part {
+                        println!("  part: {part}");
+                    }
+                }
+            }
+            Ok(0)
+        }
         Command::Config(ConfigCommand::Show { output }) => {
             let cfg = load_config(&Flags::new())?;
             config_show(&cfg, output);
@@ -294,9 +328,9 @@ async fn server(cmd: ServerCommand) -> Result<i32> {
     }
 }
 
-/// Turns `run`'s arguments into a request, validating everything a user can get wrong.
-pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
-    let command = match (args.command.as_slice(), args.argv.as_slice()) {
+/// The command from `run`/`explain` arguments: one shell string, or an argv after `--`.
+fn command_spec(command: &[String], argv: &[String]) -> Result<CommandSpec> {
+    Ok(match (command, argv) {
         ([], []) => bail!(usage(
             "no command given: `stigmer run \"CMD\"` runs a shell string, `stigmer run -- PROG ARGS…` a program"
         )),
@@ -305,14 +339,18 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
         ([], argv) => CommandSpec::Argv(argv.to_vec()),
         ([_, ..], []) => bail!(usage(format!(
             "the command must be one quoted string (stigmer run \"{}\") or come after `--` (stigmer run -- {})",
-            args.command.join(" "),
-            args.command.join(" ")
+            command.join(" "),
+            command.join(" ")
         ))),
         (_, _) => bail!(usage(
             "give either a command string or a program after `--`, not both"
         )),
-    };
-    let workdir = match &args.workdir {
+    })
+}
+
+/// `--workdir` (or the current directory), made absolute and checked.
+fn resolve_workdir(dir: Option<&PathBuf>) -> Result<PathBuf> {
+    let workdir = match dir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().context("could not read the current directory")?,
     };
@@ -328,6 +366,28 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             workdir.display()
         )));
     }
+    Ok(workdir)
+}
+
+/// Auto mode's decision for a command run in `workdir`, under the user's policy files.
+fn auto_decide(
+    spec: &CommandSpec,
+    workdir: &std::path::Path,
+) -> Result<stigmer_automode::Decision> {
+    let home_policy =
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/stigmer/policy.toml"));
+    let policy = stigmer_automode::Policy::load(workdir, home_policy.as_deref())
+        .map_err(|e| usage(format!("{e}")))?;
+    Ok(match spec {
+        CommandSpec::Shell(cmd) => stigmer_automode::classify(cmd, &policy, false),
+        CommandSpec::Argv(argv) => stigmer_automode::classify_argv(argv, &policy, false),
+    })
+}
+
+/// Turns `run`'s arguments into a request, validating everything a user can get wrong.
+pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
+    let command = command_spec(&args.command, &args.argv)?;
+    let workdir = resolve_workdir(args.workdir.as_ref())?;
     let mut extra = Vec::new();
     for pair in &args.env {
         match pair.split_once('=') {
@@ -356,9 +416,22 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             Mode::Cloud,
             format!("mode cloud ({})", cfg.execution_mode.source),
         ),
-        RequestedMode::Auto => bail!(usage(
-            "auto mode is not available in this build; use --mode local"
-        )),
+        RequestedMode::Auto => {
+            let d = auto_decide(&command, &workdir)?;
+            let effective = match d.decision {
+                stigmer_automode::Mode::Local => Mode::Local,
+                stigmer_automode::Mode::Sandbox => Mode::Sandbox,
+            };
+            let part = d
+                .part
+                .as_deref()
+                .map(|p| format!("; part `{p}`"))
+                .unwrap_or_default();
+            (
+                effective,
+                format!("auto: {} (rule {}{part})", d.reason, d.rule),
+            )
+        }
     };
     // Local mode runs with the caller's environment; the sandbox sees only what is named.
     let env = if effective == Mode::Local {
@@ -400,11 +473,22 @@ async fn run(args: RunArgs) -> Result<i32> {
     }
     let cfg = load_config(&flags)?;
     let request = build_request(&args, &cfg)?;
+    if request.requested_mode == RequestedMode::Auto {
+        eprintln!(
+            "stigmer: auto mode chose {}: {}",
+            request.effective_mode, request.reason
+        );
+    }
     if request.effective_mode != Mode::Local {
-        bail!(usage(format!(
-            "{} mode is not available in this build yet; use --mode local",
+        let why = if request.requested_mode == RequestedMode::Auto {
+            "auto mode decided this command must be isolated, so it is not run on the host"
+        } else {
+            "nothing was run"
+        };
+        bail!(
+            "{} mode is not available in this build ({why}); to run it on the host anyway, use --mode local",
             request.effective_mode
-        )));
+        );
     }
     client::run(&cfg, request, args.output).await
 }

@@ -478,3 +478,63 @@ fn large_output_keeps_memory_bounded_and_the_store_keeps_head_and_tail() {
         "a marker says what was dropped"
     );
 }
+
+#[test]
+fn auto_mode_explains_itself_runs_safe_commands_locally_and_never_runs_isolated_ones_on_the_host() {
+    let env = Env::new();
+    let out = env.stigmer(&[
+        "explain",
+        "--output",
+        "json",
+        "ls && sudo apt-get install -y jq",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["decision"], "sandbox");
+    assert_eq!(d["rule"], "privilege:sudo");
+    assert_eq!(d["part"], "sudo apt-get install -y jq");
+
+    let out = env.stigmer(&["run", "--mode", "auto", "echo safe > out.txt; cat out.txt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "safe\n");
+    assert!(
+        text(&out.stderr).contains("auto mode chose local"),
+        "run says which mode it chose and why"
+    );
+    let record = env.last_execution();
+    assert_eq!(record["mode"], "auto");
+    assert_eq!(record["effective_mode"], "local");
+    assert!(record["reason"].as_str().unwrap().contains("default:local"));
+
+    // Sandbox decisions are never run on the host when no sandbox is available.
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_EXECUTION_MODE", "auto")
+        .args(["run", "touch marker-file; pip install nothing-here"]);
+    let out = common::output_within(cmd, Duration::from_secs(60));
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("auto mode chose sandbox") && err.contains("--mode local"),
+        "{err}"
+    );
+    assert!(
+        !env.dir.path().join("marker-file").exists(),
+        "the command ran on the host"
+    );
+
+    // A bad policy file stops everything with its file and line.
+    let policy_dir = env.dir.path().join(".stigmer");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(
+        policy_dir.join("policy.toml"),
+        "[[rule]]\nprefix = \"npm\"\ndecision = \"maybe\"\n",
+    )
+    .unwrap();
+    let out = env.stigmer(&["run", "--mode", "auto", "npm test"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("policy.toml line 3") && err.contains("maybe"),
+        "{err}"
+    );
+}
