@@ -1,0 +1,414 @@
+//! Sandbox containers: create (hardened, labelled, kept alive), inspect, list, stop, remove.
+//!
+//! A sandbox container runs nothing of its own: `docker-init` as pid 1 reaping orphans, and a
+//! `sleep infinity` keeping the container up between executions so that it can be reused within
+//! its TTL. Commands arrive later as execs ([`crate::exec`]). Every container carries the
+//! `io.stigmer.*` labels, so that a crash at any instant leaves something the reaper can find,
+//! and a reaper only ever lists (and so only ever removes) its own store's containers.
+//!
+//! Removing and stopping are idempotent: "not found" is success, because the reaper and a
+//! release may race for the same container, and a retried activity must not fail on its own
+//! earlier success.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+
+use crate::error::status_of;
+use crate::spec::WORKSPACE_DIR;
+use crate::{ContainerSpec, Engine, EngineError};
+
+/// Label present (`true`) on every container this crate creates.
+pub const LABEL_MANAGED: &str = "io.stigmer.managed";
+/// Label naming the store (installation) that owns the container.
+pub const LABEL_STORE: &str = "io.stigmer.store";
+/// Label naming the lease row the container belongs to.
+pub const LABEL_LEASE: &str = "io.stigmer.lease";
+/// Label naming the worker that created the container.
+pub const LABEL_WORKER: &str = "io.stigmer.worker";
+/// Label carrying [`ContainerSpec::spec_hash`], set by [`Engine::create_container`].
+pub const LABEL_SPEC_HASH: &str = "io.stigmer.spec-hash";
+
+/// How long a stop waits for the keep-alive to exit before the engine kills it.
+const STOP_GRACE_SECS: i32 = 5;
+
+/// A container found by [`Engine::list_managed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Full 64-hex container id.
+    pub id: String,
+    /// Container name, without the leading `/`.
+    pub name: String,
+    /// Image the container was created from, as given at creation.
+    pub image: String,
+    /// All labels of the container.
+    pub labels: BTreeMap<String, String>,
+    /// Docker's state: `created`, `running`, `exited`, `dead`, `removing`, …
+    pub state: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: i64,
+}
+
+impl ManagedContainer {
+    /// Whether Docker reports the container as running.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// What [`Engine::container_state`] reports about an existing container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Docker's status: `created`, `running`, `exited`, …
+    pub status: String,
+    /// Whether the container is running.
+    pub running: bool,
+    /// Whether the kernel's OOM killer killed a process of the container at some point.
+    /// Sticky for the container's life; per-exec OOM is reported by [`crate::ExecOutcome`].
+    pub oom_killed: bool,
+    /// Exit code of the container's main process, when it has exited.
+    pub exit_code: Option<i64>,
+    /// Start time (RFC 3339), when started.
+    pub started_at: Option<String>,
+    /// Finish time (RFC 3339), when finished.
+    pub finished_at: Option<String>,
+    /// All labels of the container.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One process of a container, as the engine's `top` reports it (host pids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Process id in the host's pid namespace.
+    pub pid: String,
+    /// User the process runs as (name or uid, as the host's `ps` shows it).
+    pub user: String,
+    /// Command line.
+    pub command: String,
+}
+
+impl Engine {
+    /// Creates and starts a sandbox container named `name` from `spec`, labelled with
+    /// `io.stigmer.managed=true`, the spec hash and the caller's `labels` (store, lease,
+    /// worker). Returns the full 64-hex id.
+    ///
+    /// Hardening is not optional: the caller's user (non-root), all capabilities dropped,
+    /// `no-new-privileges`, the container's own network namespace (bridge or none), memory
+    /// without swap, CPU and pids limits, `docker-init` as pid 1, a private IPC namespace, an
+    /// empty environment apart from the image's own, and no mount that exposes the Docker socket.
+    ///
+    /// Idempotent per name: if a container of that name already exists with the same labels
+    /// and spec hash (a retried create after a crash), it is started if needed and its id
+    /// returned. If starting a new container fails, it is removed again.
+    pub async fn create_container(
+        &self,
+        spec: &ContainerSpec,
+        labels: &BTreeMap<String, String>,
+        name: &str,
+    ) -> Result<String, EngineError> {
+        spec.validate()?;
+        let spec_hash = spec.spec_hash();
+        let mut all_labels: HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all_labels.insert(LABEL_MANAGED.into(), "true".into());
+        all_labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
+
+        let body = container_body(spec, all_labels.clone());
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let id = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created.id,
+            Err(e) if status_of(&e) == Some(409) => {
+                return self.adopt_existing(name, &all_labels, e).await;
+            }
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(EngineError::ImageMissing {
+                    image: spec.image.clone(),
+                    detail: format!(" (creating container {name}: {e})"),
+                });
+            }
+            Err(e) => {
+                return Err(EngineError::api(
+                    format!(
+                        "could not create container {name} from image {}",
+                        spec.image
+                    ),
+                    e,
+                ))
+            }
+        };
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            let err = EngineError::api(
+                format!(
+                    "could not start container {name} ({id}) from image {}",
+                    spec.image
+                ),
+                e,
+            );
+            if let Err(cleanup) = self.remove_container(&id).await {
+                tracing::warn!(container = %id, error = %cleanup, "could not remove a container that failed to start");
+            }
+            return Err(err);
+        }
+        tracing::debug!(container = %id, name, spec_hash, "sandbox container started");
+        Ok(id)
+    }
+
+    /// A create hit a name conflict: take over the existing container if it is ours (same
+    /// labels, same spec), else report the conflict.
+    async fn adopt_existing(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+        conflict: bollard::errors::Error,
+    ) -> Result<String, EngineError> {
+        let existing = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| {
+                EngineError::api(format!("could not inspect existing container {name}"), e)
+            })?;
+        let existing_labels = existing
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let same = labels
+            .iter()
+            .all(|(k, v)| existing_labels.get(k) == Some(v));
+        let id = existing.id.unwrap_or_default();
+        if !same || id.is_empty() {
+            return Err(EngineError::api(
+                format!("could not create container {name}: another container has that name"),
+                conflict,
+            ));
+        }
+        let running = existing
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            self.docker.start_container(&id, None).await.map_err(|e| {
+                EngineError::api(
+                    format!("could not start existing container {name} ({id})"),
+                    e,
+                )
+            })?;
+        }
+        Ok(id)
+    }
+
+    /// Stops a container (SIGTERM to its init, SIGKILL after 5 s) and keeps it for inspection.
+    /// A container that does not exist or is already stopped is fine.
+    pub async fn stop_container(&self, id: &str) -> Result<(), EngineError> {
+        let options = StopContainerOptionsBuilder::new()
+            .t(STOP_GRACE_SECS)
+            .build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(404 | 304)) => Ok(()),
+            Err(e) => Err(EngineError::api(
+                format!("could not stop container {id}"),
+                e,
+            )),
+        }
+    }
+
+    /// Removes a container with force (killing whatever runs in it) and its anonymous volumes.
+    /// A container that does not exist, or whose removal is already under way, is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e)
+                if status_of(&e) == Some(409) && e.to_string().contains("already in progress") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(EngineError::api(
+                format!("could not remove container {id}"),
+                e,
+            )),
+        }
+    }
+
+    /// Every container (running or not) labelled `io.stigmer.managed=true` and
+    /// `io.stigmer.store=<store_id>`: what this store's reaper may touch, and nothing else.
+    pub async fn list_managed(&self, store_id: &str) -> Result<Vec<ManagedContainer>, EngineError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_STORE}={store_id}"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| {
+                EngineError::api(
+                    format!("could not list the containers of store {store_id}"),
+                    e,
+                )
+            })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let id = c.id?;
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                Some(ManagedContainer {
+                    id,
+                    name,
+                    image: c.image.unwrap_or_default(),
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    state,
+                    created: c.created.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// The state of a container, or `None` when it does not exist (Docker is the truth about
+    /// what exists).
+    pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, EngineError> {
+        let inspect = match self.docker.inspect_container(id, None).await {
+            Ok(i) => i,
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => {
+                return Err(EngineError::api(
+                    format!("could not inspect container {id}"),
+                    e,
+                ))
+            }
+        };
+        let state = inspect.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        Ok(Some(ContainerState {
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            running,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            exit_code: if running { None } else { state.exit_code },
+            started_at: state.started_at.filter(|t| !t.starts_with("0001-")),
+            finished_at: state.finished_at.filter(|t| !t.starts_with("0001-")),
+            labels: inspect
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }))
+    }
+
+    /// The processes of a running container as the engine sees them (`docker top`). Works
+    /// whatever the image contains, so it can tell whether anything of an execution is left.
+    pub async fn processes(&self, id: &str) -> Result<Vec<ProcessInfo>, EngineError> {
+        let top = self.docker.top_processes(id, None).await.map_err(|e| {
+            EngineError::api(format!("could not list processes of container {id}"), e)
+        })?;
+        let titles = top.titles.unwrap_or_default();
+        let col = |name: &str| titles.iter().position(|t| t == name);
+        let (pid, user, cmd) = (
+            col("PID"),
+            col("UID").or(col("USER")),
+            col("CMD").or(col("COMMAND")),
+        );
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| {
+                let get =
+                    |i: Option<usize>| i.and_then(|i| row.get(i)).cloned().unwrap_or_default();
+                ProcessInfo {
+                    pid: get(pid),
+                    user: get(user),
+                    command: get(cmd),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The create request: the hardened defaults plus what the spec chooses.
+fn container_body(spec: &ContainerSpec, labels: HashMap<String, String>) -> ContainerCreateBody {
+    let mut mounts = Vec::new();
+    if let Some(ws) = &spec.workspace {
+        mounts.push(bind(ws, WORKSPACE_DIR, false));
+    }
+    for m in &spec.credential_mounts {
+        mounts.push(bind(&m.source, &m.target, true));
+    }
+    let tmpfs = spec.readonly_rootfs.then(|| {
+        HashMap::from([(
+            "/tmp".to_string(),
+            "rw,nosuid,nodev,size=512m,mode=1777".to_string(),
+        )])
+    });
+    let host_config = HostConfig {
+        init: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(vec![]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        privileged: Some(false),
+        network_mode: Some(spec.network.as_docker_mode().into()),
+        ipc_mode: Some("private".into()),
+        memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_bytes),
+        nano_cpus: Some(spec.nano_cpus),
+        pids_limit: Some(spec.pids_limit),
+        oom_kill_disable: Some(false),
+        readonly_rootfs: Some(spec.readonly_rootfs),
+        tmpfs,
+        mounts: Some(mounts),
+        auto_remove: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(spec.user.clone()),
+        // docker-init (Init: true) is pid 1 and reaps orphans; sleep keeps the container up.
+        cmd: Some(vec!["sleep".into(), "infinity".into()]),
+        entrypoint: Some(vec![]),
+        env: Some(vec![]),
+        working_dir: Some(WORKSPACE_DIR.into()),
+        labels: Some(labels),
+        tty: Some(false),
+        open_stdin: Some(false),
+        attach_stdin: Some(false),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        network_disabled: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+fn bind(source: &std::path::Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        typ: Some(MountType::BIND),
+        source: Some(source.to_string_lossy().into_owned()),
+        target: Some(target.to_string()),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
