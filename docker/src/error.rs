@@ -43,7 +43,10 @@ pub enum EngineError {
     },
 
     /// Pulling an image failed and there was nothing to build it from.
-    #[error("could not pull image {image}: {source}")]
+    #[error(
+        "could not pull image {image}: {source}; build it locally with `make sandbox-build-basic`, \
+         or check that the registry is reachable"
+    )]
     PullFailed {
         /// The image reference asked for.
         image: String,

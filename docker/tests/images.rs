@@ -1,0 +1,148 @@
+//! Integration tests of image handling against the real engine: a missing image without
+//! auto-pull is a clear, non-retryable error; a Dockerfile build goes through the Engine API.
+
+mod common;
+
+use common::{unique, Harness};
+use stigmer_docker::{BuildSpec, EngineError, EnsureImage, ImageHow, ImageProgress};
+
+#[tokio::test]
+async fn missing_image_without_auto_pull_is_image_missing() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let image = format!("stigmer-test-missing:{}", unique("t"));
+    let err = h
+        .engine
+        .ensure_image(&image, &EnsureImage::default(), &mut |_| {})
+        .await
+        .expect_err("missing");
+    assert!(matches!(err, EngineError::ImageMissing { .. }), "{err}");
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&image) && msg.contains("make sandbox-build-basic"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn failed_pull_without_build_says_so() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let image = format!("stigmer-test-missing:{}", unique("t"));
+    let opts = EnsureImage {
+        auto_pull: true,
+        build: None,
+    };
+    let mut events = 0;
+    let err = h
+        .engine
+        .ensure_image(&image, &opts, &mut |_| events += 1)
+        .await
+        .expect_err("nothing to pull here");
+    eprintln!("failed pull reads: {err}");
+    assert!(matches!(err, EngineError::PullFailed { .. }), "{err}");
+    assert!(err.to_string().contains(&image), "{err}");
+}
+
+#[tokio::test]
+async fn present_image_is_used_as_it_is() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let info = h
+        .engine
+        .ensure_image(&h.image, &EnsureImage::default(), &mut |_| {})
+        .await
+        .expect("present");
+    assert_eq!(info.how, ImageHow::Present);
+    assert!(info.id.starts_with("sha256:"), "{}", info.id);
+}
+
+#[tokio::test]
+async fn builds_from_a_dockerfile_when_pull_is_impossible() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("hello.txt"), "built by stigmer\n").expect("write");
+    let tag = format!("stigmer-test-build:{}", unique("t").replace('-', ""));
+    let opts = EnsureImage {
+        // Pulling a name no registry has fails (and no registry is reachable here): the build
+        // is the fallback either way.
+        auto_pull: true,
+        build: Some(
+            BuildSpec::new(dir.path().join("Dockerfile"), dir.path())
+                .with_build_arg("BASE", h.image.clone()),
+        ),
+    };
+    let mut lines = Vec::new();
+    let result = h
+        .engine
+        .ensure_image(&tag, &opts, &mut |p| {
+            if let ImageProgress::Build { line } = p {
+                lines.push(line);
+            }
+        })
+        .await;
+    let info = result.expect("built");
+    assert_eq!(info.how, ImageHow::Built);
+    assert_eq!(info.repo_digest, None);
+    assert!(
+        lines.iter().any(|l| l.contains("built by stigmer")),
+        "{lines:?}"
+    );
+    let again = h
+        .engine
+        .ensure_image(&tag, &EnsureImage::default(), &mut |_| {})
+        .await
+        .expect("present");
+    assert_eq!(again.how, ImageHow::Present);
+    assert_eq!(again.id, info.id);
+
+    // A failing build says which step failed.
+    std::fs::write(
+        dir.path().join("Dockerfile.bad"),
+        format!("FROM {}\nRUN exit 7\n", h.image),
+    )
+    .expect("write");
+    let bad_tag = format!("{tag}-bad");
+    let err = h
+        .engine
+        .ensure_image(
+            &bad_tag,
+            &EnsureImage {
+                auto_pull: false,
+                build: Some(BuildSpec::new(
+                    dir.path().join("Dockerfile.bad"),
+                    dir.path(),
+                )),
+            },
+            &mut |_| {},
+        )
+        .await
+        .expect_err("bad build");
+    eprintln!("failed build reads: {err}");
+    assert!(matches!(err, EngineError::BuildFailed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("exit 7") || err.to_string().contains("7"),
+        "{err}"
+    );
+
+    let _ = h
+        .engine
+        .docker()
+        .remove_image(
+            &tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+}
