@@ -419,10 +419,12 @@ impl Engine {
                     stream_open = false;
                 }
                 item = output.next() => match item {
-                    Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                        sink(StreamKind::Stdout, &message);
+                    Some(Ok(LogOutput::StdOut { message })) => sink(StreamKind::Stdout, &message),
+                    // Without a tty, unframed bytes are the engine's own messages (e.g. "OCI
+                    // runtime exec failed: …"), never the command's stdout.
+                    Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
+                        sink(StreamKind::Stderr, &message);
                     }
-                    Some(Ok(LogOutput::StdErr { message })) => sink(StreamKind::Stderr, &message),
                     Some(Ok(LogOutput::StdIn { .. })) => {}
                     Some(Err(source)) => {
                         if killer.is_some() {

@@ -39,7 +39,7 @@ async fn two_hundred_megabytes_stream_through_in_bounded_memory() {
                     StreamKind::Stderr => stderr += bytes.len() as u64,
                 }
                 chunks += 1;
-                if chunks % 256 == 0 {
+                if chunks.is_multiple_of(256) {
                     peak = peak.max(rss_kib());
                 }
             },

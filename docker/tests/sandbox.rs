@@ -549,3 +549,47 @@ async fn connect_to_a_missing_socket_says_what_to_do() {
     assert!(msg.contains("--mode local"), "{msg}");
     assert!(err.is_retryable());
 }
+
+#[tokio::test]
+async fn a_command_that_kills_everything_it_can_taints_the_container() {
+    let h = harness!();
+    let id = h.container(&h.spec()).await;
+    // SIGKILL to every process uid 1000 may signal: the keep-alive dies, the container stops.
+    let r = h.sh(&id, "kill -KILL -1").await;
+    assert!(r.outcome.stray_processes, "{:?}", r.outcome);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = h
+            .engine
+            .container_state(&id)
+            .await
+            .expect("state")
+            .expect("exists");
+        if !state.running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "container still running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An exec in a stopped container is refused before anything runs, and says so.
+    let err = h
+        .engine
+        .exec(&id, sh("true"), &mut |_, _| {}, CancellationToken::new())
+        .await
+        .expect_err("stopped");
+    assert_eq!(err.status_code(), Some(409), "{err}");
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_missing_working_directory_fails_the_command_not_the_engine() {
+    let h = harness!();
+    let id = h.container(&h.spec()).await;
+    let r = h.run(&id, sh("pwd").with_workdir("/does/not/exist")).await;
+    assert_eq!(r.outcome.exit_code, Some(126), "{:?}", r.outcome);
+    // The engine reports this on the exec's stdout stream (Docker 20.10 frames it as stdout).
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(said.contains("/does/not/exist"), "{said}");
+    // The container is fine for the next command.
+    assert_eq!(h.sh(&id, "true").await.outcome.exit_code, Some(0));
+}
