@@ -1,0 +1,939 @@
+//! The fake's HTTP surface: routes, the gate every request passes, and the handlers.
+//!
+//! Paths, as the descriptions give them:
+//! - main API under `/api`: `POST|GET /sandbox`, `GET|DELETE /sandbox/{id}`,
+//!   `GET /sandbox/{id}/toolbox-proxy-url`, and the deprecated `/toolbox/{id}/toolbox/...`;
+//! - toolbox under `/toolbox/{sandboxId}` (the `toolboxProxyUrl` sandboxes report):
+//!   `process/execute`, `process/session[/{sid}[/exec|/command/{cid}[/logs]]]`.
+//!
+//! The gate records the request, checks the bearer, applies injected faults, and validates the
+//! body against the description before a handler sees it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::exec::{self, CommandLog, RunEnd, Source};
+use super::{FakeSandbox, FakeSession, FaultKind, RecordedRequest, Shared};
+use crate::demux::demux_all;
+use crate::openapi::{self, Spec, Strictness};
+
+const MAX_BODY: usize = 16 << 20;
+
+/// An OpenAPI operation the fake serves: its id, description, and body schemas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Operation {
+    /// `operationId` in the description.
+    pub id: &'static str,
+    /// Which description.
+    pub spec: Spec,
+    /// Component schema of the request body.
+    pub request_schema: Option<&'static str>,
+    /// Component schema of a JSON answer.
+    pub response_schema: Option<&'static str>,
+}
+
+const fn op(
+    id: &'static str,
+    spec: Spec,
+    request_schema: Option<&'static str>,
+    response_schema: Option<&'static str>,
+) -> Option<Operation> {
+    Some(Operation {
+        id,
+        spec,
+        request_schema,
+        response_schema,
+    })
+}
+
+/// The operation a request to the fake's `path` is, if it serves it.
+#[must_use]
+pub fn classify(method: &str, path: &str) -> Option<Operation> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("POST", ["api", "sandbox"]) => op(
+            "createSandbox",
+            Spec::Api,
+            Some("CreateSandbox"),
+            Some("Sandbox"),
+        ),
+        ("GET", ["api", "sandbox"]) => op(
+            "listSandboxes",
+            Spec::Api,
+            None,
+            Some("ListSandboxesResponse"),
+        ),
+        ("GET", ["api", "sandbox", _]) => op("getSandbox", Spec::Api, None, Some("Sandbox")),
+        ("DELETE", ["api", "sandbox", _]) => op("deleteSandbox", Spec::Api, None, Some("Sandbox")),
+        ("GET", ["api", "sandbox", _, "toolbox-proxy-url"]) => op(
+            "getToolboxProxyUrl",
+            Spec::Api,
+            None,
+            Some("ToolboxProxyUrl"),
+        ),
+        (m, ["api", "toolbox", _, "toolbox", rest @ ..]) => toolbox_operation(m, rest, true),
+        (m, ["toolbox", _, rest @ ..]) => toolbox_operation(m, rest, false),
+        _ => None,
+    }
+}
+
+fn toolbox_operation(method: &str, rest: &[&str], deprecated: bool) -> Option<Operation> {
+    let spec = if deprecated { Spec::Api } else { Spec::Toolbox };
+    let name = |current: &'static str, old: &'static str| if deprecated { old } else { current };
+    match (method, rest) {
+        ("POST", ["process", "execute"]) => op(
+            name("ExecuteCommand", "executeCommand_deprecated"),
+            spec,
+            Some("ExecuteRequest"),
+            Some("ExecuteResponse"),
+        ),
+        ("POST", ["process", "session"]) => op(
+            name("CreateSession", "createSession_deprecated"),
+            spec,
+            Some("CreateSessionRequest"),
+            None,
+        ),
+        ("GET", ["process", "session", _]) => op(
+            name("GetSession", "getSession_deprecated"),
+            spec,
+            None,
+            Some("Session"),
+        ),
+        ("DELETE", ["process", "session", _]) => op(
+            name("DeleteSession", "deleteSession_deprecated"),
+            spec,
+            None,
+            None,
+        ),
+        ("POST", ["process", "session", _, "exec"]) => op(
+            name("SessionExecuteCommand", "executeSessionCommand_deprecated"),
+            spec,
+            Some("SessionExecuteRequest"),
+            Some("SessionExecuteResponse"),
+        ),
+        ("GET", ["process", "session", _, "command", _]) => op(
+            name("GetSessionCommand", "getSessionCommand_deprecated"),
+            spec,
+            None,
+            Some("Command"),
+        ),
+        ("GET", ["process", "session", _, "command", _, "logs"]) => op(
+            name("GetSessionCommandLogs", "getSessionCommandLogs_deprecated"),
+            spec,
+            None,
+            (!deprecated).then_some("SessionCommandLogsResponse"),
+        ),
+        _ => None,
+    }
+}
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    let toolbox = Router::new()
+        .route("/process/execute", post(execute))
+        .route("/process/session", post(create_session).get(list_sessions))
+        .route(
+            "/process/session/{session_id}",
+            get(get_session).delete(delete_session),
+        )
+        .route("/process/session/{session_id}/exec", post(session_exec))
+        .route(
+            "/process/session/{session_id}/command/{command_id}",
+            get(get_command),
+        )
+        .route(
+            "/process/session/{session_id}/command/{command_id}/logs",
+            get(command_logs),
+        );
+    let api = Router::new()
+        .route("/sandbox", post(create_sandbox).get(list_sandboxes))
+        .route(
+            "/sandbox/{sandbox_id}",
+            get(get_sandbox).delete(delete_sandbox),
+        )
+        .route(
+            "/sandbox/{sandbox_id}/toolbox-proxy-url",
+            get(toolbox_proxy_url),
+        )
+        .nest("/toolbox/{sandbox_id}/toolbox", toolbox.clone());
+    Router::new()
+        .nest("/api", api)
+        .nest("/toolbox/{sandbox_id}", toolbox)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route in the fake Daytona") })
+        .layer(middleware::from_fn_with_state(shared.clone(), gate))
+        .with_state(shared)
+}
+
+/// Daytona-style error answer: `{statusCode, message, error}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = json!({
+        "statusCode": status.as_u16(),
+        "message": message.into(),
+        "error": status.canonical_reason().unwrap_or("Error"),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let received_at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    let method = parts.method.to_string();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let operation = classify(&method, &path);
+    let body_json: Option<Value> = if bytes.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&bytes).ok()
+    };
+    let websocket = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let expected = format!("Bearer {}", shared.api_key);
+    let authorized = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != header::AUTHORIZATION)
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+
+    let mut schema_errors = Vec::new();
+    if let Some(schema) = operation.and_then(|o| o.request_schema.map(|s| (o.spec, s))) {
+        let value = body_json.clone().unwrap_or(Value::Null);
+        if let Err(errors) =
+            openapi::validate(schema.0, schema.1, &value, Strictness::NoUnknownFields)
+        {
+            schema_errors = errors;
+        }
+    }
+
+    let fault = if authorized {
+        shared.lock().take_fault(&path)
+    } else {
+        None
+    };
+    let response = if !authorized {
+        error(StatusCode::UNAUTHORIZED, "Invalid credentials")
+    } else if let Some(fault) = fault {
+        fault_response(&fault)
+    } else if !schema_errors.is_empty() && shared.reject_invalid_bodies {
+        error(StatusCode::BAD_REQUEST, schema_errors.join("; "))
+    } else {
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await
+    };
+
+    let (resp_parts, resp_body) = response.into_parts();
+    let status = resp_parts.status.as_u16();
+    let is_json = resp_parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    let (response, response_body) = if status == 101 || !is_json {
+        (Response::from_parts(resp_parts, resp_body), None)
+    } else {
+        let resp_bytes = to_bytes(resp_body, MAX_BODY).await.unwrap_or_default();
+        let value = serde_json::from_slice(&resp_bytes).ok();
+        (
+            Response::from_parts(resp_parts, Body::from(resp_bytes)),
+            value,
+        )
+    };
+    shared.lock().requests.push(RecordedRequest {
+        method,
+        path,
+        query,
+        operation: operation.map(|o| o.id),
+        headers,
+        authorized,
+        websocket,
+        body: body_json,
+        schema_errors,
+        status,
+        response_body,
+        received_at,
+    });
+    response
+}
+
+fn fault_response(kind: &FaultKind) -> Response {
+    match kind {
+        FaultKind::Status(code) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, format!("injected failure: {status}"))
+        }
+        FaultKind::RateLimited(after) => {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ThrottlerException: Too Many Requests",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+        }
+    }
+}
+
+type Params = Path<HashMap<String, String>>;
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
+    params.get(name).map_or("", String::as_str)
+}
+
+fn not_found_sandbox(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("Sandbox with ID or name {id} not found"),
+    )
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn is_deprecated_path(headers_path: &str) -> bool {
+    headers_path.starts_with("/api/")
+}
+
+// ---- sandboxes ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateSandboxBody {
+    name: Option<String>,
+    snapshot: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    network_block_all: Option<bool>,
+    network_allow_list: Option<String>,
+    target: Option<String>,
+    cpu: Option<u64>,
+    memory: Option<u64>,
+    disk: Option<u64>,
+    auto_stop_interval: Option<i64>,
+    auto_delete_interval: Option<i64>,
+}
+
+async fn create_sandbox(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let body: CreateSandboxBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut state = shared.lock();
+    let id = state.next_id("sbx");
+    let fate = state.fates.pop_front().unwrap_or_default();
+    let sandbox = FakeSandbox {
+        id: id.clone(),
+        name: body.name.unwrap_or_else(|| id.clone()),
+        snapshot: body.snapshot,
+        env: body.env,
+        labels: body.labels,
+        target: body.target.unwrap_or_else(|| "us".into()),
+        cpu: body.cpu.unwrap_or(1),
+        memory: body.memory.unwrap_or(1),
+        disk: body.disk.unwrap_or(3),
+        network_block_all: body.network_block_all.unwrap_or(false),
+        network_allow_list: body.network_allow_list,
+        auto_stop_interval: body.auto_stop_interval.unwrap_or(15),
+        auto_delete_interval: body.auto_delete_interval,
+        created: Instant::now(),
+        created_at: super::rfc3339(SystemTime::now()),
+        fate,
+        sessions: HashMap::new(),
+    };
+    let answer = sandbox.to_json(&shared);
+    state.sandboxes.insert(id, sandbox);
+    Json(answer).into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    labels: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list_sandboxes(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    let wanted: BTreeMap<String, String> = match q.labels.as_deref() {
+        None | Some("") => BTreeMap::new(),
+        Some(s) => match serde_json::from_str(s) {
+            Ok(l) => l,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("labels must be a JSON object of strings: {e}"),
+                );
+            }
+        },
+    };
+    let limit = match q.limit.as_deref().map(str::parse::<f64>) {
+        None => 100,
+        Some(Ok(n)) if (1.0..=200.0).contains(&n) => n as usize,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a number from 1 to 200",
+            );
+        }
+    }
+    .min(shared.max_page_size);
+    let offset = match q.cursor.as_deref().map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "invalid cursor"),
+    };
+    let state = shared.lock();
+    let matching: Vec<Value> = state
+        .sandboxes
+        .values()
+        .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| s.to_json(&shared))
+        .collect();
+    let items: Vec<&Value> = matching.iter().skip(offset).take(limit).collect();
+    let next = if offset + limit < matching.len() {
+        json!((offset + limit).to_string())
+    } else {
+        Value::Null
+    };
+    Json(json!({ "items": items, "nextCursor": next })).into_response()
+}
+
+async fn get_sandbox(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
+    let id = param(&p, "sandbox_id");
+    let state = shared.lock();
+    match state.sandboxes.get(id) {
+        Some(s) => Json(s.to_json(&shared)).into_response(),
+        None => not_found_sandbox(id),
+    }
+}
+
+async fn delete_sandbox(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
+    let id = param(&p, "sandbox_id");
+    let mut state = shared.lock();
+    match state.sandboxes.remove(id) {
+        Some(s) => {
+            let mut answer = s.to_json(&shared);
+            answer["state"] = json!("destroying");
+            answer["desiredState"] = json!("destroyed");
+            Json(answer).into_response()
+        }
+        None => not_found_sandbox(id),
+    }
+}
+
+async fn toolbox_proxy_url(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
+    let id = param(&p, "sandbox_id");
+    if !shared.lock().sandboxes.contains_key(id) {
+        return not_found_sandbox(id);
+    }
+    Json(json!({ "url": shared.toolbox_url() })).into_response()
+}
+
+// ---- toolbox -----------------------------------------------------------------------------------
+
+/// Runs `f` on the sandbox if it exists and is started; otherwise the error answer.
+fn with_started<T>(
+    shared: &Shared,
+    id: &str,
+    f: impl FnOnce(&mut super::State, &str) -> Result<T, Response>,
+) -> Result<T, Response> {
+    let mut state = shared.lock();
+    let current = match state.sandboxes.get(id) {
+        None => return Err(not_found_sandbox(id)),
+        Some(s) => s.state(shared.start_delay).0,
+    };
+    if current != "started" {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Sandbox {id} is not started (state: {current})"),
+        ));
+    }
+    f(&mut state, id)
+}
+
+fn choose_source(
+    shared: &Shared,
+    state: &super::State,
+    command: &str,
+    cwd: Option<String>,
+    env: BTreeMap<String, String>,
+    merge_stderr: bool,
+) -> Source {
+    if let Some((_, script)) = state
+        .scripts
+        .iter()
+        .find(|(pattern, _)| command.contains(pattern.as_str()))
+    {
+        Source::Script(script.clone())
+    } else if shared.execute_on_host {
+        Source::Host {
+            command: command.to_owned(),
+            cwd,
+            env,
+            merge_stderr,
+        }
+    } else {
+        Source::Script(state.default_command.clone())
+    }
+}
+
+#[derive(Deserialize)]
+struct ExecuteBody {
+    command: String,
+    cwd: Option<String>,
+    #[serde(default)]
+    envs: BTreeMap<String, String>,
+    timeout: Option<f64>,
+}
+
+async fn execute(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    body: axum::body::Bytes,
+) -> Response {
+    let id = param(&p, "sandbox_id");
+    let body: ExecuteBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "command is required"),
+    };
+    if body.command.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "empty command");
+    }
+    let prepared = with_started(&shared, id, |state, _| {
+        let source = choose_source(
+            &shared,
+            state,
+            &body.command,
+            body.cwd.clone(),
+            body.envs.clone(),
+            true,
+        );
+        Ok((source, state.ignore_exec_timeout))
+    });
+    let (source, ignore_timeout) = match prepared {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // As Daytona: a missing or zero timeout means none at all.
+    let timeout = body
+        .timeout
+        .filter(|t| *t > 0.0 && !ignore_timeout)
+        .map(Duration::from_secs_f64);
+    let log = CommandLog::new("execute".into(), body.command.clone());
+    match exec::run(source, &log, timeout).await {
+        RunEnd::Exited(code) => {
+            let (bytes, _) = log.read_from(0);
+            let result = String::from_utf8_lossy(&exec::strip_markers(&bytes)).into_owned();
+            Json(json!({ "exitCode": code, "result": result })).into_response()
+        }
+        RunEnd::TimedOut => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "Command execution timed out after {} seconds. The timeout can be increased by \
+                 adjusting the timeout parameter in the request.",
+                body.timeout.unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateSessionBody {
+    session_id: String,
+}
+
+async fn create_session(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    let id = param(&p, "sandbox_id");
+    let body: CreateSessionBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let created = with_started(&shared, id, |state, id| {
+        let sandbox = state
+            .sandboxes
+            .get_mut(id)
+            .ok_or_else(|| not_found_sandbox(id))?;
+        if sandbox.sessions.contains_key(&body.session_id) {
+            return Err(error(StatusCode::CONFLICT, "session already exists"));
+        }
+        sandbox
+            .sessions
+            .insert(body.session_id.clone(), FakeSession::default());
+        Ok(())
+    });
+    match created {
+        Ok(()) if is_deprecated_path(uri.path()) => StatusCode::OK.into_response(),
+        Ok(()) => StatusCode::CREATED.into_response(),
+        Err(r) => r,
+    }
+}
+
+fn command_json(log: &CommandLog) -> Value {
+    let mut v = json!({ "id": log.id, "command": log.command });
+    if let Some(code) = log.exit_code() {
+        v["exitCode"] = json!(code);
+    }
+    v
+}
+
+fn session_json(id: &str, session: &FakeSession) -> Value {
+    let commands: Vec<Value> = session.commands.values().map(|c| command_json(c)).collect();
+    json!({ "sessionId": id, "commands": commands })
+}
+
+async fn list_sessions(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
+    let id = param(&p, "sandbox_id");
+    match with_started(&shared, id, |state, id| {
+        let sandbox = state
+            .sandboxes
+            .get(id)
+            .ok_or_else(|| not_found_sandbox(id))?;
+        Ok(sandbox
+            .sessions
+            .iter()
+            .map(|(sid, s)| session_json(sid, s))
+            .collect::<Vec<_>>())
+    }) {
+        Ok(list) => Json(list).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn with_session<T>(
+    shared: &Shared,
+    p: &HashMap<String, String>,
+    f: impl FnOnce(&mut super::State, &str, &str) -> Result<T, Response>,
+) -> Result<T, Response> {
+    let session_id = param(p, "session_id");
+    with_started(shared, param(p, "sandbox_id"), |state, id| {
+        let exists = state
+            .sandboxes
+            .get(id)
+            .is_some_and(|s| s.sessions.contains_key(session_id));
+        if !exists {
+            return Err(error(StatusCode::NOT_FOUND, "session not found"));
+        }
+        f(state, id, session_id)
+    })
+}
+
+async fn get_session(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
+    match with_session(&shared, &p, |state, id, sid| {
+        let session = state
+            .sandboxes
+            .get(id)
+            .and_then(|s| s.sessions.get(sid))
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, "session not found"))?;
+        Ok(session_json(sid, session))
+    }) {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn delete_session(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    uri: axum::http::Uri,
+) -> Response {
+    match with_session(&shared, &p, |state, id, sid| {
+        if let Some(s) = state.sandboxes.get_mut(id) {
+            s.sessions.remove(sid);
+        }
+        Ok(())
+    }) {
+        Ok(()) if is_deprecated_path(uri.path()) => StatusCode::OK.into_response(),
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionExecBody {
+    command: String,
+    #[serde(default)]
+    run_async: bool,
+    #[serde(default, rename = "async")]
+    async_old: bool,
+}
+
+/// What a client gets for session output, decided from its headers as Daytona's toolbox does:
+/// JSON with stdout/stderr for SDKs from 0.167.0, marked text for SDKs from 0.27.0 or a client
+/// sending `X-Daytona-Split-Output: true`, merged text for anyone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputMode {
+    Merged,
+    Marked,
+    Json,
+}
+
+fn output_mode(headers: &HeaderMap) -> OutputMode {
+    let from_header = headers
+        .get("x-daytona-sdk-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let from_protocol = || {
+        headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .find_map(|p| p.strip_prefix("X-Daytona-SDK-Version~").map(str::to_owned))
+            })
+    };
+    let version = from_header.or_else(from_protocol).filter(|v| !v.is_empty());
+    let Some(version) = version else {
+        let split = headers
+            .get("x-daytona-split-output")
+            .and_then(|v| v.to_str().ok())
+            == Some("true");
+        return if split {
+            OutputMode::Marked
+        } else {
+            OutputMode::Merged
+        };
+    };
+    if version.contains("dev") {
+        return OutputMode::Json;
+    }
+    let numbers: Vec<u64> = version
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+        numbers.get(2).copied().unwrap_or(0),
+    );
+    if v < (0, 27, 0) {
+        OutputMode::Merged
+    } else if v >= (0, 167, 0) {
+        OutputMode::Json
+    } else {
+        OutputMode::Marked
+    }
+}
+
+async fn session_exec(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: SessionExecBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.command.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "command cannot be empty");
+    }
+    let run_async = body.run_async || body.async_old;
+    let prepared = with_session(&shared, &p, |state, id, sid| {
+        let command_id = state.next_id("cmd");
+        let source = choose_source(&shared, state, &body.command, None, BTreeMap::new(), false);
+        let log = Arc::new(CommandLog::new(command_id.clone(), body.command.clone()));
+        if let Some(session) = state
+            .sandboxes
+            .get_mut(id)
+            .and_then(|s| s.sessions.get_mut(sid))
+        {
+            session.commands.insert(command_id, log.clone());
+        }
+        Ok((source, log))
+    });
+    let (source, log) = match prepared {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if run_async {
+        let running = log.clone();
+        tokio::spawn(async move {
+            let code = match exec::run(source, &running, None).await {
+                RunEnd::Exited(code) => code,
+                RunEnd::TimedOut => -1,
+            };
+            running.finish(code);
+        });
+        return (StatusCode::ACCEPTED, Json(json!({ "cmdId": log.id }))).into_response();
+    }
+    let code = match exec::run(source, &log, None).await {
+        RunEnd::Exited(code) => code,
+        RunEnd::TimedOut => -1,
+    };
+    log.finish(code);
+    let (bytes, _) = log.read_from(0);
+    let mut answer = json!({ "cmdId": log.id, "exitCode": code });
+    match output_mode(&headers) {
+        OutputMode::Merged => {
+            answer["output"] = json!(String::from_utf8_lossy(&exec::strip_markers(&bytes)));
+        }
+        OutputMode::Marked => answer["output"] = json!(String::from_utf8_lossy(&bytes)),
+        OutputMode::Json => {
+            let split = demux_all(&bytes);
+            answer["output"] = json!(String::from_utf8_lossy(&bytes));
+            answer["stdout"] = json!(String::from_utf8_lossy(&split.stdout));
+            answer["stderr"] = json!(String::from_utf8_lossy(&split.stderr));
+        }
+    }
+    Json(answer).into_response()
+}
+
+fn find_command(shared: &Shared, p: &HashMap<String, String>) -> Result<Arc<CommandLog>, Response> {
+    let command_id = param(p, "command_id");
+    with_session(shared, p, |state, id, sid| {
+        state
+            .sandboxes
+            .get(id)
+            .and_then(|s| s.sessions.get(sid))
+            .and_then(|s| s.commands.get(command_id))
+            .cloned()
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, "command not found"))
+    })
+}
+
+async fn get_command(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
+    match find_command(&shared, &p) {
+        Ok(log) => Json(command_json(&log)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn command_logs(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    request: Request,
+) -> Response {
+    let log = match find_command(&shared, &p) {
+        Ok(log) => log,
+        Err(r) => return r,
+    };
+    let (mut parts, _body) = request.into_parts();
+    let mode = output_mode(&parts.headers);
+    let wants_ws = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (ws_off, drop_after) = {
+        let state = shared.lock();
+        (state.websocket_logs_off, state.drop_log_streams_after)
+    };
+    if wants_ws && !ws_off {
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(ws) => ws.on_upgrade(move |socket| stream_log(socket, log, mode, drop_after)),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let (bytes, _) = log.read_from(0);
+    match mode {
+        OutputMode::Json => {
+            let split = demux_all(&bytes);
+            Json(json!({
+                "output": String::from_utf8_lossy(&bytes),
+                "stdout": String::from_utf8_lossy(&split.stdout),
+                "stderr": String::from_utf8_lossy(&split.stderr),
+            }))
+            .into_response()
+        }
+        OutputMode::Marked => text(bytes),
+        OutputMode::Merged => text(exec::strip_markers(&bytes)),
+    }
+}
+
+fn text(bytes: Vec<u8>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from(bytes),
+    )
+        .into_response()
+}
+
+/// Sends the log as it grows, one binary frame per read, then a normal close once the command
+/// has ended and everything is sent, as the toolbox's follow does. With `drop_after`, the socket
+/// is dropped without a close frame before the frame after that many.
+async fn stream_log(
+    mut socket: WebSocket,
+    log: Arc<CommandLog>,
+    mode: OutputMode,
+    drop_after: Option<usize>,
+) {
+    let mut changes = log.subscribe();
+    let mut offset = 0;
+    let mut frames = 0usize;
+    loop {
+        changes.borrow_and_update();
+        let (bytes, exit_code) = log.read_from(offset);
+        if !bytes.is_empty() {
+            if drop_after.is_some_and(|n| frames >= n) {
+                return; // dropped: no close frame, as when a proxy or the network cuts it
+            }
+            offset += bytes.len();
+            let payload = if mode == OutputMode::Merged {
+                exec::strip_markers(&bytes)
+            } else {
+                bytes
+            };
+            if socket.send(Message::Binary(payload.into())).await.is_err() {
+                return;
+            }
+            frames += 1;
+            continue;
+        }
+        if exit_code.is_some() {
+            let close = CloseFrame {
+                code: close_code::NORMAL,
+                reason: "".into(),
+            };
+            let _ = socket.send(Message::Close(Some(close))).await;
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
