@@ -299,6 +299,21 @@ impl ExecOutcome {
     }
 }
 
+/// A chunk of output, as [`Engine::exec_to_channel`] sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    /// Which stream it came from.
+    pub kind: StreamKind,
+    /// The bytes, as the engine delivered them (not split at line ends).
+    pub data: bytes::Bytes,
+}
+
+/// Where [`Engine::run_exec`] hands output.
+enum Sink<'a> {
+    Callback(&'a mut (dyn FnMut(StreamKind, &[u8]) + Send)),
+    Channel(tokio::sync::mpsc::Sender<OutputChunk>),
+}
+
 /// What the signal script found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signalled {
@@ -324,6 +339,32 @@ impl Engine {
         container_id: &str,
         req: ExecRequest,
         sink: &mut (dyn FnMut(StreamKind, &[u8]) + Send),
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, EngineError> {
+        self.run_exec(container_id, req, Sink::Callback(sink), cancel)
+            .await
+    }
+
+    /// [`Engine::exec`] for async consumers: output chunks are sent to `tx` as they come. A
+    /// full channel holds the command's output back (memory stays bounded) without holding
+    /// back the timeout or the cancellation; a dropped receiver discards the rest of the
+    /// output (cancel through the token to stop the command).
+    pub async fn exec_to_channel(
+        &self,
+        container_id: &str,
+        req: ExecRequest,
+        tx: tokio::sync::mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, EngineError> {
+        self.run_exec(container_id, req, Sink::Channel(tx), cancel)
+            .await
+    }
+
+    async fn run_exec(
+        &self,
+        container_id: &str,
+        req: ExecRequest,
+        mut sink: Sink<'_>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, EngineError> {
         req.validate()?;
@@ -391,54 +432,88 @@ impl Engine {
             }
         };
 
-        let far = started + Duration::from_secs(100 * 365 * 24 * 3600);
-        let timeout_at = req.timeout.map_or(far, |t| started + t);
-        let timeout_sleep = tokio::time::sleep_until(timeout_at);
+        let far = started + Duration::from_secs(365 * 24 * 3600);
+        let has_timeout = req.timeout.is_some();
+        let timeout_sleep = tokio::time::sleep_until(req.timeout.map_or(far, |t| started + t));
         tokio::pin!(timeout_sleep);
         let linger_sleep = tokio::time::sleep_until(far);
         tokio::pin!(linger_sleep);
 
         let mut ended = ExecEnd::Exited;
         let mut killer: Option<tokio::task::JoinHandle<Result<bool, EngineError>>> = None;
-        let mut stream_open = true;
-        while stream_open {
-            tokio::select! {
+        let mut receiver_gone = false;
+        // Timeout and cancellation start the kill; the stream is drained until it ends (or
+        // lingers too long), so the command is never blocked on a full pipe meanwhile.
+        macro_rules! start_kill {
+            ($why:expr) => {{
+                ended = $why;
+                killer = Some(self.spawn_killer(container_id, &req));
+                linger_sleep
+                    .as_mut()
+                    .reset(Instant::now() + req.kill_grace + STREAM_LINGER_AFTER_KILL);
+            }};
+        }
+        'stream: loop {
+            let item = tokio::select! {
                 biased;
                 () = cancel.cancelled(), if killer.is_none() => {
-                    ended = ExecEnd::Cancelled;
-                    killer = Some(self.spawn_killer(container_id, &req));
-                    linger_sleep.as_mut().reset(Instant::now() + req.kill_grace + STREAM_LINGER_AFTER_KILL);
+                    start_kill!(ExecEnd::Cancelled);
+                    continue 'stream;
                 }
-                () = &mut timeout_sleep, if killer.is_none() && req.timeout.is_some() => {
-                    ended = ExecEnd::TimedOut;
-                    killer = Some(self.spawn_killer(container_id, &req));
-                    linger_sleep.as_mut().reset(Instant::now() + req.kill_grace + STREAM_LINGER_AFTER_KILL);
+                () = &mut timeout_sleep, if killer.is_none() && has_timeout => {
+                    start_kill!(ExecEnd::TimedOut);
+                    continue 'stream;
                 }
                 () = &mut linger_sleep, if killer.is_some() => {
-                    tracing::warn!(container = container_id, exec = %exec_id, "output stream still open after the kill; giving up on it");
-                    stream_open = false;
-                }
-                item = output.next() => match item {
-                    Some(Ok(LogOutput::StdOut { message })) => sink(StreamKind::Stdout, &message),
-                    // Without a tty, unframed bytes are the engine's own messages (e.g. "OCI
-                    // runtime exec failed: …"), never the command's stdout.
-                    Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
-                        sink(StreamKind::Stderr, &message);
-                    }
-                    Some(Ok(LogOutput::StdIn { .. })) => {}
-                    Some(Err(source)) => {
-                        if killer.is_some() {
-                            stream_open = false;
-                        } else {
-                            return Err(EngineError::ExecInterrupted {
-                                container: container_id.to_string(),
-                                exec_id,
-                                source,
-                            });
-                        }
-                    }
-                    None => stream_open = false,
+                    warn_lingering(container_id, &exec_id);
+                    break 'stream;
                 },
+                item = output.next() => item,
+            };
+            let (kind, data) = match item {
+                Some(Ok(LogOutput::StdOut { message })) => (StreamKind::Stdout, message),
+                // Without a tty, unframed bytes are the engine's own messages, never the
+                // command's stdout.
+                Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
+                    (StreamKind::Stderr, message)
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => continue 'stream,
+                Some(Err(_)) if killer.is_some() => break 'stream,
+                Some(Err(source)) => {
+                    return Err(EngineError::ExecInterrupted {
+                        container: container_id.to_string(),
+                        exec_id,
+                        source,
+                    })
+                }
+                None => break 'stream,
+            };
+            match &mut sink {
+                Sink::Callback(f) => f(kind, &data),
+                Sink::Channel(tx) if !receiver_gone => {
+                    // A slow receiver holds the command back (bounded memory), but never the
+                    // timeout or the cancellation.
+                    let send = tx.send(OutputChunk { kind, data });
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                                    biased;
+                                    sent = &mut send => {
+                                        receiver_gone = sent.is_err();
+                                        break;
+                                    }
+                                    () = cancel.cancelled(), if killer.is_none() => start_kill!(ExecEnd::Cancelled),
+                                    () = &mut timeout_sleep, if killer.is_none() && has_timeout => {
+                                        start_kill!(ExecEnd::TimedOut);
+                                    }
+                                    () = &mut linger_sleep, if killer.is_some() => {
+                            warn_lingering(container_id, &exec_id);
+                            break 'stream;
+                        },
+                                }
+                    }
+                }
+                Sink::Channel(_) => {}
             }
         }
         drop(output);
@@ -684,6 +759,14 @@ impl Engine {
         let code = self.wait_exit_code(&exec_id).await;
         Ok((code, String::from_utf8_lossy(&stdout).into_owned()))
     }
+}
+
+fn warn_lingering(container_id: &str, exec_id: &str) {
+    tracing::warn!(
+        container = container_id,
+        exec = exec_id,
+        "output stream still open after the kill; giving up on it"
+    );
 }
 
 /// TERM the group (retrying while the wrapper has not yet recorded its pid), wait up to

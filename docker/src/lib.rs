@@ -47,7 +47,7 @@ pub use container::{
     LABEL_STORE, LABEL_WORKER,
 };
 pub use error::EngineError;
-pub use exec::{ExecEnd, ExecOutcome, ExecRequest, StreamKind};
+pub use exec::{ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind, DEFAULT_KILL_GRACE};
 pub use image::{BuildSpec, EnsureImage, ImageHow, ImageInfo, ImageProgress};
 pub use spec::{
     ContainerSpec, CredentialMount, Network, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS,

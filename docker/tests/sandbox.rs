@@ -593,3 +593,53 @@ async fn a_missing_working_directory_fails_the_command_not_the_engine() {
     // The container is fine for the next command.
     assert_eq!(h.sh(&id, "true").await.outcome.exit_code, Some(0));
 }
+
+#[tokio::test]
+async fn channel_output_with_a_slow_receiver_still_times_out() {
+    let h = harness!();
+    let id = h.container(&h.spec()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        let mut bytes = 0usize;
+        while let Some(chunk) = rx.recv().await {
+            let chunk: stigmer_docker::OutputChunk = chunk;
+            bytes += chunk.data.len();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bytes
+    });
+    let started = Instant::now();
+    let outcome = h
+        .engine
+        .exec_to_channel(
+            &id,
+            sh("yes stigmer").with_timeout(Duration::from_secs(1)),
+            tx,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(outcome.ended, ExecEnd::TimedOut);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(reader.await.expect("reader") > 0);
+    assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
+
+    // A receiver that goes away does not stop the command from finishing.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    let outcome = h
+        .engine
+        .exec_to_channel(
+            &id,
+            sh("head -c 10000000 /dev/zero; exit 4"),
+            tx,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(outcome.exit_code, Some(4));
+}
