@@ -146,3 +146,128 @@ async fn builds_from_a_dockerfile_when_pull_is_impossible() {
         )
         .await;
 }
+
+/// A derived image whose `python3 -m pip` is a stand-in that records what it was asked to
+/// install, so the requirements layering is tested without a package index.
+async fn image_with_fake_pip(h: &Harness) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pip")).expect("mkdir");
+    std::fs::write(dir.path().join("pip/__init__.py"), "").expect("write");
+    std::fs::write(
+        dir.path().join("pip/__main__.py"),
+        "import sys\nargs = sys.argv[1:]\nreq = args[args.index('-r') + 1]\n\
+         open('/tmp/installed.txt', 'w').write(open(req).read())\nprint('fake pip installed', req)\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY pip /opt/fake-pip/pip\nENV PYTHONPATH=/opt/fake-pip\n",
+            h.image
+        ),
+    )
+    .expect("write");
+    let tag = format!("stigmer-test-fakepip:{}", unique("t").replace('-', ""));
+    h.engine
+        .build_image(
+            &tag,
+            &BuildSpec::new(dir.path().join("Dockerfile"), dir.path()),
+            &mut |_| {},
+        )
+        .await
+        .expect("fake pip image");
+    tag
+}
+
+#[tokio::test]
+async fn requirements_image_is_layered_once_and_reused() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let base = image_with_fake_pip(&h).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let req = dir.path().join("requirements.txt");
+    std::fs::write(&req, format!("requests==2.32.3\n# {}\n", unique("r"))).expect("write");
+
+    let mut lines = Vec::new();
+    let tag = h
+        .engine
+        .build_requirements_image(&base, &req, &mut |p| {
+            if let ImageProgress::Build { line } = p {
+                lines.push(line);
+            }
+        })
+        .await
+        .expect("requirements image");
+    assert!(tag.starts_with("stigmer-req:"), "{tag}");
+    assert!(
+        lines.iter().any(|l| l.contains("fake pip installed")),
+        "{lines:?}"
+    );
+
+    // Same base, same file: reused without a build.
+    let mut rebuilt = false;
+    let again = h
+        .engine
+        .build_requirements_image(&base, &req, &mut |_| rebuilt = true)
+        .await
+        .expect("reuse");
+    assert_eq!(again, tag);
+    assert!(!rebuilt, "the image was built again");
+
+    // The requirements really are in the image, for uid 1000 to see.
+    let id = h.container(&h.spec_for(&tag)).await;
+    let r = h.sh(&id, "cat /tmp/installed.txt").await;
+    assert!(
+        r.stdout.starts_with("requests==2.32.3\n"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+
+    // A different file gives a different image.
+    std::fs::write(&req, "flask\n").expect("write");
+    let other = h
+        .engine
+        .build_requirements_image(&base, &req, &mut |_| {})
+        .await
+        .expect("other");
+    assert_ne!(other, tag);
+
+    h.engine.remove_container(&id).await.expect("remove");
+    for image in [&tag, &other, &base] {
+        let _ = h
+            .engine
+            .docker()
+            .remove_image(
+                image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn requirements_on_a_missing_base_or_file_fail_clearly() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let req = dir.path().join("requirements.txt");
+    let err = h
+        .engine
+        .build_requirements_image(&h.image, &req, &mut |_| {})
+        .await
+        .expect_err("no file");
+    assert!(matches!(err, EngineError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("requirements.txt"), "{err}");
+
+    std::fs::write(&req, "requests\n").expect("write");
+    let err = h
+        .engine
+        .build_requirements_image("stigmer-test-no-such-base:1", &req, &mut |_| {})
+        .await
+        .expect_err("no base");
+    assert!(matches!(err, EngineError::ImageMissing { .. }), "{err}");
+}

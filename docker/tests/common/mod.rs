@@ -77,6 +77,11 @@ impl Harness {
         ContainerSpec::new(self.image.clone())
     }
 
+    /// The default spec for another image.
+    pub fn spec_for(&self, image: &str) -> ContainerSpec {
+        ContainerSpec::new(image)
+    }
+
     /// Creates and starts a container of this store.
     pub async fn container(&self, spec: &ContainerSpec) -> String {
         let lease = unique("lease");
