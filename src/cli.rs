@@ -54,6 +54,9 @@ pub enum Command {
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Sandbox container leases.
+    #[command(subcommand)]
+    Leases(LeasesCommand),
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -109,6 +112,22 @@ pub enum ExecutionsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum LeasesCommand {
+    /// Container leases not yet removed (with --all, removed ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Run one reaper pass now and print what it did.
+    Reap {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Every setting's effective value and where it came from.
     Show {
@@ -143,6 +162,27 @@ pub struct RunArgs {
     /// text (default) or json: a JSON result line on stdout after the output.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// Sandbox network: bridge (own namespace, outbound allowed) or none (cut off).
+    #[arg(long, value_name = "bridge|none")]
+    pub network: Option<String>,
+    /// Host directory bind-mounted at /workspace in the sandbox.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Sandbox memory limit, e.g. 512m, 2g (default 2g).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Sandbox CPU limit, e.g. 1.5 (default 2).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Sandbox process limit (default 512).
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Read-only credential mount: aws, kube, gcloud, azure, or HOST:TARGET (repeatable).
+    #[arg(long = "mount-credentials", value_name = "NAME")]
+    pub mount_credentials: Vec<String>,
+    /// Python requirements layered onto the sandbox image (sends the command to the sandbox).
+    #[arg(long, value_name = "FILE")]
+    pub requirements: Option<PathBuf>,
     /// The command, as one shell string.
     pub command: Vec<String>,
     /// Or the program and its arguments, after `--`, run without a shell.
@@ -198,7 +238,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let spec = command_spec(&command, &argv)?;
             let workdir = resolve_workdir(workdir.as_ref())?;
-            let decision = auto_decide(&spec, &workdir)?;
+            let decision = auto_decide(&spec, &workdir, false)?;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string(&decision)?),
                 OutputFormat::Text => {
@@ -210,6 +250,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
             Ok(0)
+        }
+        Command::Leases(LeasesCommand::List { all, output }) => {
+            client::leases_list(&load_config(&Flags::new())?, all, output).await
+        }
+        Command::Leases(LeasesCommand::Reap { output }) => {
+            client::leases_reap(&load_config(&Flags::new())?, output).await
         }
         Command::Config(ConfigCommand::Show { output }) => {
             let cfg = load_config(&Flags::new())?;
@@ -373,14 +419,15 @@ fn resolve_workdir(dir: Option<&PathBuf>) -> Result<PathBuf> {
 fn auto_decide(
     spec: &CommandSpec,
     workdir: &std::path::Path,
+    has_requirements: bool,
 ) -> Result<stigmer_automode::Decision> {
     let home_policy =
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/stigmer/policy.toml"));
     let policy = stigmer_automode::Policy::load(workdir, home_policy.as_deref())
         .map_err(|e| usage(format!("{e}")))?;
     Ok(match spec {
-        CommandSpec::Shell(cmd) => stigmer_automode::classify(cmd, &policy, false),
-        CommandSpec::Argv(argv) => stigmer_automode::classify_argv(argv, &policy, false),
+        CommandSpec::Shell(cmd) => stigmer_automode::classify(cmd, &policy, has_requirements),
+        CommandSpec::Argv(argv) => stigmer_automode::classify_argv(argv, &policy, has_requirements),
     })
 }
 
@@ -417,7 +464,7 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             format!("mode cloud ({})", cfg.execution_mode.source),
         ),
         RequestedMode::Auto => {
-            let d = auto_decide(&command, &workdir)?;
+            let d = auto_decide(&command, &workdir, args.requirements.is_some())?;
             let effective = match d.decision {
                 stigmer_automode::Mode::Local => Mode::Local,
                 stigmer_automode::Mode::Sandbox => Mode::Sandbox,
@@ -444,6 +491,16 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
     } else {
         extra
     };
+    let sandbox = if effective == Mode::Sandbox {
+        Some(sandbox_spec(args, cfg)?)
+    } else {
+        if args.requirements.is_some() {
+            bail!(usage(
+                "--requirements needs the sandbox (a layered image): use --mode sandbox or --mode auto"
+            ));
+        }
+        None
+    };
     Ok(RunRequest {
         command,
         requested_mode: requested,
@@ -459,7 +516,122 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
         client_host: nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok()),
-        sandbox: None,
+        sandbox,
+    })
+}
+
+/// Parses a size like `512m`, `2g`, `1073741824`.
+fn parse_size(raw: &str) -> Option<i64> {
+    let raw = raw.trim().to_ascii_lowercase();
+    let raw = raw.trim_end_matches('b');
+    let (digits, mult) = match raw.chars().last()? {
+        'k' => (&raw[..raw.len() - 1], 1024i64),
+        'm' => (&raw[..raw.len() - 1], 1024 * 1024),
+        'g' => (&raw[..raw.len() - 1], 1024 * 1024 * 1024),
+        _ => (raw, 1),
+    };
+    let n: f64 = digits.parse().ok()?;
+    (n > 0.0).then(|| (n * mult as f64) as i64)
+}
+
+/// The sandbox container's settings from flags and configuration.
+fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::SandboxSpec> {
+    let network = match args.network.as_deref() {
+        None => cfg.sandbox_network.value.as_str().to_string(),
+        Some("bridge") => "bridge".into(),
+        Some("none") => "none".into(),
+        Some(other) => bail!(usage(format!(
+            "--network {other:?}: allowed values are bridge (own namespace, outbound allowed) and none (no network); the host network is never used"
+        ))),
+    };
+    let memory_bytes = match &args.memory {
+        Some(raw) => match parse_size(raw) {
+            Some(b) if b >= 16 * 1024 * 1024 => b,
+            _ => bail!(usage(format!(
+                "--memory {raw:?}: give a size of at least 16m, e.g. 512m or 2g"
+            ))),
+        },
+        None => stigmer_docker::DEFAULT_MEMORY_BYTES,
+    };
+    let nano_cpus = match args.cpus {
+        Some(c) if c > 0.0 && c <= 1024.0 => (c * 1e9) as i64,
+        Some(c) => bail!(usage(format!(
+            "--cpus {c}: give a number of CPUs above 0, e.g. 1.5"
+        ))),
+        None => stigmer_docker::DEFAULT_NANO_CPUS,
+    };
+    let pids_limit = match args.pids_limit {
+        Some(n) if n >= 8 => n,
+        Some(n) => bail!(usage(format!("--pids-limit {n}: give at least 8"))),
+        None => stigmer_docker::DEFAULT_PIDS_LIMIT,
+    };
+    let workspace = match &args.workspace {
+        Some(dir) => {
+            let dir = std::fs::canonicalize(dir).map_err(|e| {
+                usage(format!(
+                    "--workspace {}: {e}; give an existing directory",
+                    dir.display()
+                ))
+            })?;
+            if !dir.is_dir() {
+                bail!(usage(format!(
+                    "--workspace {} is not a directory",
+                    dir.display()
+                )));
+            }
+            Some(dir.display().to_string())
+        }
+        None => None,
+    };
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let mut credential_mounts = Vec::new();
+    for name in &args.mount_credentials {
+        let (host, target) = match name.as_str() {
+            "aws" => (home.join(".aws"), "/home/sandbox/.aws".to_string()),
+            "kube" => (home.join(".kube"), "/home/sandbox/.kube".to_string()),
+            "gcloud" => (
+                home.join(".config/gcloud"),
+                "/home/sandbox/.config/gcloud".to_string(),
+            ),
+            "azure" => (home.join(".azure"), "/home/sandbox/.azure".to_string()),
+            other => match other.split_once(':') {
+                Some((h, t)) if t.starts_with('/') => (PathBuf::from(h), t.to_string()),
+                _ => bail!(usage(format!(
+                    "--mount-credentials {other:?}: use aws, kube, gcloud, azure, or HOST:/TARGET"
+                ))),
+            },
+        };
+        if !host.exists() {
+            bail!(usage(format!(
+                "--mount-credentials {name}: {} does not exist",
+                host.display()
+            )));
+        }
+        credential_mounts.push(format!("{}:{target}", host.display()));
+    }
+    let requirements = match &args.requirements {
+        Some(path) => {
+            let path = std::fs::canonicalize(path)
+                .map_err(|e| usage(format!("--requirements {}: {e}", path.display())))?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
+    Ok(stigmer_workflows::SandboxSpec {
+        image: cfg.sandbox_image.value.clone(),
+        auto_pull: cfg.sandbox_auto_pull.value,
+        cleanup: cfg.sandbox_cleanup.value,
+        ttl_secs: cfg.sandbox_ttl.value,
+        network,
+        memory_bytes,
+        nano_cpus,
+        pids_limit,
+        workspace,
+        credential_mounts,
+        requirements,
+        execution_id: None,
     })
 }
 
@@ -479,15 +651,21 @@ async fn run(args: RunArgs) -> Result<i32> {
             request.effective_mode, request.reason
         );
     }
-    if request.effective_mode != Mode::Local {
+    if request.effective_mode == Mode::Sandbox
+        && let Err(e) = stigmer_docker::Engine::connect().await
+    {
         let why = if request.requested_mode == RequestedMode::Auto {
             "auto mode decided this command must be isolated, so it is not run on the host"
         } else {
             "nothing was run"
         };
         bail!(
-            "{} mode is not available in this build ({why}); to run it on the host anyway, use --mode local",
-            request.effective_mode
+            "sandbox mode needs a Docker engine and none answered ({e}); {why}. Start Docker, or use --mode local to run it on the host anyway"
+        );
+    }
+    if request.effective_mode == Mode::Cloud {
+        bail!(
+            "cloud mode is not available in this build; nothing was run. Use --mode sandbox or --mode local"
         );
     }
     client::run(&cfg, request, args.output).await

@@ -448,3 +448,86 @@ pub async fn list(cfg: &Config, limit: i64, format: OutputFormat) -> Result<i32>
     }
     Ok(0)
 }
+
+/// A lease as `leases list --output json` prints it.
+fn lease_json(l: &stigmer_activities::store::LeaseRecord) -> serde_json::Value {
+    json!({
+        "id": l.id,
+        "backend": l.backend,
+        "container_id": l.container_id,
+        "state": l.state,
+        "image": l.image,
+        "spec_hash": l.spec_hash,
+        "execution_id": l.execution_id,
+        "worker_id": l.worker_id,
+        "engine_id": l.engine_id,
+        "ttl_secs": l.ttl_secs,
+        "tainted": l.tainted != 0,
+        "created_at": rfc3339(Some(l.created_at)),
+        "last_used_at": rfc3339(Some(l.last_used_at)),
+        "expires_at": rfc3339(Some(l.expires_at)),
+        "note": l.note,
+    })
+}
+
+/// `stigmer leases list`.
+pub async fn leases_list(cfg: &Config, all: bool, format: OutputFormat) -> Result<i32> {
+    let store = open_for_reading(cfg).await?;
+    let leases = store.list_leases(all).await?;
+    match format {
+        OutputFormat::Json => {
+            let rows: Vec<_> = leases.iter().map(lease_json).collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        OutputFormat::Text => {
+            println!(
+                "{:<30} {:<9} {:<13} {:<24} {:<30} IMAGE",
+                "LEASE", "STATE", "CONTAINER", "EXPIRES", "EXECUTION"
+            );
+            for l in &leases {
+                let container: String = l
+                    .container_id
+                    .as_deref()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(12)
+                    .collect();
+                println!(
+                    "{:<30} {:<9} {:<13} {:<24} {:<30} {}",
+                    l.id,
+                    l.state,
+                    container,
+                    rfc3339(Some(l.expires_at)).unwrap_or_default(),
+                    l.execution_id.as_deref().unwrap_or("-"),
+                    l.image
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `stigmer leases reap`: one reaper pass now.
+pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
+    let store = open_for_reading(cfg).await?;
+    let sandbox =
+        stigmer_activities::sandbox::SandboxBackend::new(store.clone(), "cli-reaper".into());
+    let report =
+        stigmer_activities::reaper::reap_once(&store, &sandbox, cfg.sandbox_cleanup.value).await?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Text => {
+            println!(
+                "expired {} idle lease(s), removed {} container(s) of ending leases, {} orphan container(s), dropped {} abandoned lease(s)",
+                report.expired.len(),
+                report.disposed.len(),
+                report.orphans.len(),
+                report.abandoned.len()
+            );
+            for id in report.orphans.iter().chain(&report.disposed) {
+                println!("  removed {id}");
+            }
+        }
+    }
+    Ok(0)
+}

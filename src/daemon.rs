@@ -20,6 +20,7 @@ use std::time::Duration;
 use stigmer_activities::Activities;
 use stigmer_activities::hub::{Hub, HubEvent};
 use stigmer_activities::output::StreamKind;
+use stigmer_activities::sandbox::SandboxBackend;
 use stigmer_activities::store::{NewExecution, Store};
 use stigmer_workflows::{AgentExecution, ExecutionInput, ExecutionResult, Status, workflow_id};
 use temporalio_client::{
@@ -201,11 +202,13 @@ fn build_worker(
     hub: Hub,
     worker_id: &str,
 ) -> Result<Worker> {
+    let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string());
     let activities = Activities::new(
         store,
         hub,
         worker_id.to_string(),
         cfg.output_retain_bytes.value,
+        sandbox,
     );
     let options = WorkerOptions::new(cfg.task_queue.value.clone())
         .register_workflow::<AgentExecution>()
@@ -386,7 +389,12 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
     tokio::pin!(worker_run);
     tokio::select! {
         result = &mut worker_run => return result.context("the Temporal worker stopped"),
-        () = liveness(store, worker_id, cfg.task_queue.value.clone()) => {}
+        _ = async {
+            tokio::join!(
+                liveness(store.clone(), worker_id.clone(), cfg.task_queue.value.clone()),
+                reaper(store.clone(), worker_id.clone(), cfg.sandbox_cleanup.value),
+            )
+        } => {}
         () = wait_for_shutdown_signal() => {
             eprintln!("stigmer: worker shutting down");
             shutdown();
@@ -394,6 +402,28 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(15), worker_run).await;
     Ok(())
+}
+
+/// Reaps expired and orphaned sandbox containers at start and every 30 s, forever. A worker
+/// without a Docker engine skips quietly (local mode needs none).
+async fn reaper(store: Store, worker_id: String, cleanup: bool) {
+    let sandbox = SandboxBackend::new(store.clone(), worker_id);
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if sandbox.engine().await.is_err() {
+            continue;
+        }
+        match stigmer_activities::reaper::reap_once(&store, &sandbox, cleanup).await {
+            Ok(report) => {
+                let n = report.expired.len() + report.orphans.len() + report.disposed.len();
+                if n > 0 {
+                    tracing::info!("reaper: {report:?}");
+                }
+            }
+            Err(e) => tracing::warn!("reaper pass failed: {e}"),
+        }
+    }
 }
 
 /// Records this worker's liveness in the store every few seconds, forever.
@@ -505,7 +535,11 @@ pub async fn start_execution(
         timeout_secs: request.timeout_secs,
         retry_exec: request.retry_exec,
         env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
-        sandbox: request.sandbox.clone(),
+        sandbox: request.sandbox.clone().map(|mut spec| {
+            spec.execution_id = Some(id.clone());
+            spec
+        }),
+        placement: None,
     };
     let options = WorkflowStartOptions::new(task_queue.to_string(), wf_id.clone())
         .enable_eager_workflow_start(eager)

@@ -8,14 +8,20 @@
 pub mod hub;
 pub mod local;
 pub mod output;
+pub mod reaper;
+pub mod sandbox;
 pub mod store;
 
 use hub::{Hub, HubEvent};
 use local::{Ended, StopReason, Stopper};
 use output::OutputSink;
+use sandbox::{SandboxBackend, SandboxError};
 use std::sync::Arc;
 use std::time::Duration;
-use stigmer_workflows::{ExecutionInput, ExecutionResult, Mode, Status};
+use stigmer_workflows::{
+    AcquireRequest, ExecutionInput, ExecutionResult, ImageReady, Mode, Placement, ReleaseRequest,
+    SandboxSpec, Status,
+};
 use store::{StartClaim, Store, StoreError};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
@@ -34,16 +40,24 @@ pub struct Activities {
     hub: Hub,
     worker_id: String,
     output_retain_bytes: u64,
+    sandbox: SandboxBackend,
 }
 
 impl Activities {
     #[must_use]
-    pub fn new(store: Store, hub: Hub, worker_id: String, output_retain_bytes: u64) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        worker_id: String,
+        output_retain_bytes: u64,
+        sandbox: SandboxBackend,
+    ) -> Self {
         Self {
             store,
             hub,
             worker_id,
             output_retain_bytes,
+            sandbox,
         }
     }
 
@@ -154,6 +168,45 @@ impl Activities {
                 )
                 .await
             }
+            Mode::Sandbox => match (&input.placement, &input.sandbox) {
+                (Some(placement), Some(spec)) => {
+                    match self
+                        .sandbox
+                        .exec(
+                            &id,
+                            placement,
+                            spec,
+                            input.command.argv(),
+                            &env,
+                            &mut sink,
+                            &stop,
+                        )
+                        .await
+                    {
+                        Ok((ended, taint)) => {
+                            if taint {
+                                let _ = self
+                                    .store
+                                    .taint_lease(
+                                        &placement.lease_id,
+                                        "the command may still be running",
+                                    )
+                                    .await;
+                            }
+                            Ok(ended)
+                        }
+                        Err(SandboxError::Store(e)) => Err(e),
+                        Err(e) => Ok(Ended::Failed {
+                            exit_code: None,
+                            reason: format!("the sandbox could not run the command: {e}"),
+                        }),
+                    }
+                }
+                _ => Ok(Ended::Failed {
+                    exit_code: None,
+                    reason: "sandbox execution without a container placement".into(),
+                }),
+            },
             other => Ok(Ended::Failed {
                 exit_code: None,
                 reason: format!("{other} mode is not available on this worker"),
@@ -202,6 +255,82 @@ impl Activities {
         input: ExecutionInput,
     ) -> Result<ExecutionResult, ActivityError> {
         self.run_exec(&ctx, input).await
+    }
+
+    #[activity(definition = stigmer_workflows::activity_defs::EnsureImage)]
+    pub async fn ensure_image(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        spec: SandboxSpec,
+    ) -> Result<ImageReady, ActivityError> {
+        let execution = spec.execution_id.clone();
+        let hub = self.hub.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        // Progress goes to the waiting client (its terminal) and the worker's log.
+        let forward = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                tracing::info!("{line}");
+                if let Some(id) = &execution {
+                    hub.publish(id, HubEvent::Notice(line), &Default::default())
+                        .await;
+                }
+                let _ = ctx.record_heartbeat(()).await;
+            }
+        });
+        let mut progress = move |line: String| {
+            let _ = tx.send(line);
+        };
+        let ready = self.sandbox.ensure_image(&spec, &mut progress).await;
+        drop(progress);
+        let _ = forward.await;
+        ready.map_err(sandbox_error)
+    }
+
+    #[activity(definition = stigmer_workflows::activity_defs::AcquireContainer)]
+    pub async fn acquire_container(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        request: AcquireRequest,
+    ) -> Result<Placement, ActivityError> {
+        let placement = self
+            .sandbox
+            .acquire(&request)
+            .await
+            .map_err(sandbox_error)?;
+        let how = if placement.reused {
+            "reusing"
+        } else {
+            "created"
+        };
+        let short: String = placement.container_id.chars().take(12).collect();
+        self.hub
+            .publish(
+                &request.execution_id,
+                HubEvent::Notice(format!(
+                    "sandbox: {how} container {short} ({})",
+                    request.image.image
+                )),
+                &Default::default(),
+            )
+            .await;
+        Ok(placement)
+    }
+
+    #[activity(definition = stigmer_workflows::activity_defs::ReleaseContainer)]
+    pub async fn release_container(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        request: ReleaseRequest,
+    ) -> Result<String, ActivityError> {
+        self.sandbox
+            .release(
+                &request.placement,
+                request.taint,
+                request.ttl_secs,
+                request.cleanup,
+            )
+            .await
+            .map_err(sandbox_error)
     }
 
     #[activity(definition = stigmer_workflows::activity_defs::Finish)]
@@ -273,6 +402,14 @@ fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionRes
             exit_code: *exit_code,
             error: Some(reason.clone()),
         },
+    }
+}
+
+fn sandbox_error(e: SandboxError) -> ActivityError {
+    if e.is_retryable() {
+        ActivityError::from(anyhow::Error::from(e))
+    } else {
+        non_retryable(e.to_string())
     }
 }
 

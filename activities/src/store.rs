@@ -622,6 +622,235 @@ impl Store {
     }
 }
 
+/// A container (or cloud sandbox) lease: one row per container, written before it exists.
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct LeaseRecord {
+    pub id: String,
+    pub backend: String,
+    pub worker_id: String,
+    pub engine_id: Option<String>,
+    pub container_id: Option<String>,
+    pub image: String,
+    pub spec_hash: String,
+    pub state: String,
+    pub execution_id: Option<String>,
+    pub ttl_secs: i64,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub expires_at: i64,
+    pub tainted: i64,
+    pub note: Option<String>,
+}
+
+const LEASE_COLUMNS: &str = "id, backend, worker_id, engine_id, container_id, image, spec_hash, \
+    state, execution_id, ttl_secs, created_at, last_used_at, expires_at, tainted, note";
+
+/// What a lease is for, when it is created.
+#[derive(Clone, Debug)]
+pub struct NewLease<'a> {
+    pub backend: &'a str,
+    pub worker_id: &'a str,
+    pub engine_id: Option<&'a str>,
+    pub image: &'a str,
+    pub spec_hash: &'a str,
+    pub ttl_secs: u64,
+    pub execution_id: &'a str,
+}
+
+impl Store {
+    /// The database's clock in unix milliseconds, as SQL: lease expiry is judged on one clock
+    /// however skewed the workers' clocks are.
+    fn db_now(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// Writes a lease in state `creating` before the container is asked for (write-ahead), so a
+    /// crash at any instant leaves a row the reaper can reconcile.
+    pub async fn create_lease(&self, new: &NewLease<'_>) -> Result<LeaseRecord> {
+        let id = format!("lse-{}", ulid::Ulid::new().to_string().to_lowercase());
+        let now = self.db_now();
+        let sql = format!(
+            "INSERT INTO leases (id, backend, worker_id, engine_id, image, spec_hash, state, execution_id, \
+             ttl_secs, created_at, last_used_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7, $8, {now}, {now}, {now}) RETURNING {LEASE_COLUMNS}"
+        );
+        with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .bind(&id)
+            .bind(new.backend)
+            .bind(new.worker_id)
+            .bind(new.engine_id)
+            .bind(new.image)
+            .bind(new.spec_hash)
+            .bind(new.execution_id)
+            .bind(new.ttl_secs as i64)
+            .fetch_one(pool)
+            .await
+            .map_err(q("create lease")))
+    }
+
+    /// Records the container of a `creating` lease and hands it to its execution (`busy`).
+    pub async fn lease_created(&self, lease_id: &str, container_id: &str) -> Result<()> {
+        let now = self.db_now();
+        let sql = format!(
+            "UPDATE leases SET container_id = $1, state = 'busy', last_used_at = {now} \
+             WHERE id = $2 AND state = 'creating'"
+        );
+        with_pool!(self, pool => sqlx::query(&sql)
+            .bind(container_id)
+            .bind(lease_id)
+            .execute(pool)
+            .await
+            .map_err(q("record created container"))?.rows_affected());
+        Ok(())
+    }
+
+    /// Takes an idle container with this spec on this engine, inside its TTL, for `execution_id`:
+    /// one atomic `idle → busy` transition, so two executions never share a busy container.
+    pub async fn acquire_idle(
+        &self,
+        backend: &str,
+        spec_hash: &str,
+        engine_id: Option<&str>,
+        execution_id: &str,
+    ) -> Result<Option<LeaseRecord>> {
+        let now = self.db_now();
+        let lock = if self.is_postgres() {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE leases SET state = 'busy', execution_id = $1, last_used_at = {now} \
+             WHERE id = (SELECT id FROM leases WHERE state = 'idle' AND backend = $2 AND spec_hash = $3 \
+                 AND COALESCE(engine_id, '') = COALESCE($4, '') AND expires_at > {now} AND tainted = 0 \
+                 ORDER BY last_used_at DESC LIMIT 1 {lock}) \
+             AND state = 'idle' RETURNING {LEASE_COLUMNS}"
+        );
+        let begin = self.begin_write();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_with(begin).await.map_err(q("begin acquire"))?;
+            let row = sqlx::query_as::<_, LeaseRecord>(&sql)
+                .bind(execution_id)
+                .bind(backend)
+                .bind(spec_hash)
+                .bind(engine_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("acquire idle lease"))?;
+            tx.commit().await.map_err(q("commit acquire"))?;
+            Ok(row)
+        })
+    }
+
+    /// Gives a busy container back: `idle` until TTL seconds from now (reuse), or `removing`
+    /// (cleanup, tainted, or no reuse). Returns the new state.
+    pub async fn release_lease(
+        &self,
+        lease_id: &str,
+        reuse: bool,
+        note: Option<&str>,
+    ) -> Result<String> {
+        let now = self.db_now();
+        let sql = if reuse {
+            format!(
+                "UPDATE leases SET state = 'idle', execution_id = NULL, last_used_at = {now}, \
+                 expires_at = {now} + ttl_secs * 1000, note = COALESCE($1, note) \
+                 WHERE id = $2 AND state IN ('busy', 'creating') AND tainted = 0"
+            )
+        } else {
+            format!(
+                "UPDATE leases SET state = 'removing', last_used_at = {now}, note = COALESCE($1, note) \
+                 WHERE id = $2 AND state IN ('busy', 'creating', 'idle')"
+            )
+        };
+        with_pool!(self, pool => sqlx::query(&sql)
+            .bind(note)
+            .bind(lease_id)
+            .execute(pool)
+            .await
+            .map_err(q("release lease"))?.rows_affected());
+        Ok(self
+            .get_lease(lease_id)
+            .await?
+            .map(|l| l.state)
+            .unwrap_or_else(|| "removed".into()))
+    }
+
+    /// Marks a lease's container as one that may still be running a command: never reused.
+    pub async fn taint_lease(&self, lease_id: &str, note: &str) -> Result<()> {
+        with_pool!(self, pool => sqlx::query(
+            "UPDATE leases SET tainted = 1, note = $1 WHERE id = $2",
+        )
+        .bind(note)
+        .bind(lease_id)
+        .execute(pool)
+        .await
+        .map_err(q("taint lease"))?.rows_affected());
+        Ok(())
+    }
+
+    /// The container is gone (or never existed).
+    pub async fn lease_removed(&self, lease_id: &str) -> Result<()> {
+        let now = self.db_now();
+        let sql = format!(
+            "UPDATE leases SET state = 'removed', execution_id = NULL, last_used_at = {now} WHERE id = $1"
+        );
+        with_pool!(self, pool => sqlx::query(&sql)
+            .bind(lease_id)
+            .execute(pool)
+            .await
+            .map_err(q("mark lease removed"))?.rows_affected());
+        Ok(())
+    }
+
+    /// Moves every idle lease past its TTL to `removing` in one update on the database's clock,
+    /// before any container is touched, so the reaper never races an acquire.
+    pub async fn expire_idle(&self) -> Result<Vec<LeaseRecord>> {
+        let now = self.db_now();
+        let sql = format!(
+            "UPDATE leases SET state = 'removing', note = 'idle past its TTL' \
+             WHERE state = 'idle' AND expires_at <= {now} RETURNING {LEASE_COLUMNS}"
+        );
+        with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .fetch_all(pool)
+            .await
+            .map_err(q("expire idle leases")))
+    }
+
+    /// Leases in a given state (oldest first).
+    pub async fn leases_in_state(&self, state: &str) -> Result<Vec<LeaseRecord>> {
+        let sql =
+            format!("SELECT {LEASE_COLUMNS} FROM leases WHERE state = $1 ORDER BY created_at");
+        with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .bind(state)
+            .fetch_all(pool)
+            .await
+            .map_err(q("list leases by state")))
+    }
+
+    pub async fn get_lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = $1");
+        with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .bind(lease_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("read lease")))
+    }
+
+    /// Every lease not yet removed, newest first (plus removed ones when `all`).
+    pub async fn list_leases(&self, all: bool) -> Result<Vec<LeaseRecord>> {
+        let filter = if all { "" } else { "WHERE state <> 'removed'" };
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases {filter} ORDER BY created_at DESC");
+        with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .fetch_all(pool)
+            .await
+            .map_err(q("list leases")))
+    }
+}
+
 fn is_missing_table(e: &sqlx::Error) -> bool {
     let text = e.to_string();
     text.contains("no such table") || text.contains("does not exist")

@@ -47,6 +47,26 @@ impl StigmerActivities {
         unimplemented!()
     }
 
+    /// Makes sure the sandbox image exists on the worker's Docker host: present, pulled (when
+    /// auto-pull is on) or built; with `--requirements`, a derived image with those packages.
+    #[activity(name = "ensure_image")]
+    pub fn ensure_image(spec: SandboxSpec) -> Result<ImageReady, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Leases a container: an idle one with the same spec inside its TTL, or a new one (its
+    /// lease row written before Docker is asked).
+    #[activity(name = "acquire_container")]
+    pub fn acquire_container(request: AcquireRequest) -> Result<Placement, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Gives the container back: idle for reuse, or removed (cleanup on, TTL 0, or tainted).
+    #[activity(name = "release_container")]
+    pub fn release_container(request: ReleaseRequest) -> Result<String, ActivityError> {
+        unimplemented!()
+    }
+
     /// Records a terminal state for an execution whose `exec` could not record one itself
     /// (its worker was lost, it was cancelled before starting, its retries ran out).
     /// Idempotent: a row already terminal is left as it is.
@@ -58,7 +78,9 @@ impl StigmerActivities {
 
 /// The typed activity definitions, for the crate that implements them.
 pub mod activity_defs {
-    pub use super::stigmer_activities::{Exec, Finish};
+    pub use super::stigmer_activities::{
+        AcquireContainer, EnsureImage, Exec, Finish, ReleaseContainer,
+    };
 }
 
 /// One agent execution: a command, where it runs, and its outcome.
@@ -76,49 +98,197 @@ impl AgentExecution {
 
     #[run(name = "AgentExecution")]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionResult> {
-        let input = ctx.state(|s| s.input.clone());
+        let mut input = ctx.state(|s| s.input.clone());
         let id = input.id.clone();
-        let retry_exec = input.retry_exec;
 
-        // `exec` must not run a command twice unless asked. The activity itself refuses to
-        // re-spawn a command whose start is recorded, so retries here only cover failures
-        // before the spawn (store unavailable, worker crashed before starting).
-        let exec_options =
-            ActivityOptions::with_start_to_close_timeout(exec_start_to_close(&input))
-                .heartbeat_timeout(EXEC_HEARTBEAT_TIMEOUT)
-                .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
-                .retry_policy(
-                    RetryPolicy::builder()
-                        .initial_interval(Duration::from_millis(500))
-                        .maximum_interval(Duration::from_secs(10))
-                        .maximum_attempts(if retry_exec { 5 } else { 10 })
-                        .build(),
-                )
-                .summary(format!("exec {}", input.display_command()))
-                .build();
-
-        let outcome = ctx
-            .execute_activity(StigmerActivities::exec, input, exec_options)
-            .await;
-
-        let terminal = match outcome {
-            Ok(result) => return Ok(result),
-            Err(ActivityExecutionError::Cancelled(_)) => {
-                ExecutionResult::ended(&id, Status::Cancelled, "cancelled by request")
-            }
-            Err(err) => ExecutionResult::ended(&id, Status::Failed, &describe_failure(&err)),
+        let terminal = match input.effective_mode {
+            Mode::Local | Mode::Cloud => match run_exec(ctx, &input).await {
+                Ok(result) => return Ok(result),
+                Err(terminal) => terminal,
+            },
+            Mode::Sandbox => match run_in_sandbox(ctx, &mut input).await {
+                Ok(result) => return Ok(result),
+                Err(terminal) => terminal,
+            },
         };
+        let _ = id;
+        record_terminal(ctx, terminal).await
+    }
+}
 
-        // Record the terminal state even when the workflow itself is being cancelled:
-        // a detached token keeps this step from being cancelled along with everything else.
-        let finish_options = LocalActivityOptions::builder()
-            .start_to_close_timeout(Duration::from_secs(30))
+/// Records a terminal state when `exec` could not: even when the workflow itself is being
+/// cancelled (a detached token keeps this step from being cancelled with everything else).
+async fn record_terminal(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    terminal: ExecutionResult,
+) -> WorkflowResult<ExecutionResult> {
+    let finish_options = LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(30))
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build();
+    let recorded = ctx
+        .execute_local_activity(StigmerActivities::finish, terminal, finish_options)
+        .await?;
+    Ok(recorded)
+}
+
+/// Runs `exec`; an `Err` carries the terminal result to record when it could not.
+async fn run_exec(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    input: &ExecutionInput,
+) -> Result<ExecutionResult, ExecutionResult> {
+    // `exec` must not run a command twice unless asked. The activity itself refuses to
+    // re-spawn a command whose start is recorded, so retries here only cover failures
+    // before the spawn (store unavailable, worker crashed before starting).
+    let mut exec_options = ActivityOptions::with_start_to_close_timeout(exec_start_to_close(input))
+        .heartbeat_timeout(EXEC_HEARTBEAT_TIMEOUT)
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(500))
+                .maximum_interval(Duration::from_secs(10))
+                .maximum_attempts(10)
+                .build(),
+        )
+        .summary(format!("exec {}", input.display_command()))
+        .build();
+    if let Some(queue) = input.placement.as_ref().and_then(|p| p.task_queue.clone()) {
+        exec_options.task_queue = Some(queue);
+        exec_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
+    }
+    match ctx
+        .execute_activity(StigmerActivities::exec, input.clone(), exec_options)
+        .await
+    {
+        Ok(result) => Ok(result),
+        Err(ActivityExecutionError::Cancelled(_)) => Err(ExecutionResult::ended(
+            &input.id,
+            Status::Cancelled,
+            "cancelled by request",
+        )),
+        Err(err) => Err(ExecutionResult::ended(
+            &input.id,
+            Status::Failed,
+            &describe_failure(&err),
+        )),
+    }
+}
+
+/// ensure_image → acquire_container → exec → release_container. Release runs on every path.
+async fn run_in_sandbox(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    input: &mut ExecutionInput,
+) -> Result<ExecutionResult, ExecutionResult> {
+    let id = input.id.clone();
+    let Some(spec) = input.sandbox.clone() else {
+        return Err(ExecutionResult::ended(
+            &id,
+            Status::Failed,
+            "sandbox mode without a sandbox specification",
+        ));
+    };
+    let failed = |what: &str, err: &ActivityExecutionError| match err {
+        ActivityExecutionError::Cancelled(_) => {
+            ExecutionResult::ended(&id, Status::Cancelled, "cancelled by request")
+        }
+        other => ExecutionResult::ended(
+            &id,
+            Status::Failed,
+            &format!("{what}: {}", failure_message(other)),
+        ),
+    };
+    let image_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
+        .heartbeat_timeout(Duration::from_secs(60))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .maximum_attempts(3)
+                .build(),
+        )
+        .summary(format!("ensure image {}", spec.image))
+        .build();
+    let image = ctx
+        .execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
+        .await
+        .map_err(|e| failed("the sandbox image is not available", &e))?;
+
+    let acquire_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(500))
+                .maximum_attempts(5)
+                .build(),
+        )
+        .build();
+    let request = AcquireRequest {
+        execution_id: id.clone(),
+        spec: spec.clone(),
+        image,
+    };
+    let placement = ctx
+        .execute_activity(
+            StigmerActivities::acquire_container,
+            request,
+            acquire_options,
+        )
+        .await
+        .map_err(|e| failed("could not get a sandbox container", &e))?;
+    input.placement = Some(placement.clone());
+
+    let outcome = run_exec(ctx, input).await;
+    // The container may still run the command unless exec ended it and said how.
+    let taint = match &outcome {
+        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
+        Err(_) => true,
+    };
+    let mut release_options =
+        ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
             .cancellation_token(WorkflowCancellationToken::new())
+            .retry_policy(
+                RetryPolicy::builder()
+                    .initial_interval(Duration::from_secs(1))
+                    .maximum_attempts(10)
+                    .build(),
+            )
             .build();
-        let recorded = ctx
-            .execute_local_activity(StigmerActivities::finish, terminal, finish_options)
-            .await?;
-        Ok(recorded)
+    if let Some(queue) = placement.task_queue.clone() {
+        release_options.task_queue = Some(queue);
+        release_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
+    }
+    let release = ReleaseRequest {
+        execution_id: id.clone(),
+        placement,
+        taint,
+        ttl_secs: spec.ttl_secs,
+        cleanup: spec.cleanup,
+    };
+    // A release that cannot run (host gone) is left to the reaper; the outcome stands.
+    let _ = ctx
+        .execute_activity(
+            StigmerActivities::release_container,
+            release,
+            release_options,
+        )
+        .await;
+    outcome
+}
+
+/// How long exec/release wait for the container's host to pick them up before giving up (the
+/// host is gone; its leases are reconciled by the reaper).
+const HOST_QUEUE_SCHEDULE_TO_START: Duration = Duration::from_secs(60);
+
+fn failure_message(err: &ActivityExecutionError) -> String {
+    let Some(failure) = err.failure() else {
+        return err.to_string();
+    };
+    let mut deepest = failure;
+    while let Some(cause) = deepest.cause.as_deref() {
+        deepest = cause;
+    }
+    if deepest.message.is_empty() {
+        failure.message.clone()
+    } else {
+        deepest.message.clone()
     }
 }
 

@@ -141,8 +141,11 @@ pub struct SandboxSpec {
     pub workspace: Option<String>,
     /// Host paths mounted read-only (credentials), as `host:target`.
     pub credential_mounts: Vec<String>,
-    /// Content of a `--requirements` file's path on the worker host, if any.
+    /// Path of a `--requirements` file on the worker's host, if any.
     pub requirements: Option<String>,
+    /// The execution this is for (progress goes to its client).
+    #[serde(default)]
+    pub execution_id: Option<String>,
 }
 
 /// The workflow's input: everything needed to run the command, minus environment values.
@@ -161,6 +164,50 @@ pub struct ExecutionInput {
     /// Names of the environment variables stored for this execution (values are in the store).
     pub env_names: Vec<String>,
     pub sandbox: Option<SandboxSpec>,
+    /// Where a sandbox command runs; filled in by the workflow after `acquire_container`.
+    #[serde(default)]
+    pub placement: Option<Placement>,
+}
+
+/// The image a sandbox execution runs in, as `ensure_image` found or made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageReady {
+    /// The reference to create containers from (a derived tag with `--requirements`).
+    pub image: String,
+    pub image_id: String,
+    pub digest: Option<String>,
+    /// present, pulled or built.
+    pub how: String,
+}
+
+/// Input of `acquire_container`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub execution_id: String,
+    pub spec: SandboxSpec,
+    pub image: ImageReady,
+}
+
+/// A container leased to one execution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub lease_id: String,
+    pub container_id: String,
+    /// An idle container was reused (else one was created).
+    pub reused: bool,
+    /// The task queue of the host that owns the container (exec and release go there).
+    pub task_queue: Option<String>,
+}
+
+/// Input of `release_container`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub execution_id: String,
+    pub placement: Placement,
+    /// The command may still be running (cancelled, lost, timed out): never reuse the container.
+    pub taint: bool,
+    pub ttl_secs: u64,
+    pub cleanup: bool,
 }
 
 impl ExecutionInput {

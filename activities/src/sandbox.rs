@@ -1,0 +1,432 @@
+//! The sandbox backend: commands in hardened Docker containers, leased through the store and
+//! reused within a TTL.
+//!
+//! Every container has a lease row written *before* Docker is asked to create it, and carries
+//! the `io.stigmer.*` labels, so a crash at any instant leaves something the reaper can find.
+//! Acquire is one atomic `idle → busy` transition in the store; a container whose command may
+//! still be running is tainted and removed, never returned to idle.
+
+use crate::local::{Ended, StopReason, Stopper};
+use crate::output::{OutputSink, StreamKind};
+use crate::store::{NewLease, Store, StoreError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use stigmer_docker::{
+    BuildSpec, ContainerSpec, CredentialMount, Engine, EngineError, EnsureImage, ExecEnd,
+    ExecRequest, ImageHow, ImageProgress, LABEL_LEASE, LABEL_MANAGED, LABEL_STORE, LABEL_WORKER,
+    Network,
+};
+use stigmer_workflows::{AcquireRequest, ImageReady, Placement, SandboxSpec};
+use tokio::sync::OnceCell;
+
+/// The lease backend name of Docker containers.
+pub const BACKEND: &str = "docker";
+
+/// Where the sandbox Dockerfiles live, for building the image when it cannot be pulled:
+/// `STIGMER_SANDBOX_DIR`, else the `sandbox/` folder of the source tree this was built from.
+#[must_use]
+pub fn sandbox_dir() -> PathBuf {
+    std::env::var_os("STIGMER_SANDBOX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sandbox")))
+}
+
+/// Why a sandbox step failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SandboxError {
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Engine(e) => e.is_retryable(),
+            Self::Store(_) => true,
+            Self::Invalid(_) => false,
+        }
+    }
+}
+
+/// The Docker side of a worker: one engine connection, made on first use so a worker without
+/// Docker still serves local mode.
+#[derive(Clone)]
+pub struct SandboxBackend {
+    engine: std::sync::Arc<OnceCell<(Engine, String)>>,
+    store: Store,
+    worker_id: String,
+}
+
+impl SandboxBackend {
+    #[must_use]
+    pub fn new(store: Store, worker_id: String) -> Self {
+        Self {
+            engine: std::sync::Arc::new(OnceCell::new()),
+            store,
+            worker_id,
+        }
+    }
+
+    /// The engine and its ID, connecting on first use.
+    pub async fn engine(&self) -> Result<&(Engine, String), SandboxError> {
+        Ok(self
+            .engine
+            .get_or_try_init(|| async {
+                let engine = Engine::connect().await?;
+                let id = engine.engine_id().await?;
+                Ok::<_, EngineError>((engine, id))
+            })
+            .await?)
+    }
+
+    /// The container shape a sandbox spec asks for.
+    pub fn container_spec(spec: &SandboxSpec, image: &str) -> Result<ContainerSpec, SandboxError> {
+        let network = match spec.network.as_str() {
+            "bridge" => Network::Bridge,
+            "none" => Network::None,
+            other => {
+                return Err(SandboxError::Invalid(format!(
+                    "sandbox network {other:?} is not allowed (bridge or none)"
+                )));
+            }
+        };
+        let mut c = ContainerSpec::new(image)
+            .with_network(network)
+            .with_memory_bytes(spec.memory_bytes)
+            .with_nano_cpus(spec.nano_cpus)
+            .with_pids_limit(spec.pids_limit);
+        if let Some(dir) = &spec.workspace {
+            c = c.with_workspace(dir.clone());
+        }
+        for mount in &spec.credential_mounts {
+            let Some((host, target)) = mount.split_once(':') else {
+                return Err(SandboxError::Invalid(format!(
+                    "credential mount {mount:?} is not HOST:TARGET"
+                )));
+            };
+            c.credential_mounts.push(CredentialMount {
+                source: PathBuf::from(host),
+                target: target.to_string(),
+            });
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Present, pulled, or built from the sandbox Dockerfile; with requirements, layered.
+    pub async fn ensure_image(
+        &self,
+        spec: &SandboxSpec,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<ImageReady, SandboxError> {
+        let (engine, _) = self.engine().await?;
+        let dir = sandbox_dir();
+        let dockerfile = dir.join("Dockerfile.sandbox.basic");
+        let build = dockerfile.is_file().then(|| {
+            let mut b = BuildSpec::new(&dockerfile, &dir);
+            if let Ok(base) = std::env::var("STIGMER_SANDBOX_BASE_IMAGE") {
+                b.build_args.insert("BASE_IMAGE".into(), base);
+            }
+            b
+        });
+        let opts = EnsureImage {
+            auto_pull: spec.auto_pull,
+            build,
+        };
+        let mut last_pct = -1i64;
+        let mut on_progress = |p: ImageProgress| match p {
+            ImageProgress::Pull {
+                layer,
+                status,
+                current: Some(c),
+                total: Some(t),
+            } if t > 0 => {
+                let pct = c * 100 / t;
+                if pct / 10 != last_pct / 10 {
+                    last_pct = pct;
+                    progress(format!(
+                        "pulling {}: layer {layer} {status} {pct}%",
+                        spec.image
+                    ));
+                }
+            }
+            ImageProgress::Pull { status, .. } if status.contains("Pull complete") => {}
+            ImageProgress::Build { line } => progress(format!("building {}: {line}", spec.image)),
+            _ => {}
+        };
+        let info = engine
+            .ensure_image(&spec.image, &opts, &mut on_progress)
+            .await?;
+        if info.how == ImageHow::Built {
+            progress(format!(
+                "{} could not be pulled; built it from {}",
+                spec.image,
+                dockerfile.display()
+            ));
+        }
+        let mut ready = ImageReady {
+            image: spec.image.clone(),
+            image_id: info.id,
+            digest: info.repo_digest,
+            how: format!("{:?}", info.how).to_lowercase(),
+        };
+        if let Some(requirements) = &spec.requirements {
+            let mut on_build = |p: ImageProgress| {
+                if let ImageProgress::Build { line } = p {
+                    progress(format!("layering {requirements}: {line}"));
+                }
+            };
+            let tag = engine
+                .build_requirements_image(
+                    &spec.image,
+                    std::path::Path::new(requirements),
+                    &mut on_build,
+                )
+                .await?;
+            progress(format!("layered {requirements} into {tag}"));
+            ready.image = tag;
+        }
+        Ok(ready)
+    }
+
+    /// Reuses an idle container with the same spec inside its TTL, or creates one.
+    pub async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, SandboxError> {
+        let (engine, engine_id) = self.engine().await?;
+        let container = Self::container_spec(&req.spec, &req.image.image)?;
+        let spec_hash = container.spec_hash();
+        if req.spec.ttl_secs > 0 {
+            while let Some(lease) = self
+                .store
+                .acquire_idle(BACKEND, &spec_hash, Some(engine_id), &req.execution_id)
+                .await?
+            {
+                let Some(container_id) = lease.container_id.clone() else {
+                    self.store.lease_removed(&lease.id).await?;
+                    continue;
+                };
+                // Docker is the truth about what exists: an idle lease whose container died is
+                // dropped, and the next one tried.
+                match engine.container_state(&container_id).await? {
+                    Some(state) if state.running => {
+                        self.store
+                            .set_placement(
+                                &req.execution_id,
+                                Some(&req.image.image),
+                                req.image.digest.as_deref().or(Some(&req.image.image_id)),
+                                Some(&container_id),
+                                Some(&lease.id),
+                            )
+                            .await?;
+                        return Ok(Placement {
+                            lease_id: lease.id,
+                            container_id,
+                            reused: true,
+                            task_queue: None,
+                        });
+                    }
+                    _ => {
+                        let _ = engine.remove_container(&container_id).await;
+                        self.store.lease_removed(&lease.id).await?;
+                    }
+                }
+            }
+        }
+        let lease = self
+            .store
+            .create_lease(&NewLease {
+                backend: BACKEND,
+                worker_id: &self.worker_id,
+                engine_id: Some(engine_id),
+                image: &req.image.image,
+                spec_hash: &spec_hash,
+                ttl_secs: req.spec.ttl_secs,
+                execution_id: &req.execution_id,
+            })
+            .await?;
+        let labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_STORE.to_string(), self.store.store_id().to_string()),
+            (LABEL_LEASE.to_string(), lease.id.clone()),
+            (LABEL_WORKER.to_string(), self.worker_id.clone()),
+        ]);
+        let name = format!("stigmer-{}", lease.id);
+        let container_id = match engine.create_container(&container, &labels, &name).await {
+            Ok(id) => id,
+            Err(e) => {
+                // Whatever Docker made of it carries our labels; the reaper removes it.
+                let _ = self
+                    .store
+                    .release_lease(&lease.id, false, Some("create failed"))
+                    .await;
+                return Err(e.into());
+            }
+        };
+        self.store.lease_created(&lease.id, &container_id).await?;
+        self.store
+            .set_placement(
+                &req.execution_id,
+                Some(&req.image.image),
+                req.image.digest.as_deref().or(Some(&req.image.image_id)),
+                Some(&container_id),
+                Some(&lease.id),
+            )
+            .await?;
+        Ok(Placement {
+            lease_id: lease.id,
+            container_id,
+            reused: false,
+            task_queue: None,
+        })
+    }
+
+    /// Runs `argv` in the leased container, pumping output into `sink` until it ends or `stop`
+    /// fires. Returns how it ended and whether the container must not be reused.
+    pub async fn exec(
+        &self,
+        execution_id: &str,
+        placement: &Placement,
+        spec: &SandboxSpec,
+        argv: Vec<String>,
+        env: &[(String, String)],
+        sink: &mut OutputSink,
+        stop: &Stopper,
+    ) -> Result<(Ended, bool), SandboxError> {
+        let (engine, _) = self.engine().await?;
+        let req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
+            .with_envs(env.iter().cloned())
+            .with_workdir(stigmer_docker::WORKSPACE_DIR);
+        // The engine hands chunks to a synchronous callback; a bounded channel carries them to
+        // the async sink, and a full channel holds the exec back (memory stays bounded).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, Vec<u8>)>(16);
+        let engine = engine.clone();
+        let container_id = placement.container_id.clone();
+        let cancel = stop.token().clone();
+        let handle = tokio::runtime::Handle::current();
+        let run = tokio::task::spawn_blocking(move || {
+            let mut push = move |kind: stigmer_docker::StreamKind, bytes: &[u8]| {
+                let kind = match kind {
+                    stigmer_docker::StreamKind::Stdout => StreamKind::Stdout,
+                    stigmer_docker::StreamKind::Stderr => StreamKind::Stderr,
+                };
+                let _ = futures::executor::block_on(tx.send((kind, bytes.to_vec())));
+            };
+            handle.block_on(engine.exec(&container_id, req, &mut push, cancel))
+        });
+        let mut flush_tick = tokio::time::interval(crate::output::FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some((kind, data)) => sink.write(kind, data, stop.token()).await?,
+                    None => break,
+                },
+                _ = flush_tick.tick() => sink.flush().await?,
+            }
+        }
+        let outcome = match run.await {
+            Ok(result) => result,
+            Err(join) => {
+                return Ok((
+                    Ended::Failed {
+                        exit_code: None,
+                        reason: format!("the exec task failed: {join}"),
+                    },
+                    true,
+                ));
+            }
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e @ EngineError::ExecInterrupted { .. }) => {
+                let pid_file = ExecRequest::pid_file_for(execution_id);
+                let (engine, _) = self.engine().await?;
+                let _ = engine.kill_exec(&placement.container_id, &pid_file).await;
+                return Ok((
+                    Ended::Failed {
+                        exit_code: None,
+                        reason: format!("lost the command in the container: {e}"),
+                    },
+                    true,
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let container = Self::container_spec(spec, "unused")?;
+        let note = outcome.kill_reason(&container);
+        let ended = match outcome.ended {
+            ExecEnd::TimedOut => Ended::TimedOut,
+            ExecEnd::Cancelled => match stop.reason() {
+                Some(StopReason::TimedOut) => Ended::TimedOut,
+                _ => Ended::Cancelled,
+            },
+            ExecEnd::Exited => match (outcome.exit_code, note) {
+                (code, Some(reason)) => Ended::Failed {
+                    exit_code: code.map(|c| c as i32),
+                    reason,
+                },
+                (Some(code), None) => Ended::Exited(code as i32),
+                (None, None) => Ended::Failed {
+                    exit_code: None,
+                    reason: "the command's exit code could not be read".into(),
+                },
+            },
+        };
+        let taint = outcome.stray_processes || outcome.ended != ExecEnd::Exited;
+        Ok((ended, taint))
+    }
+
+    /// Back to idle for reuse, or removed (or stopped and kept when cleanup is off).
+    pub async fn release(
+        &self,
+        placement: &Placement,
+        taint: bool,
+        ttl_secs: u64,
+        cleanup: bool,
+    ) -> Result<String, SandboxError> {
+        if taint {
+            self.store
+                .taint_lease(
+                    &placement.lease_id,
+                    "the command may still have been running",
+                )
+                .await?;
+        }
+        let reuse = !taint && ttl_secs > 0;
+        let state = self
+            .store
+            .release_lease(&placement.lease_id, reuse, None)
+            .await?;
+        if state == "removing" {
+            self.dispose(&placement.lease_id, &placement.container_id, cleanup)
+                .await?;
+            return Ok("removed".into());
+        }
+        Ok(state)
+    }
+
+    /// Removes (cleanup on) or stops (cleanup off: kept for inspection) a container whose lease
+    /// is `removing`, then marks the lease removed.
+    pub async fn dispose(
+        &self,
+        lease_id: &str,
+        container_id: &str,
+        cleanup: bool,
+    ) -> Result<(), SandboxError> {
+        let (engine, _) = self.engine().await?;
+        if cleanup {
+            engine.remove_container(container_id).await?;
+        } else {
+            engine.stop_container(container_id).await?;
+        }
+        self.store.lease_removed(lease_id).await?;
+        Ok(())
+    }
+}
+
+/// How long a `creating` lease may go without its container before the reaper calls it dead.
+pub const CREATING_GRACE: Duration = Duration::from_secs(120);
