@@ -151,12 +151,13 @@ pub struct RecordedRequest {
     pub body: Option<Value>,
     /// Schema violations of the body (empty when valid or when the operation has no body).
     pub schema_errors: Vec<String>,
-    /// Status answered.
+    /// Status answered; 0 while the answer is not ready, or when the client went away first.
     pub status: u16,
     /// JSON answer body, if the answer was JSON.
     pub response_body: Option<Value>,
     /// When the request arrived.
     pub received_at: Instant,
+    id: u64,
 }
 
 impl RecordedRequest {
@@ -445,6 +446,7 @@ struct State {
     drop_log_streams_after: Option<usize>,
     ignore_exec_timeout: bool,
     requests: Vec<RecordedRequest>,
+    record_seq: u64,
 }
 
 impl State {

@@ -232,6 +232,30 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
         }
     }
 
+    // Recorded on arrival, so a request whose client gave up before the answer still shows
+    // (with status 0); the answer is filled in when it is ready.
+    let record_id = {
+        let mut state = shared.lock();
+        state.record_seq += 1;
+        let id = state.record_seq;
+        state.requests.push(RecordedRequest {
+            method,
+            path: path.clone(),
+            query,
+            operation: operation.map(|o| o.id),
+            headers,
+            authorized,
+            websocket,
+            body: body_json,
+            schema_errors: schema_errors.clone(),
+            status: 0,
+            response_body: None,
+            received_at,
+            id,
+        });
+        id
+    };
+
     let fault = if authorized {
         shared.lock().take_fault(&path)
     } else {
@@ -265,20 +289,15 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             value,
         )
     };
-    shared.lock().requests.push(RecordedRequest {
-        method,
-        path,
-        query,
-        operation: operation.map(|o| o.id),
-        headers,
-        authorized,
-        websocket,
-        body: body_json,
-        schema_errors,
-        status,
-        response_body,
-        received_at,
-    });
+    if let Some(record) = shared
+        .lock()
+        .requests
+        .iter_mut()
+        .find(|r| r.id == record_id)
+    {
+        record.status = status;
+        record.response_body = response_body;
+    }
     response
 }
 
