@@ -22,7 +22,9 @@ use stigmer_activities::hub::{Hub, HubEvent};
 use stigmer_activities::output::StreamKind;
 use stigmer_activities::sandbox::SandboxBackend;
 use stigmer_activities::store::{NewExecution, Store};
-use stigmer_workflows::{AgentExecution, ExecutionInput, ExecutionResult, Status, workflow_id};
+use stigmer_workflows::{
+    AgentExecution, ExecutionInput, ExecutionResult, Mode, Status, workflow_id,
+};
 use temporalio_client::{
     Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions,
 };
@@ -629,10 +631,14 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
                 Some(HubEvent::Notice(text)) => {
                     let _ = protocol::write_frame(&mut writer, Tag::Notice, text.as_bytes()).await;
                 }
-                Some(HubEvent::Ended(result)) => {
+                // In local mode the result is final once recorded; a sandbox execution still
+                // releases its container, and the client returns only after that, so the next
+                // run finds the container idle and reuses it.
+                Some(HubEvent::Ended(result)) if request.effective_mode == Mode::Local => {
                     let _ = protocol::write_json(&mut writer, Tag::Result, &result).await;
                     break;
                 }
+                Some(HubEvent::Ended(_)) => {}
                 None => break,
             },
             frame = protocol::read_frame(&mut reader), if client_open => match frame {

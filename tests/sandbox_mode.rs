@@ -1,0 +1,267 @@
+//! Sandbox mode end to end against the real Docker engine: the hardened defaults checked from
+//! inside the container, reuse within the TTL, expiry, and cleanup on failure and cancellation.
+//!
+//! The image is `STIGMER_TEST_SANDBOX_IMAGE` (default `stigmer-sandbox-basic:local`, which
+//! `make sandbox-build-basic` builds offline); `scripts/test.sh` builds it before the tests.
+
+mod common;
+
+use common::{Env, eventually, text, wait_output};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn image() -> String {
+    std::env::var("STIGMER_TEST_SANDBOX_IMAGE")
+        .unwrap_or_else(|_| "stigmer-sandbox-basic:local".into())
+}
+
+fn sandbox_env() -> Env {
+    let mut env = Env::new();
+    env.extra
+        .push(("STIGMER_EXECUTION_MODE".into(), "sandbox".into()));
+    env.extra.push(("STIGMER_SANDBOX_IMAGE".into(), image()));
+    env.extra
+        .push(("STIGMER_SANDBOX_AUTO_PULL".into(), "false".into()));
+    env
+}
+
+fn leases(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.stigmer(&["leases", "list", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+fn container_exists(id: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Status}}", id])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Removes every container of this installation's store, whatever the test did.
+struct Cleanup<'a>(&'a Env);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for lease in leases_quiet(self.0) {
+            if let Some(id) = lease["container_id"].as_str() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+fn leases_quiet(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.stigmer(&["leases", "list", "--all", "--output", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[test]
+fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variables() {
+    let env = sandbox_env();
+    let _cleanup = Cleanup(&env);
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_TEST_HOST_SECRET", "must-not-leak").args([
+        "run",
+        "--env",
+        "PASSED_IN=yes",
+        "id -u; id -g; pwd; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+         env; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    ]);
+    let out = common::output_within(cmd, Duration::from_secs(300));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "1000", "uid");
+    assert_eq!(lines[1], "1000", "gid");
+    assert_eq!(lines[2], "/workspace");
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(
+        stdout.contains("CapBnd:\t0000000000000000"),
+        "bounding set empty: {stdout}"
+    );
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    assert!(stdout.contains("PASSED_IN=yes"));
+    assert!(
+        !stdout.contains("must-not-leak"),
+        "a host variable leaked into the sandbox"
+    );
+    assert!(
+        !stdout.contains("STIGMER_DATA_DIR"),
+        "the host environment leaked"
+    );
+    // Its own network namespace (never the host's): loopback and its own eth0.
+    assert!(lines.contains(&"lo") && lines.contains(&"eth0"), "{stdout}");
+    let record = env.last_execution();
+    assert_eq!(record["effective_mode"], "sandbox");
+    assert_eq!(record["container_id"].as_str().unwrap().len(), 64);
+    assert!(record["image"].as_str().is_some());
+
+    let out = env.stigmer(&[
+        "run",
+        "--network",
+        "none",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "lo\n",
+        "--network none leaves only loopback"
+    );
+}
+
+#[test]
+fn an_idle_container_is_reused_within_its_ttl_and_removed_after() {
+    let mut env = sandbox_env();
+    env.extra.push(("STIGMER_SANDBOX_TTL".into(), "3".into()));
+    let _cleanup = Cleanup(&env);
+    let first = env.stigmer(&["run", "hostname; echo one > /tmp/state"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let second = env.stigmer(&["run", "hostname; cat /tmp/state"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let (a, b) = (text(&first.stdout), text(&second.stdout));
+    assert_eq!(
+        a.lines().next(),
+        b.lines().next(),
+        "the second run landed in the same container"
+    );
+    assert!(b.contains("one"));
+
+    let list = leases(&env);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["state"], "idle");
+    let container = list[0]["container_id"].as_str().unwrap().to_string();
+    assert_eq!(container.len(), 64, "full container id");
+    assert!(list[0]["expires_at"].is_string() && list[0]["image"] == image());
+
+    // Past the TTL the reaper removes it (the daemon's periodic pass, or this one).
+    std::thread::sleep(Duration::from_secs(4));
+    let out = env.stigmer(&["leases", "reap", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        eventually(Duration::from_secs(10), || !container_exists(&container)),
+        "expired container still exists"
+    );
+    assert!(leases(&env).is_empty(), "the lease is removed");
+}
+
+#[test]
+fn ttl_zero_never_reuses_and_removes_after_each_execution() {
+    let mut env = sandbox_env();
+    env.extra.push(("STIGMER_SANDBOX_TTL".into(), "0".into()));
+    let _cleanup = Cleanup(&env);
+    let a = env.stigmer(&["run", "hostname"]);
+    let b = env.stigmer(&["run", "hostname"]);
+    assert!(a.status.success() && b.status.success());
+    assert_ne!(text(&a.stdout), text(&b.stdout));
+    assert!(leases(&env).is_empty());
+    let record = env.last_execution();
+    assert!(!container_exists(record["container_id"].as_str().unwrap()));
+}
+
+#[test]
+fn timeouts_failures_and_cancellation_never_return_a_container_to_idle() {
+    let env = sandbox_env();
+    let _cleanup = Cleanup(&env);
+    let out = env.stigmer(&["run", "--timeout", "2", "sleep 300"]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    let timed_out = env.last_execution();
+    assert_eq!(timed_out["status"], "timed_out");
+    let container = timed_out["container_id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || !container_exists(&container)),
+        "a timed-out container was kept"
+    );
+
+    // A plain failure keeps the container (the command ended cleanly).
+    let out = env.stigmer(&["run", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+
+    let mut child = env
+        .cmd()
+        .args(["run", "echo started; sleep 300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"started\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let cancelled = env.last_execution();
+    assert_eq!(cancelled["status"], "cancelled");
+    let container = cancelled["container_id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || !container_exists(&container)),
+        "a cancelled container was kept"
+    );
+    for lease in leases(&env) {
+        assert_ne!(lease["container_id"].as_str(), Some(container.as_str()));
+    }
+}
+
+#[test]
+fn memory_and_process_limits_are_enforced_and_reported() {
+    let env = sandbox_env();
+    let _cleanup = Cleanup(&env);
+    let out = env.stigmer(&[
+        "run",
+        "--memory",
+        "64m",
+        "python3 -c 'x = bytearray(300 * 1024 * 1024); print(len(x))'",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let record = env.last_execution();
+    assert_eq!(record["status"], "failed");
+    assert!(
+        record["error"].as_str().unwrap().contains("out of memory"),
+        "{record}"
+    );
+
+    // A bounded fork bomb: without the limit it would start 2000 sleepers.
+    let out = env.stigmer(&[
+        "run",
+        "--pids-limit",
+        "64",
+        "for i in $(seq 2000); do sleep 30 & done 2>/dev/null; wait",
+    ]);
+    let record = env.last_execution();
+    assert_ne!(record["status"], "succeeded", "{}", text(&out.stderr));
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("process limit"),
+        "{record}"
+    );
+    // The host is fine and the sandbox still answers.
+    let out = env.stigmer(&["run", "--pids-limit", "64", "echo alive"]);
+    assert_eq!(text(&out.stdout), "alive\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_missing_image_with_auto_pull_off_is_a_clear_error() {
+    let mut env = sandbox_env();
+    env.extra.push((
+        "STIGMER_SANDBOX_IMAGE".into(),
+        "stigmer-test/does-not-exist:1".into(),
+    ));
+    env.extra.push((
+        "STIGMER_SANDBOX_DIR".into(),
+        env.dir.path().display().to_string(),
+    ));
+    let out = env.stigmer(&["run", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let record = env.last_execution();
+    assert_eq!(record["status"], "failed");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("does-not-exist"), "{error}");
+}
