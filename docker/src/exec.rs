@@ -123,6 +123,10 @@ pub struct ExecRequest {
     pub pid_file: String,
     /// Time between SIGTERM and SIGKILL on timeout or cancellation.
     pub kill_grace: Duration,
+    /// Run the post-command check (OOM, pids limit, leftover processes) even when the command
+    /// exited 0. On by default. Turning it off saves one exec (≈ 50 ms) on the success path; the
+    /// caller must then call [`Engine::check_leftovers`] before reusing the container.
+    pub check_on_success: bool,
 }
 
 impl ExecRequest {
@@ -141,6 +145,7 @@ impl ExecRequest {
             timeout: None,
             pid_file: pid_file.into(),
             kill_grace: DEFAULT_KILL_GRACE,
+            check_on_success: true,
         }
     }
 
@@ -199,6 +204,14 @@ impl ExecRequest {
     #[must_use]
     pub fn with_kill_grace(mut self, grace: Duration) -> Self {
         self.kill_grace = grace;
+        self
+    }
+
+    /// Skips the post-command check when the command exits 0 (see
+    /// [`ExecRequest::check_on_success`]).
+    #[must_use]
+    pub fn skip_check_on_success(mut self) -> Self {
+        self.check_on_success = false;
         self
     }
 
@@ -274,6 +287,10 @@ pub struct ExecOutcome {
     /// job, or a kill that did not take), or that could not be checked. Such a container must
     /// not be reused.
     pub stray_processes: bool,
+    /// Whether the post-command check ran. It always runs unless the request skipped it for a
+    /// command that exited 0; then the three flags above are unknown (false) and
+    /// [`Engine::check_leftovers`] is due before the container is reused.
+    pub checked: bool,
     /// From start to end of the command.
     pub duration: Duration,
 }
@@ -376,6 +393,7 @@ impl Engine {
                 oom_killed: false,
                 pids_limit_hit: false,
                 stray_processes: false,
+                checked: true,
                 duration: Duration::ZERO,
             });
         }
@@ -542,11 +560,40 @@ impl Engine {
             oom_killed: false,
             pids_limit_hit: false,
             stray_processes: kill_failed || exit_code.is_none(),
+            checked: false,
             duration,
         };
-        self.check_after(container_id, &req.pid_file, wall_start, &mut outcome)
-            .await;
+        let clean_success = exit_code == Some(0) && ended == ExecEnd::Exited;
+        if req.check_on_success || !clean_success {
+            self.check_after(container_id, &req.pid_file, wall_start, &mut outcome)
+                .await;
+            outcome.checked = true;
+        }
         Ok(outcome)
+    }
+
+    /// Whether anything of the process group recorded in `pid_file` is still alive in
+    /// `container_id` (a background job of a finished command). When nothing is, the pid file
+    /// is emptied so a later kill can never hit a reused pid. For commands run with
+    /// [`ExecRequest::skip_check_on_success`], before their container is reused.
+    pub async fn check_leftovers(
+        &self,
+        container_id: &str,
+        pid_file: &str,
+    ) -> Result<bool, EngineError> {
+        let script = format!("{COUNTERS_FN}{CHECK_BODY}");
+        let (code, out) = self
+            .run_small(
+                container_id,
+                &["/bin/sh", "-c", &script, "stigmer-check", pid_file],
+            )
+            .await?;
+        match (code, out.split_whitespace().nth(4)) {
+            (Some(0), Some(alive)) => Ok(alive == "1"),
+            _ => Err(EngineError::Unexpected(format!(
+                "checking container {container_id} for leftovers ended with {code:?}: {out}"
+            ))),
+        }
     }
 
     /// Kills the command whose pid `pid_file` records in `container_id`, with its whole process
@@ -883,6 +930,7 @@ mod tests {
             oom_killed: true,
             pids_limit_hit: false,
             stray_processes: false,
+            checked: true,
             duration: Duration::ZERO,
         };
         assert_eq!(

@@ -336,6 +336,27 @@ async fn background_job_left_running_is_reported_and_kill_exec_ends_it() {
         .kill_exec(&id, &pid_file)
         .await
         .expect("kill again"));
+
+    // With the check skipped on success, the caller checks before reuse.
+    let req = sh("sleep 300 >/dev/null 2>&1 & echo bg").skip_check_on_success();
+    let pid_file = req.pid_file.clone();
+    let r = h.run(&id, req).await;
+    assert_eq!(r.outcome.exit_code, Some(0));
+    assert!(!r.outcome.checked && !r.outcome.stray_processes);
+    assert!(h
+        .engine
+        .check_leftovers(&id, &pid_file)
+        .await
+        .expect("check"));
+    assert!(h.engine.kill_exec(&id, &pid_file).await.expect("kill"));
+    assert!(!h
+        .engine
+        .check_leftovers(&id, &pid_file)
+        .await
+        .expect("check"));
+    // A failing command is checked anyway.
+    let r = h.run(&id, sh("exit 2").skip_check_on_success()).await;
+    assert!(r.outcome.checked);
 }
 
 #[tokio::test]
