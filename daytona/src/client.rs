@@ -412,10 +412,10 @@ impl Client {
         if self.inner.config.toolbox != ToolboxAddressing::ProxyFromSandbox {
             return;
         }
-        if let Some(proxy) = sandbox.toolbox_proxy_url.as_deref() {
-            if let Ok(base) = toolbox_base_from_proxy(proxy, &sandbox.id) {
-                self.cache_toolbox(&sandbox.id, base);
-            }
+        if let Some(proxy) = sandbox.toolbox_proxy_url.as_deref()
+            && let Ok(base) = toolbox_base_from_proxy(proxy, &sandbox.id)
+        {
+            self.cache_toolbox(&sandbox.id, base);
         }
     }
 

@@ -46,7 +46,8 @@ static API: LazyLock<Result<Loaded, String>> = LazyLock::new(|| load(API_YAML));
 static TOOLBOX: LazyLock<Result<Loaded, String>> = LazyLock::new(|| load(TOOLBOX_YAML));
 
 type Compiled = Arc<jsonschema::Validator>;
-static VALIDATORS: LazyLock<Mutex<HashMap<(Spec, String, Strictness), Compiled>>> =
+type ValidatorKey = (Spec, String, Strictness);
+static VALIDATORS: LazyLock<Mutex<HashMap<ValidatorKey, Compiled>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn loaded(spec: Spec) -> Result<&'static Loaded, String> {
@@ -208,13 +209,14 @@ fn convert(schema: &Value) -> Value {
             }
             // A `$ref` with siblings (OpenAPI 3.0 ignores them, draft 7 too): keep the ref only
             // inside an allOf so the siblings (description, ...) are harmless.
-            if let Value::Object(m) = &out {
-                if m.contains_key("$ref") && m.len() > 1 {
-                    let mut m = m.clone();
-                    let r = m.remove("$ref").unwrap_or(Value::Null);
-                    m.insert("allOf".into(), serde_json::json!([{ "$ref": r }]));
-                    out = Value::Object(m);
-                }
+            if let Value::Object(m) = &out
+                && m.contains_key("$ref")
+                && m.len() > 1
+            {
+                let mut m = m.clone();
+                let r = m.remove("$ref").unwrap_or(Value::Null);
+                m.insert("allOf".into(), serde_json::json!([{ "$ref": r }]));
+                out = Value::Object(m);
             }
             out
         }

@@ -429,10 +429,10 @@ impl Toolbox {
                 outcome.stderr_bytes = delivered.stderr;
                 return Ok(outcome);
             }
-            if let Some(deadline) = deadline {
-                if Instant::now() + options.poll_interval > deadline {
-                    return Err(self.follow_deadline(session_id, command_id, started));
-                }
+            if let Some(deadline) = deadline
+                && Instant::now() + options.poll_interval > deadline
+            {
+                return Err(self.follow_deadline(session_id, command_id, started));
             }
             tokio::time::sleep(options.poll_interval).await;
         }
@@ -622,20 +622,19 @@ impl Delivered {
 /// SDKs and plain text otherwise: marked with stream prefixes when asked to split, merged when
 /// not. All three are read here.
 fn parse_logs(answer: &Answer) -> CommandLogs {
-    if answer.is_json() {
-        if let Ok(serde_json::Value::Object(map)) =
+    if answer.is_json()
+        && let Ok(serde_json::Value::Object(map)) =
             serde_json::from_slice::<serde_json::Value>(&answer.body)
-        {
-            let field = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-            match (field("stdout"), field("stderr"), field("output")) {
-                (None, None, Some(output)) => return demux_all(output.as_bytes()),
-                (None, None, None) => {}
-                (stdout, stderr, _) => {
-                    return CommandLogs {
-                        stdout: stdout.unwrap_or_default().into_bytes(),
-                        stderr: stderr.unwrap_or_default().into_bytes(),
-                    };
-                }
+    {
+        let field = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        match (field("stdout"), field("stderr"), field("output")) {
+            (None, None, Some(output)) => return demux_all(output.as_bytes()),
+            (None, None, None) => {}
+            (stdout, stderr, _) => {
+                return CommandLogs {
+                    stdout: stdout.unwrap_or_default().into_bytes(),
+                    stderr: stderr.unwrap_or_default().into_bytes(),
+                };
             }
         }
     }

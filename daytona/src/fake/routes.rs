@@ -327,16 +327,25 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
     params.get(name).map_or("", String::as_str)
 }
 
-fn not_found_sandbox(id: &str) -> Response {
-    error(
+/// An error answer not rendered yet: small enough to pass around in `Result`s.
+struct Reject(StatusCode, String);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn not_found_sandbox(id: &str) -> Reject {
+    Reject(
         StatusCode::NOT_FOUND,
         format!("Sandbox with ID or name {id} not found"),
     )
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Reject> {
     serde_json::from_slice(bytes).map_err(|e| {
-        error(
+        Reject(
             StatusCode::BAD_REQUEST,
             format!("invalid request body: {e}"),
         )
@@ -371,7 +380,7 @@ struct CreateSandboxBody {
 async fn create_sandbox(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let body: CreateSandboxBody = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut state = shared.lock();
     let id = state.next_id("sbx");
@@ -457,7 +466,7 @@ async fn get_sandbox(State(shared): State<Arc<Shared>>, Path(p): Params) -> Resp
     let state = shared.lock();
     match state.sandboxes.get(id) {
         Some(s) => Json(s.to_json(&shared)).into_response(),
-        None => not_found_sandbox(id),
+        None => not_found_sandbox(id).into_response(),
     }
 }
 
@@ -471,14 +480,14 @@ async fn delete_sandbox(State(shared): State<Arc<Shared>>, Path(p): Params) -> R
             answer["desiredState"] = json!("destroyed");
             Json(answer).into_response()
         }
-        None => not_found_sandbox(id),
+        None => not_found_sandbox(id).into_response(),
     }
 }
 
 async fn toolbox_proxy_url(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
     let id = param(&p, "sandbox_id");
     if !shared.lock().sandboxes.contains_key(id) {
-        return not_found_sandbox(id);
+        return not_found_sandbox(id).into_response();
     }
     Json(json!({ "url": shared.toolbox_url() })).into_response()
 }
@@ -489,15 +498,15 @@ async fn toolbox_proxy_url(State(shared): State<Arc<Shared>>, Path(p): Params) -
 fn with_started<T>(
     shared: &Shared,
     id: &str,
-    f: impl FnOnce(&mut super::State, &str) -> Result<T, Response>,
-) -> Result<T, Response> {
+    f: impl FnOnce(&mut super::State, &str) -> Result<T, Reject>,
+) -> Result<T, Reject> {
     let mut state = shared.lock();
     let current = match state.sandboxes.get(id) {
         None => return Err(not_found_sandbox(id)),
         Some(s) => s.state(shared.start_delay).0,
     };
     if current != "started" {
-        return Err(error(
+        return Err(Reject(
             StatusCode::BAD_REQUEST,
             format!("Sandbox {id} is not started (state: {current})"),
         ));
@@ -566,7 +575,7 @@ async fn execute(
     });
     let (source, ignore_timeout) = match prepared {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     // As Daytona: a missing or zero timeout means none at all.
     let timeout = body
@@ -606,7 +615,7 @@ async fn create_session(
     let id = param(&p, "sandbox_id");
     let body: CreateSessionBody = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let created = with_started(&shared, id, |state, id| {
         let sandbox = state
@@ -614,7 +623,10 @@ async fn create_session(
             .get_mut(id)
             .ok_or_else(|| not_found_sandbox(id))?;
         if sandbox.sessions.contains_key(&body.session_id) {
-            return Err(error(StatusCode::CONFLICT, "session already exists"));
+            return Err(Reject(
+                StatusCode::CONFLICT,
+                "session already exists".into(),
+            ));
         }
         sandbox
             .sessions
@@ -624,7 +636,7 @@ async fn create_session(
     match created {
         Ok(()) if is_deprecated_path(uri.path()) => StatusCode::OK.into_response(),
         Ok(()) => StatusCode::CREATED.into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -655,15 +667,15 @@ async fn list_sessions(State(shared): State<Arc<Shared>>, Path(p): Params) -> Re
             .collect::<Vec<_>>())
     }) {
         Ok(list) => Json(list).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 fn with_session<T>(
     shared: &Shared,
     p: &HashMap<String, String>,
-    f: impl FnOnce(&mut super::State, &str, &str) -> Result<T, Response>,
-) -> Result<T, Response> {
+    f: impl FnOnce(&mut super::State, &str, &str) -> Result<T, Reject>,
+) -> Result<T, Reject> {
     let session_id = param(p, "session_id");
     with_started(shared, param(p, "sandbox_id"), |state, id| {
         let exists = state
@@ -671,7 +683,7 @@ fn with_session<T>(
             .get(id)
             .is_some_and(|s| s.sessions.contains_key(session_id));
         if !exists {
-            return Err(error(StatusCode::NOT_FOUND, "session not found"));
+            return Err(Reject(StatusCode::NOT_FOUND, "session not found".into()));
         }
         f(state, id, session_id)
     })
@@ -683,11 +695,11 @@ async fn get_session(State(shared): State<Arc<Shared>>, Path(p): Params) -> Resp
             .sandboxes
             .get(id)
             .and_then(|s| s.sessions.get(sid))
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, "session not found"))?;
+            .ok_or_else(|| Reject(StatusCode::NOT_FOUND, "session not found".into()))?;
         Ok(session_json(sid, session))
     }) {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -704,7 +716,7 @@ async fn delete_session(
     }) {
         Ok(()) if is_deprecated_path(uri.path()) => StatusCode::OK.into_response(),
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -786,7 +798,7 @@ async fn session_exec(
 ) -> Response {
     let body: SessionExecBody = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if body.command.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "command cannot be empty");
@@ -807,7 +819,7 @@ async fn session_exec(
     });
     let (source, log) = match prepared {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if run_async {
         let running = log.clone();
@@ -842,7 +854,7 @@ async fn session_exec(
     Json(answer).into_response()
 }
 
-fn find_command(shared: &Shared, p: &HashMap<String, String>) -> Result<Arc<CommandLog>, Response> {
+fn find_command(shared: &Shared, p: &HashMap<String, String>) -> Result<Arc<CommandLog>, Reject> {
     let command_id = param(p, "command_id");
     with_session(shared, p, |state, id, sid| {
         state
@@ -851,14 +863,14 @@ fn find_command(shared: &Shared, p: &HashMap<String, String>) -> Result<Arc<Comm
             .and_then(|s| s.sessions.get(sid))
             .and_then(|s| s.commands.get(command_id))
             .cloned()
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, "command not found"))
+            .ok_or_else(|| Reject(StatusCode::NOT_FOUND, "command not found".into()))
     })
 }
 
 async fn get_command(State(shared): State<Arc<Shared>>, Path(p): Params) -> Response {
     match find_command(&shared, &p) {
         Ok(log) => Json(command_json(&log)).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -869,7 +881,7 @@ async fn command_logs(
 ) -> Response {
     let log = match find_command(&shared, &p) {
         Ok(log) => log,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (mut parts, _body) = request.into_parts();
     let mode = output_mode(&parts.headers);
