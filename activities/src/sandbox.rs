@@ -301,44 +301,38 @@ impl SandboxBackend {
         let req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
             .with_envs(env.iter().cloned())
             .with_workdir(stigmer_docker::WORKSPACE_DIR);
-        // The engine hands chunks to a synchronous callback; a bounded channel carries them to
-        // the async sink, and a full channel holds the exec back (memory stays bounded).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, Vec<u8>)>(16);
-        let engine = engine.clone();
-        let container_id = placement.container_id.clone();
-        let cancel = stop.token().clone();
-        let handle = tokio::runtime::Handle::current();
-        let run = tokio::task::spawn_blocking(move || {
-            let mut push = move |kind: stigmer_docker::StreamKind, bytes: &[u8]| {
-                let kind = match kind {
-                    stigmer_docker::StreamKind::Stdout => StreamKind::Stdout,
-                    stigmer_docker::StreamKind::Stderr => StreamKind::Stderr,
-                };
-                let _ = futures::executor::block_on(tx.send((kind, bytes.to_vec())));
-            };
-            handle.block_on(engine.exec(&container_id, req, &mut push, cancel))
-        });
+        // Output comes through a bounded channel: a full channel holds the command's output
+        // back (memory stays bounded) without holding back its timeout or cancellation.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<stigmer_docker::OutputChunk>(16);
+        let run = engine.exec_to_channel(&placement.container_id, req, tx, stop.token().clone());
+        tokio::pin!(run);
         let mut flush_tick = tokio::time::interval(crate::output::FLUSH_INTERVAL);
-        loop {
+        let mut outcome = None;
+        let mut streams_open = true;
+        while outcome.is_none() || streams_open {
             tokio::select! {
-                chunk = rx.recv() => match chunk {
-                    Some((kind, data)) => sink.write(kind, data, stop.token()).await?,
-                    None => break,
+                result = &mut run, if outcome.is_none() => outcome = Some(result),
+                chunk = rx.recv(), if streams_open => match chunk {
+                    Some(chunk) => {
+                        let kind = match chunk.kind {
+                            stigmer_docker::StreamKind::Stdout => StreamKind::Stdout,
+                            stigmer_docker::StreamKind::Stderr => StreamKind::Stderr,
+                        };
+                        sink.write(kind, chunk.data.to_vec(), stop.token()).await?;
+                    }
+                    None => streams_open = false,
                 },
                 _ = flush_tick.tick() => sink.flush().await?,
             }
         }
-        let outcome = match run.await {
-            Ok(result) => result,
-            Err(join) => {
-                return Ok((
-                    Ended::Failed {
-                        exit_code: None,
-                        reason: format!("the exec task failed: {join}"),
-                    },
-                    true,
-                ));
-            }
+        let Some(outcome) = outcome else {
+            return Ok((
+                Ended::Failed {
+                    exit_code: None,
+                    reason: "the exec ended without an outcome".into(),
+                },
+                true,
+            ));
         };
         let outcome = match outcome {
             Ok(outcome) => outcome,
