@@ -186,7 +186,7 @@ impl Transport {
                 if code == 429 {
                     match retry_after {
                         Some(wait) if *wait > self.retry.max_retry_after => Decision::Fail,
-                        Some(wait) => Decision::Retry(*wait),
+                        Some(wait) => Decision::Retry(*wait + retry_after_jitter(*wait)),
                         None => Decision::Retry(backoff),
                     }
                 } else if status.is_server_error() {
@@ -316,6 +316,13 @@ async fn read_answer(
             retry_after,
         }))
     }
+}
+
+/// Up to a tenth of the wait (at most 1 s) on top of `Retry-After`, never less than asked, so
+/// clients told the same moment do not all come back at once.
+fn retry_after_jitter(wait: Duration) -> Duration {
+    let max_ms = u64::try_from((wait / 10).min(Duration::from_secs(1)).as_millis()).unwrap_or(0);
+    Duration::from_millis(fastrand::u64(0..=max_ms))
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP-date.

@@ -11,9 +11,16 @@
 //!   [`Toolbox::follow_command`] for long ones with stdout and stderr kept apart.
 //! - [`Error`]: what was attempted and what came back; never the API key.
 //!
-//! With the `fake` feature, [`fake::FakeDaytona`] serves the same endpoints from memory on
-//! `127.0.0.1:0` with injectable failures, and [`openapi`] validates bodies against the
-//! published schemas. Other crates' integration tests use it where the real service cannot run.
+//! With the `fake` feature, `fake::FakeDaytona` serves the same endpoints from memory on
+//! `127.0.0.1:0` with injectable failures, and `openapi` validates bodies against the
+//! published schemas. Other crates' integration tests use it where the real service cannot run:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! stigmer-daytona = { path = "../daytona", features = ["fake"] }
+//! ```
+//!
+//! then `let fake = FakeDaytona::start().await?; let client = Client::new(fake.config())?;`.
 
 mod client;
 mod config;

@@ -229,25 +229,42 @@ impl Toolbox {
         }
     }
 
-    /// Runs a command in a session (`process/session/{id}/exec`). With `run_async` the answer
-    /// comes at once with the command id (follow it with [`Toolbox::follow_command`]); without,
-    /// it comes when the command ends, with its exit code and output, stdout and stderr apart.
+    /// Starts a command in the background in a session (`process/session/{id}/exec` with
+    /// `runAsync`); returns its command id, to follow with [`Toolbox::follow_command`].
     ///
     /// # Errors
     /// Error answers and transport errors. Not retried once the command may have started.
-    pub async fn session_exec(
+    pub async fn start_command(&self, session_id: &str, command: &str) -> Result<String> {
+        let out = self
+            .session_exec(session_id, command, true, self.call_timeout())
+            .await?;
+        Ok(out.command_id)
+    }
+
+    /// Runs a command in a session and waits for it: its exit code and output, stdout and stderr
+    /// apart. The session API has no timeout of its own; `timeout` bounds the wait (plus the
+    /// call timeout), after which [`Error::Timeout`] is returned and the command may still be
+    /// running in the session (delete the session to stop it).
+    ///
+    /// # Errors
+    /// Error answers and transport errors. Not retried once the command may have started.
+    pub async fn run_in_session(
+        &self,
+        session_id: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<SessionExecOutput> {
+        self.session_exec(session_id, command, false, timeout + self.call_timeout())
+            .await
+    }
+
+    async fn session_exec(
         &self,
         session_id: &str,
         command: &str,
         run_async: bool,
+        timeout: Duration,
     ) -> Result<SessionExecOutput> {
-        let timeout = if run_async {
-            self.call_timeout()
-        } else {
-            // A synchronous session command has no timeout of its own in the API; the caller
-            // bounds it (e.g. with tokio::time::timeout). Ours must not cut it short.
-            Duration::from_secs(24 * 3600)
-        };
         let answer = self
             .call(
                 format!(
@@ -287,17 +304,6 @@ impl Toolbox {
             stderr,
             output: body.output,
         })
-    }
-
-    /// Starts a command in the background in a session; returns its command id.
-    ///
-    /// # Errors
-    /// As [`Toolbox::session_exec`].
-    pub async fn start_command(&self, session_id: &str, command: &str) -> Result<String> {
-        Ok(self
-            .session_exec(session_id, command, true)
-            .await?
-            .command_id)
     }
 
     /// A session command's state; `exit_code` is `None` while it runs.

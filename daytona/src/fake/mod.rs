@@ -72,6 +72,9 @@ pub enum SandboxFate {
     Error(String),
     /// `creating` → `build_failed`, with this `errorReason`.
     BuildFailed(String),
+    /// `creating` → `starting` → this state, verbatim: `stopped`, `archived`, or one the
+    /// published description does not list (the live API drifts).
+    Reports(String),
 }
 
 /// A failure to answer some requests with, instead of serving them.
@@ -491,7 +494,7 @@ struct FakeSession {
 }
 
 impl FakeSandbox {
-    fn state(&self, delay: Duration) -> (&'static str, Option<&str>) {
+    fn state(&self, delay: Duration) -> (&str, Option<&str>) {
         let elapsed = self.created.elapsed();
         let creating = elapsed < delay / 2;
         let ready = elapsed >= delay;
@@ -501,6 +504,7 @@ impl FakeSandbox {
             SandboxFate::BuildFailed(reason) if ready || !creating => {
                 ("build_failed", Some(reason))
             }
+            SandboxFate::Reports(state) if ready => (state, None),
             _ if creating => ("creating", None),
             _ => ("starting", None),
         }
@@ -508,6 +512,10 @@ impl FakeSandbox {
 
     fn to_json(&self, shared: &Shared) -> Value {
         let (state, reason) = self.state(shared.start_delay);
+        let desired = match &self.fate {
+            SandboxFate::Reports(_) => "stopped",
+            _ => "started",
+        };
         let mut v = json!({
             "id": self.id,
             "organizationId": "fake-organization",
@@ -523,7 +531,7 @@ impl FakeSandbox {
             "memory": self.memory,
             "disk": self.disk,
             "state": state,
-            "desiredState": "started",
+            "desiredState": desired,
             "backupState": "None",
             "autoStopInterval": self.auto_stop_interval,
             "autoArchiveInterval": 10080,
