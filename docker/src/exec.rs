@@ -683,7 +683,15 @@ impl Engine {
         match (num(fields[1]), num(fields[3])) {
             (Some(before), Some(after)) => outcome.oom_killed = after > before,
             _ if outcome.exit_code == Some(137) && outcome.ended == ExecEnd::Exited => {
-                outcome.oom_killed = self.oom_event_since(container_id, since).await;
+                // The event can trail the exit by a moment.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                outcome.oom_killed = match self.oom_events_since(container_id, since).await {
+                    Ok(n) => n > 0,
+                    Err(e) => {
+                        tracing::warn!(container = container_id, error = %e, "could not read oom events");
+                        false
+                    }
+                };
             }
             _ => {}
         }
@@ -692,15 +700,19 @@ impl Engine {
         }
     }
 
-    /// Whether the engine logged an `oom` event for the container since `since`.
-    async fn oom_event_since(&self, container_id: &str, since: SystemTime) -> bool {
+    /// How many `oom` events the engine logged for the container since `since` (the engine
+    /// keeps a bounded backlog of recent events). The fallback OOM signal where the cgroup
+    /// counters cannot be read, and a way to explain why a container's process died.
+    pub async fn oom_events_since(
+        &self,
+        container_id: &str,
+        since: SystemTime,
+    ) -> Result<usize, EngineError> {
         let secs = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
                 .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
                 .unwrap_or_else(|_| "0".into())
         };
-        // The event can trail the exit by a moment.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let filters = HashMap::from([
             ("container", vec![container_id.to_string()]),
             ("event", vec!["oom".to_string()]),
@@ -711,20 +723,22 @@ impl Engine {
             .until(&secs(SystemTime::now()))
             .filters(&filters)
             .build();
+        let action = || format!("could not read the engine's events for container {container_id}");
         let events = self.docker.events(Some(options));
         tokio::pin!(events);
-        let found = tokio::time::timeout(Duration::from_secs(5), async {
+        let count = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut n = 0;
             while let Some(event) = events.next().await {
-                match event {
-                    Ok(ev) if ev.action.as_deref() == Some("oom") => return true,
-                    Ok(_) => {}
-                    Err(_) => return false,
+                let event = event.map_err(|e| EngineError::api(action(), e))?;
+                if event.action.as_deref() == Some("oom") {
+                    n += 1;
                 }
             }
-            false
+            Ok::<_, EngineError>(n)
         })
-        .await;
-        found.unwrap_or(false)
+        .await
+        .map_err(|_| EngineError::Unexpected(format!("{}: no answer in 10 s", action())))??;
+        Ok(count)
     }
 
     /// Sends `signal` (a name such as `TERM`, or `0` to probe) to the recorded process group.

@@ -249,6 +249,13 @@ async fn out_of_memory_is_reported_and_the_container_survives() {
         .expect("state")
         .expect("exists");
     assert!(state.running);
+    // The engine's events agree (the fallback where cgroup counters cannot be read).
+    let since = std::time::SystemTime::now() - Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.engine.oom_events_since(&id, since).await.expect("events") == 0 {
+        assert!(Instant::now() < deadline, "no oom event for the container");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The next command is not blamed for the earlier OOM kill.
     let r = h.sh(&id, "echo fine").await;
     assert_eq!(r.outcome.exit_code, Some(0));
@@ -663,4 +670,17 @@ async fn channel_output_with_a_slow_receiver_still_times_out() {
         .await
         .expect("exec");
     assert_eq!(outcome.exit_code, Some(4));
+}
+
+#[tokio::test]
+async fn read_only_root_keeps_tmp_writable_and_exec_working() {
+    let h = harness!();
+    let id = h.container(&h.spec().with_readonly_rootfs(true)).await;
+    let r = h
+        .sh(&id, "echo x > /tmp/ok && cat /tmp/ok && echo y > /etc/nope")
+        .await;
+    assert_eq!(r.stdout, "x\n");
+    assert_ne!(r.outcome.exit_code, Some(0));
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    assert!(r.outcome.checked && !r.outcome.stray_processes);
 }
