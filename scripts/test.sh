@@ -49,6 +49,21 @@ export STIGMER_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgre
 
 THREADS=${STIGMER_TEST_THREADS:-2}
 
+# Sandbox images: made offline with debootstrap when no registry is reachable, once per
+# machine (the scripts skip images that already exist).
+log "sandbox images"
+if ! command -v debootstrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap >/dev/null
+fi
+if grep -q '^sandbox-build-basic:' Makefile; then
+  make sandbox-build-basic
+  export STIGMER_TEST_SANDBOX_IMAGE=${STIGMER_TEST_SANDBOX_IMAGE:-stigmer-sandbox-basic:local}
+else
+  sandbox/offline-base.sh
+  export STIGMER_TEST_SANDBOX_IMAGE=${STIGMER_TEST_SANDBOX_IMAGE:-stigmer-base:bookworm}
+fi
+
 log "building"
 cargo build --workspace --all-targets
 
@@ -56,6 +71,6 @@ log "tests (SQLite store)"
 STIGMER_TEST_POSTGRES_URL= cargo test --workspace -- --test-threads "$THREADS"
 
 log "end-to-end suites again (Postgres store)"
-cargo test --test local_mode --test store --test remote_worker -- --test-threads "$THREADS"
+cargo test --test local_mode --test store --test remote_worker --test sandbox_mode -- --test-threads "$THREADS"
 
 log "all tests passed"

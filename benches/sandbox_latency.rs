@@ -1,0 +1,95 @@
+//! Benchmark (not a test): sandbox-mode latency beside the Docker baselines measured in the
+//! same run. Warm: `stigmer run --mode sandbox true` reusing its container vs `docker exec` into
+//! that same container. Cold (TTL 0: create + start + exec + remove) vs `docker run --rm`.
+//! Run with `cargo bench --bench sandbox_latency` (or `make bench`); the image is
+//! `STIGMER_BENCH_SANDBOX_IMAGE` (default `stigmer-sandbox-basic:local`).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 20;
+
+fn stigmer() -> String {
+    let exe = std::env::current_exe().expect("bench path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("stigmer").display().to_string()
+}
+
+fn measure(mut f: impl FnMut()) -> Vec<Duration> {
+    f();
+    let mut samples: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    samples
+}
+
+fn median(s: &[Duration]) -> f64 {
+    s[s.len() / 2].as_secs_f64() * 1e3
+}
+
+fn report(name: &str, s: &[Duration]) {
+    println!(
+        "{name:<52} median {:>8.1} ms   p95 {:>8.1} ms   (n={})",
+        median(s),
+        s[((s.len() as f64 - 1.0) * 0.95).round() as usize].as_secs_f64() * 1e3,
+        s.len()
+    );
+}
+
+fn ok(cmd: &mut Command) {
+    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+fn main() {
+    let image = std::env::var("STIGMER_BENCH_SANDBOX_IMAGE").unwrap_or_else(|_| "stigmer-sandbox-basic:local".into());
+    let bin = stigmer();
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = 32000 + (std::process::id() % 500) as u16;
+    let cmd = |ttl: &str| {
+        let mut c = Command::new(&bin);
+        c.env("STIGMER_DATA_DIR", data.path())
+            .env("STIGMER_TEMPORAL_PORT", port.to_string())
+            .env("STIGMER_TEMPORAL_UI_PORT", (port + 1000).to_string())
+            .env("STIGMER_SANDBOX_IMAGE", &image)
+            .env("STIGMER_SANDBOX_AUTO_PULL", "false")
+            .env("STIGMER_SANDBOX_TTL", ttl)
+            .env_remove("TEMPORAL_ADDRESS")
+            .env_remove("STIGMER_DATABASE_URL")
+            .stdin(Stdio::null());
+        c
+    };
+    ok(cmd("3600").args(["server", "start", "--detach"]));
+    println!("sandbox latency ({RUNS} runs each, image {image})");
+
+    // Warm: stigmer reusing its container, vs docker exec into that same container.
+    let warm = measure(|| ok(cmd("3600").args(["run", "--mode", "sandbox", "true"])));
+    let out = cmd("3600").args(["leases", "list", "--output", "json"]).output().expect("leases");
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("leases json");
+    let container = leases[0]["container_id"].as_str().expect("a leased container").to_string();
+    let docker_exec = measure(|| ok(Command::new("docker").args(["exec", "-u", "1000:1000", &container, "true"])));
+    report("baseline: docker exec CONTAINER true", &docker_exec);
+    report("stigmer run --mode sandbox true (warm, reused)", &warm);
+    println!("{:<52} {:>8.2}x", "warm ratio (target ≤ 1.0x docker exec)", median(&warm) / median(&docker_exec));
+
+    // Cold: a container per run.
+    let docker_run = measure(|| {
+        ok(Command::new("docker").args([
+            "run", "--rm", "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--pids-limit", "512", "--memory", "2g", &image, "true",
+        ]))
+    });
+    let cold = measure(|| ok(cmd("0").args(["run", "--mode", "sandbox", "true"])));
+    report("baseline: docker run --rm IMAGE true", &docker_run);
+    report("stigmer run --mode sandbox true (cold, TTL 0)", &cold);
+    println!("{:<52} {:>8.2}x", "cold ratio (target ≤ 1.1x docker run --rm)", median(&cold) / median(&docker_run));
+
+    let _ = cmd("3600").args(["leases", "reap"]).status();
+    ok(cmd("3600").args(["server", "stop"]));
+    let _ = Command::new("docker").args(["rm", "-f", &container]).output();
+}
