@@ -21,7 +21,7 @@ set -euo pipefail
 
 # Bump when the package list or the recipe changes: an image made by an older version is
 # rebuilt, one made by this version is kept (unless --force).
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 SUITE=bookworm
 
 # Keep in step with SYSTEM_PACKAGES in Dockerfile.sandbox.basic (which skips apt-get when all
@@ -149,7 +149,12 @@ printf '%s\n' \
   'Dir::Cache::srcpkgcache "";' \
   >"$root/etc/apt/apt.conf.d/90stigmer-container"
 
-# 4. Slim down: caches, logs, bytecode, and traces of the build host.
+# 4. Slim down: what debootstrap unpacked before the dpkg excludes existed, caches, logs,
+#    bytecode, and traces of the build host.
+find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+rm -rf "$root/usr/share/man/"* "$root/usr/share/info/"*
 rm -rf "$root/var/lib/apt/lists/"* "$root/var/cache/apt/"*.bin "$root/var/cache/debconf/"*-old \
   "$root/var/log/"*.log "$root/var/log/apt/"* "$root/root/.cache" "$root/tmp/"* "$root/var/tmp/"* \
   "$root/debootstrap"
