@@ -493,6 +493,26 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
     };
     let sandbox = if effective == Mode::Sandbox {
         Some(sandbox_spec(args, cfg)?)
+    } else if effective == Mode::Cloud {
+        if cfg.daytona_api_key.value.is_none() {
+            bail!(usage(
+                "cloud mode needs DAYTONA_API_KEY (a Daytona API key); export it, or use --mode sandbox or --mode local"
+            ));
+        }
+        let Some(snapshot) = cfg.daytona_snapshot_id.value.clone() else {
+            bail!(usage(
+                "cloud mode needs DAYTONA_DEV_TOOLS_SNAPSHOT_ID (the Daytona snapshot to create sandboxes from; see docs/daytona-setup.md)"
+            ));
+        };
+        let mut spec = sandbox_spec(args, cfg)?;
+        if spec.workspace.is_some() || !spec.credential_mounts.is_empty() || spec.requirements.is_some() {
+            bail!(usage(
+                "--workspace, --mount-credentials and --requirements are not available in cloud mode (the sandbox is remote)"
+            ));
+        }
+        spec.image = snapshot;
+        spec.cloud = true;
+        Some(spec)
     } else {
         if args.requirements.is_some() {
             bail!(usage(
@@ -632,6 +652,7 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         credential_mounts,
         requirements,
         execution_id: None,
+        cloud: false,
     })
 }
 
@@ -663,10 +684,6 @@ async fn run(args: RunArgs) -> Result<i32> {
             "sandbox mode needs a Docker engine and none answered ({e}); {why}. Start Docker, or use --mode local to run it on the host anyway"
         );
     }
-    if request.effective_mode == Mode::Cloud {
-        bail!(
-            "cloud mode is not available in this build; nothing was run. Use --mode sandbox or --mode local"
-        );
-    }
+
     client::run(&cfg, request, args.output).await
 }

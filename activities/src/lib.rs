@@ -5,6 +5,7 @@
 //! running`) before spawning anything, so a retry after a lost worker finds the claim and
 //! reports the loss instead of silently running the command a second time.
 
+pub mod cloud;
 pub mod hub;
 pub mod local;
 pub mod output;
@@ -41,6 +42,7 @@ pub struct Activities {
     worker_id: String,
     output_retain_bytes: u64,
     sandbox: SandboxBackend,
+    cloud: cloud::CloudBackend,
 }
 
 impl Activities {
@@ -52,12 +54,14 @@ impl Activities {
         output_retain_bytes: u64,
         sandbox: SandboxBackend,
     ) -> Self {
+        let cloud = cloud::CloudBackend::new(store.clone(), worker_id.clone());
         Self {
             store,
             hub,
             worker_id,
             output_retain_bytes,
             sandbox,
+            cloud,
         }
     }
 
@@ -207,10 +211,34 @@ impl Activities {
                     reason: "sandbox execution without a container placement".into(),
                 }),
             },
-            other => Ok(Ended::Failed {
-                exit_code: None,
-                reason: format!("{other} mode is not available on this worker"),
-            }),
+            Mode::Cloud => match &input.placement {
+                Some(placement) => {
+                    match self
+                        .cloud
+                        .exec(&id, placement, &input.command.argv(), &env, &mut sink, &stop)
+                        .await
+                    {
+                        Ok((ended, taint)) => {
+                            if taint {
+                                let _ = self
+                                    .store
+                                    .taint_lease(&placement.lease_id, "the command may still be running")
+                                    .await;
+                            }
+                            Ok(ended)
+                        }
+                        Err(cloud::CloudError::Store(e)) => Err(e),
+                        Err(e) => Ok(Ended::Failed {
+                            exit_code: None,
+                            reason: format!("the Daytona sandbox could not run the command: {e}"),
+                        }),
+                    }
+                }
+                None => Ok(Ended::Failed {
+                    exit_code: None,
+                    reason: "cloud execution without a sandbox placement".into(),
+                }),
+            },
         };
         heartbeats.abort();
         if let Some(timer) = timer {
@@ -292,11 +320,11 @@ impl Activities {
         _ctx: ActivityContext,
         request: AcquireRequest,
     ) -> Result<Placement, ActivityError> {
-        let placement = self
-            .sandbox
-            .acquire(&request)
-            .await
-            .map_err(sandbox_error)?;
+        let placement = if request.spec.cloud {
+            self.cloud.acquire(&request).await.map_err(cloud_error)?
+        } else {
+            self.sandbox.acquire(&request).await.map_err(sandbox_error)?
+        };
         let how = if placement.reused {
             "reusing"
         } else {
@@ -322,6 +350,13 @@ impl Activities {
         _ctx: ActivityContext,
         request: ReleaseRequest,
     ) -> Result<String, ActivityError> {
+        if request.cloud {
+            return self
+                .cloud
+                .release(&request.placement, request.taint, request.ttl_secs)
+                .await
+                .map_err(cloud_error);
+        }
         self.sandbox
             .release(
                 &request.placement,
@@ -402,6 +437,14 @@ fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionRes
             exit_code: *exit_code,
             error: Some(reason.clone()),
         },
+    }
+}
+
+fn cloud_error(e: cloud::CloudError) -> ActivityError {
+    if e.is_retryable() {
+        ActivityError::from(anyhow::Error::from(e))
+    } else {
+        non_retryable(e.to_string())
     }
 }
 

@@ -808,13 +808,14 @@ impl Store {
 
     /// Moves every idle lease past its TTL to `removing` in one update on the database's clock,
     /// before any container is touched, so the reaper never races an acquire.
-    pub async fn expire_idle(&self) -> Result<Vec<LeaseRecord>> {
+    pub async fn expire_idle(&self, backend: &str) -> Result<Vec<LeaseRecord>> {
         let now = self.db_now();
         let sql = format!(
             "UPDATE leases SET state = 'removing', note = 'idle past its TTL' \
-             WHERE state = 'idle' AND expires_at <= {now} RETURNING {LEASE_COLUMNS}"
+             WHERE state = 'idle' AND backend = $1 AND expires_at <= {now} RETURNING {LEASE_COLUMNS}"
         );
         with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .bind(backend)
             .fetch_all(pool)
             .await
             .map_err(q("expire idle leases")))

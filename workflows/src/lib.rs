@@ -102,11 +102,11 @@ impl AgentExecution {
         let id = input.id.clone();
 
         let terminal = match input.effective_mode {
-            Mode::Local | Mode::Cloud => match run_exec(ctx, &input).await {
+            Mode::Local => match run_exec(ctx, &input).await {
                 Ok(result) => return Ok(result),
                 Err(terminal) => terminal,
             },
-            Mode::Sandbox => match run_in_sandbox(ctx, &mut input).await {
+            Mode::Sandbox | Mode::Cloud => match run_in_sandbox(ctx, &mut input).await {
                 Ok(result) => return Ok(result),
                 Err(terminal) => terminal,
             },
@@ -207,10 +207,19 @@ async fn run_in_sandbox(
         )
         .summary(format!("ensure image {}", spec.image))
         .build();
-    let image = ctx
-        .execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
-        .await
-        .map_err(|e| failed("the sandbox image is not available", &e))?;
+    // A Daytona sandbox starts from a snapshot that lives in the cloud: nothing to ensure here.
+    let image = if spec.cloud {
+        ImageReady {
+            image: spec.image.clone(),
+            image_id: spec.image.clone(),
+            digest: None,
+            how: "snapshot".into(),
+        }
+    } else {
+        ctx.execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
+            .await
+            .map_err(|e| failed("the sandbox image is not available", &e))?
+    };
 
     let acquire_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
         .retry_policy(
@@ -261,6 +270,7 @@ async fn run_in_sandbox(
         taint,
         ttl_secs: spec.ttl_secs,
         cleanup: spec.cleanup,
+        cloud: spec.cloud,
     };
     // A release that cannot run (host gone) is left to the reaper; the outcome stands.
     let _ = ctx

@@ -146,6 +146,10 @@ pub struct SandboxSpec {
     /// The execution this is for (progress goes to its client).
     #[serde(default)]
     pub execution_id: Option<String>,
+    /// Where the container lives: Docker on the worker's host, or a Daytona cloud sandbox
+    /// (`image` is then the Daytona snapshot).
+    #[serde(default)]
+    pub cloud: bool,
 }
 
 /// The workflow's input: everything needed to run the command, minus environment values.
@@ -208,6 +212,9 @@ pub struct ReleaseRequest {
     pub taint: bool,
     pub ttl_secs: u64,
     pub cleanup: bool,
+    /// A Daytona sandbox rather than a Docker container.
+    #[serde(default)]
+    pub cloud: bool,
 }
 
 impl ExecutionInput {
