@@ -75,6 +75,9 @@ impl Env {
             "MODE",
             "STIGMER_CONFIG",
             "STIGMER_DATABASE_URL",
+            "DAYTONA_API_KEY",
+            "DAYTONA_API_URL",
+            "DAYTONA_DEV_TOOLS_SNAPSHOT_ID",
         ] {
             cmd.env_remove(var);
         }

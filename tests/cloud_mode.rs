@@ -1,0 +1,80 @@
+//! Cloud mode end to end: the real `stigmer` daemon and Temporal, against the fake Daytona
+//! server (built from Daytona's published OpenAPI description, validating every request body),
+//! which runs the commands on the host when told to.
+
+mod common;
+
+use common::{Env, text};
+use stigmer_daytona::fake::FakeDaytona;
+
+struct Fake {
+    fake: FakeDaytona,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn start_fake() -> Fake {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = runtime
+        .block_on(FakeDaytona::builder().api_key("test-key").execute_on_host(true).start())
+        .expect("fake Daytona");
+    Fake { fake, _runtime: runtime }
+}
+
+fn cloud_env(fake: &FakeDaytona) -> Env {
+    let mut env = Env::new();
+    env.extra.push(("DAYTONA_API_KEY".into(), "test-key".into()));
+    env.extra.push(("DAYTONA_API_URL".into(), fake.api_url()));
+    env.extra.push(("DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(), "stigmer-full".into()));
+    env
+}
+
+#[test]
+fn commands_run_in_a_daytona_sandbox_that_is_reused_and_released() {
+    let fake = start_fake();
+    let env = cloud_env(&fake.fake);
+    let out = env.stigmer(&["run", "--mode", "cloud", "echo hi; echo oops >&2; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert!(text(&out.stderr).contains("oops"));
+    let record = env.last_execution();
+    assert_eq!(record["effective_mode"], "cloud");
+    let sandbox = record["container_id"].as_str().unwrap().to_string();
+    assert!(fake.fake.sandbox_ids().contains(&sandbox));
+
+    // Within the TTL the same sandbox serves the next command.
+    let out = env.stigmer(&["run", "--mode", "cloud", "--env", "GREETING=hello", "echo $GREETING"]);
+    assert_eq!(text(&out.stdout), "hello\n", "stderr: {}", text(&out.stderr));
+    assert_eq!(env.last_execution()["container_id"], sandbox.as_str());
+    assert_eq!(fake.fake.requests_for("createSandbox").len(), 1, "one sandbox was created");
+    let create = &fake.fake.requests_for("createSandbox")[0];
+    let body = create.body.clone().unwrap_or_default();
+    assert_eq!(body["labels"]["io.stigmer.managed"], "true", "{body}");
+    assert!(create.schema_errors.is_empty(), "the request matches Daytona's schema: {:?}", create.schema_errors);
+    assert!(
+        fake.fake.requests().iter().all(|r| r.authorized),
+        "every call carries the bearer token"
+    );
+
+    let list = env.stigmer(&["leases", "list", "--output", "json"]);
+    let leases: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(leases[0]["backend"], "daytona");
+    assert_eq!(leases[0]["state"], "idle");
+}
+
+#[test]
+fn cloud_mode_without_a_key_or_snapshot_says_what_to_set() {
+    let env = Env::new();
+    let out = env.stigmer(&["run", "--mode", "cloud", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("DAYTONA_API_KEY"), "{}", text(&out.stderr));
+    let mut env = Env::new();
+    env.extra.push(("DAYTONA_API_KEY".into(), "k".into()));
+    env.extra.push(("MODE".into(), "cloud".into()));
+    let out = env.stigmer(&["run", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("DAYTONA_DEV_TOOLS_SNAPSHOT_ID"), "{}", text(&out.stderr));
+}
