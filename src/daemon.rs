@@ -409,10 +409,21 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
 /// Reaps expired and orphaned sandbox containers at start and every 30 s, forever. A worker
 /// without a Docker engine skips quietly (local mode needs none).
 async fn reaper(store: Store, worker_id: String, cleanup: bool) {
-    let sandbox = SandboxBackend::new(store.clone(), worker_id);
+    let sandbox = SandboxBackend::new(store.clone(), worker_id.clone());
+    let cloud = stigmer_activities::cloud::CloudBackend::new(store.clone(), worker_id);
+    let daytona = std::env::var("DAYTONA_API_KEY").is_ok_and(|k| !k.is_empty());
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
+        if daytona {
+            match cloud.reap().await {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!("reaper: deleted Daytona sandboxes {removed:?}");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("Daytona reaper pass failed: {e}"),
+            }
+        }
         if sandbox.engine().await.is_err() {
             continue;
         }
