@@ -41,7 +41,8 @@ case "$offline" in auto|0|1) ;; *) die "OFFLINE must be auto, 0 or 1, not '$offl
 command -v docker >/dev/null 2>&1 || die "docker is not installed (or not on PATH)"
 docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is it running? may this user use it?)"
 
-build_args=()
+# SANDBOX_IMAGE_REF: the name the apt-get message tells users to build FROM.
+build_args=(--build-arg "SANDBOX_IMAGE_REF=$tag")
 if [ "$flavour" = basic ]; then
   base=""
   if [ "$offline" != 1 ]; then
@@ -64,7 +65,7 @@ if [ "$flavour" = basic ]; then
     STIGMER_BASE_IMAGE="$offline_base" "$here/offline-base.sh"
     base="$offline_base"
   fi
-  build_args+=(--build-arg "BASE_IMAGE=$base" --build-arg "SANDBOX_IMAGE_REF=$tag")
+  build_args+=(--build-arg "BASE_IMAGE=$base")
 else
   docker image inspect "$basic_tag" >/dev/null 2>&1 \
     || die "$basic_tag is missing: make sandbox-build-basic first"
