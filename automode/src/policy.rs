@@ -1,55 +1,98 @@
 //! The user's policy: prefix rules that force `local` or `sandbox` for matching commands.
 //!
-//! Read from `~/.config/stigmer/policy.toml` and then `.stigmer/policy.toml` in the working
-//! directory; rules from both files form one list. A user rule overrides the built-in rules for
-//! the part of the command it matches; among user rules the longest matching prefix (in words)
-//! wins, and a tie goes to `sandbox`. A bad file is an error naming the file, line and problem.
+//! Two files are read, both optional: the user's (`~/.config/stigmer/policy.toml`, path given
+//! by the caller) and the project's (`<cwd>/.stigmer/policy.toml`). Their rules form **one
+//! list**: neither file outranks the other. For each simple command the rule with the longest
+//! matching prefix (counted in words) decides, and when rules of the same length disagree the
+//! command goes to the sandbox, so a project file cannot quietly loosen a stricter rule of the
+//! same specificity in the user's file (and vice versa). A user rule overrides the built-in rules
+//! for the command it matches.
 //!
 //! ```toml
 //! [[rule]]
-//! prefix = "npm install"
-//! decision = "local"
+//! prefix = "npm install"            # words the command starts with, after wrappers
+//! decision = "local"                # or "sandbox"
 //! reason = "npm install is fine on the host in this project"   # optional
 //! ```
+//!
+//! A file that cannot be used is an error naming the file, the line and the problem: a policy
+//! that silently does nothing would send commands somewhere the user did not intend.
 
-use crate::{Decision, Mode};
+use crate::Mode;
 use serde::Deserialize;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A user rule.
+/// One rule from a policy file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// The words a simple command must start with (after wrappers like `env` or `nohup`).
+    /// The words a simple command must start with (compared after wrappers such as `sudo`,
+    /// `env` or `nohup` and `VAR=x` assignments are looked through; see [`crate::classify`]).
     pub prefix: Vec<String>,
+    /// Where matching commands run.
     pub decision: Mode,
+    /// The user's explanation, if the file gave one.
     pub reason: Option<String>,
-    /// `FILE:LINE` where the rule was written.
-    pub source: String,
+    /// The file the rule was read from.
+    pub file: PathBuf,
+    /// The line of the rule's `[[rule]]` header (1-based).
+    pub line: usize,
 }
 
-/// Built-in rules plus the user's.
+impl Rule {
+    /// The stable id used in decisions: `policy:FILE:LINE`.
+    #[must_use]
+    pub fn id(&self) -> String {
+        format!("policy:{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// What auto mode decides by: the built-in rules plus the user's prefix rules, and the working
+/// directory (absolute paths inside it count as inside).
+///
+/// ```
+/// use stigmer_automode::{classify, Mode, Policy};
+/// let policy = Policy::builtin();
+/// assert_eq!(classify("cargo test", &policy, false).decision, Mode::Local);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
-    workdir: Option<String>,
+    workdir: Option<PathBuf>,
     files: Vec<PathBuf>,
 }
 
 /// A policy file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("could not read policy file {path}: {source}")]
+    /// The file exists but could not be read.
+    #[error("could not read {}: {source}", Shown(.path))]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} line {line}: {message}")]
+    /// The file is not valid TOML or not a valid policy.
+    #[error("{} line {line}: {problem}", Shown(.path))]
     Invalid {
         path: PathBuf,
         line: usize,
-        message: String,
+        problem: String,
     },
+}
+
+/// A path as the user knows it: `~/…` for paths under `$HOME`.
+struct Shown<'a>(&'a Path);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty())
+            && let Ok(rest) = self.0.strip_prefix(Path::new(&home))
+        {
+            return write!(f, "~/{}", rest.display());
+        }
+        write!(f, "{}", self.0.display())
+    }
 }
 
 #[derive(Deserialize)]
@@ -68,23 +111,36 @@ struct RawRule {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+/// The best user rule for one simple command.
+pub(crate) struct Match<'p> {
+    pub rule: &'p Rule,
 }
 
 impl Policy {
-    /// Only the built-in rules.
+    /// Only the built-in rules, with no working directory known (every absolute path then
+    /// counts as outside it).
     #[must_use]
     pub fn builtin() -> Self {
         Self::default()
     }
 
-    /// Built-in rules plus `home_policy` (usually `~/.config/stigmer/policy.toml`) and
-    /// `<cwd>/.stigmer/policy.toml`, whichever exist. Absolute paths inside `cwd` count as
-    /// inside the working directory.
-    pub fn load(cwd: &Path, home_policy: Option<&Path>) -> Result<Self, PolicyError> {
+    /// The built-in rules plus the user's file `home_config` (usually
+    /// `~/.config/stigmer/policy.toml`) and the project's `<cwd>/.stigmer/policy.toml`, whichever
+    /// exist; absolute paths inside `cwd` count as inside the working directory.
+    ///
+    /// # Errors
+    /// A file that exists but cannot be read, is not TOML, or holds an invalid rule.
+    pub fn load(cwd: &Path, home_config: Option<&Path>) -> Result<Self, PolicyError> {
         let mut policy = Self::builtin().with_workdir(cwd);
-        let project = cwd.join(".stigmer/policy.toml");
-        for path in home_policy.into_iter().chain(std::iter::once(project.as_path())) {
+        let project = cwd.join(".stigmer").join("policy.toml");
+        for path in home_config
+            .into_iter()
+            .chain(std::iter::once(project.as_path()))
+        {
             let text = match std::fs::read_to_string(path) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -100,16 +156,48 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Adds the rules of one policy file's text.
-    pub fn add_file(&mut self, path: &Path, text: &str) -> Result<(), PolicyError> {
-        let invalid = |line: usize, message: String| PolicyError::Invalid {
+    /// The same policy, with absolute paths inside `dir` counting as inside the working
+    /// directory.
+    #[must_use]
+    pub fn with_workdir(mut self, dir: &Path) -> Self {
+        self.workdir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The working directory, if known.
+    #[must_use]
+    pub fn workdir(&self) -> Option<&Path> {
+        self.workdir.as_deref()
+    }
+
+    /// The user's rules, in file order (the user's file first, then the project's).
+    #[must_use]
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The policy files that were read.
+    #[must_use]
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    fn add_file(&mut self, path: &Path, text: &str) -> Result<(), PolicyError> {
+        let invalid = |line: usize, problem: String| PolicyError::Invalid {
             path: path.to_path_buf(),
             line,
-            message,
+            problem,
         };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
-            invalid(line, e.message().to_string())
+            // toml's message can span lines (it quotes the source); the first line is the point.
+            let problem = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
+            invalid(line, problem)
         })?;
         for spanned in raw.rule {
             let line = line_of(text, spanned.span().start);
@@ -139,52 +227,38 @@ impl Policy {
             self.rules.push(Rule {
                 prefix,
                 decision,
-                reason: rule.reason,
-                source: format!("{}:{line}", path.display()),
+                reason: rule.reason.filter(|r| !r.trim().is_empty()),
+                file: path.to_path_buf(),
+                line,
             });
         }
         self.files.push(path.to_path_buf());
         Ok(())
     }
 
-    /// Treats absolute paths inside `dir` as inside the working directory.
-    #[must_use]
-    pub fn with_workdir(mut self, dir: &Path) -> Self {
-        self.workdir = Some(dir.display().to_string());
-        self
-    }
-
-    #[must_use]
-    pub fn workdir(&self) -> Option<&str> {
-        self.workdir.as_deref()
-    }
-
-    #[must_use]
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
-    /// The policy files that were read.
-    #[must_use]
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
-    /// The user rule deciding a simple command starting with `words`, if any.
-    pub(crate) fn match_user(&self, words: &[&str], part: &str) -> Option<Decision> {
-        let best = self
-            .rules
-            .iter()
-            .filter(|r| r.prefix.len() <= words.len() && r.prefix.iter().zip(words).all(|(p, w)| p == w))
-            .max_by_key(|r| (r.prefix.len(), r.decision == Mode::Sandbox))?;
-        let reason = best.reason.clone().unwrap_or_else(|| {
-            format!("your policy rule for `{}` says {}", best.prefix.join(" "), best.decision)
-        });
-        Some(Decision {
-            decision: best.decision,
-            reason,
-            rule: format!("policy:{}", best.source),
-            part: Some(part.trim().to_string()),
-        })
+    /// The user rule deciding a command with these (normalized) words: the longest matching
+    /// prefix; among equally long ones, a `sandbox` rule.
+    pub(crate) fn best_match(&self, words: &[&str]) -> Option<Match<'_>> {
+        let mut best: Option<&Rule> = None;
+        for rule in &self.rules {
+            let matches = rule.prefix.len() <= words.len()
+                && rule.prefix.iter().zip(words).all(|(p, w)| p == w);
+            if !matches {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some(b) => {
+                    rule.prefix.len() > b.prefix.len()
+                        || (rule.prefix.len() == b.prefix.len()
+                            && rule.decision == Mode::Sandbox
+                            && b.decision == Mode::Local)
+                }
+            };
+            if better {
+                best = Some(rule);
+            }
+        }
+        best.map(|rule| Match { rule })
     }
 }

@@ -18,9 +18,17 @@ fn every_corpus_line_is_decided_as_labelled() {
         count += 1;
         let d = classify(command, &policy, false);
         if d.decision != expected {
-            failures.push(format!("{command:?}: expected {expected}, got {} ({}; {})", d.decision, d.rule, d.reason));
+            failures.push(format!(
+                "{command:?}: expected {expected}, got {} ({}; {})",
+                d.decision, d.rule, d.reason
+            ));
         }
     }
     assert!(count >= 60, "the corpus was read ({count} lines)");
-    assert!(failures.is_empty(), "{} of {count} wrong:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
