@@ -1426,7 +1426,7 @@ pub(crate) enum Code<'w> {
     /// Read from standard input (`| sh`, `python -`).
     Stdin,
     /// `python -m MODULE ARGS`: runs an installed module like a command.
-    Module(&'w [Word]),
+    Module(Vec<Word>),
     /// This use of the program runs no code given to it (`deno test`).
     Nothing,
 }
@@ -1546,11 +1546,13 @@ pub(crate) fn code_source<'w>(prog: &str, args: &'w [Word]) -> Code<'w> {
                     args.get(i).map_or(Code::Stdin, Code::Inline)
                 };
             } else if prog == "python" && *c == 'm' {
-                return if attached {
-                    Code::Module(&args[i - 1..])
-                } else {
-                    Code::Module(args.get(i..).unwrap_or(&[]))
-                };
+                // `-m pip` or `-mpip`: the module, then its arguments.
+                let mut module = Vec::new();
+                if attached {
+                    module.push(with_text(w, &letters[k + 1..].iter().collect::<String>()));
+                }
+                module.extend_from_slice(args.get(i..).unwrap_or(&[]));
+                return Code::Module(module);
             } else if value_opts.contains(*c) {
                 if !attached {
                     i += 1;
@@ -1787,6 +1789,9 @@ mod tests {
         );
         assert!(
             matches!(code_source("python", &words("-m pip install")), Code::Module(m) if m[0].text == "pip")
+        );
+        assert!(
+            matches!(code_source("python", &words("-mpip install")), Code::Module(m) if m[0].text == "pip" && m[1].text == "install")
         );
         assert!(matches!(code_source("python", &[]), Code::Stdin));
         assert!(

@@ -22,6 +22,13 @@ const MAX_DEPTH: usize = 8;
 const MAX_ALTERNATIVES: usize = 16;
 /// Simple commands judged for one classification; more is not an ordinary command.
 const MAX_PARTS: usize = 4000;
+/// Brackets nested deeper than this, or more compound commands than `MAX_COMPOUNDS`, are not
+/// an ordinary command; parsing and walking them recursively could exhaust the stack, so such
+/// a script is isolated without being parsed.
+const MAX_NESTING: usize = 48;
+const MAX_COMPOUNDS: usize = 256;
+/// Longer scripts are isolated without being parsed.
+const MAX_SCRIPT_LEN: usize = 256 * 1024;
 
 /// One part's verdict.
 #[derive(Clone, Debug)]
@@ -40,6 +47,9 @@ struct Output {
     text: Option<String>,
     /// File names, and where they are (`find . -name '*.o'`).
     paths: Option<Scope>,
+    /// Data a command computes at run time (`base64 -d`), and that command: shell code read
+    /// from it cannot be checked.
+    opaque: Option<String>,
 }
 
 impl Output {
@@ -55,6 +65,9 @@ impl Output {
             (Some(a), Some(b)) => Some(a.worst(b)),
             (a, b) => a.or(b),
         };
+        if self.opaque.is_none() {
+            self.opaque = other.opaque;
+        }
     }
 }
 
@@ -122,33 +135,49 @@ impl Ctx {
 /// The text of a script, for quoting the parts of it that decided.
 struct Source<'s> {
     text: &'s str,
+    /// Byte offset of each character, when the text is not ASCII (brush counts characters).
+    offsets: Option<Vec<usize>>,
 }
 
-impl Source<'_> {
-    /// The text between two character positions (brush counts characters, not bytes).
+impl<'s> Source<'s> {
+    fn new(text: &'s str) -> Self {
+        let offsets = (!text.is_ascii()).then(|| {
+            text.char_indices()
+                .map(|(b, _)| b)
+                .chain(std::iter::once(text.len()))
+                .collect()
+        });
+        Self { text, offsets }
+    }
+
+    /// The text between two character positions.
     fn slice(&self, start: usize, end: usize) -> Option<&str> {
-        let byte = |n: usize| {
-            if self.text.is_ascii() {
-                (n <= self.text.len()).then_some(n)
-            } else {
-                self.text
-                    .char_indices()
-                    .map(|(b, _)| b)
-                    .chain(std::iter::once(self.text.len()))
-                    .nth(n)
-            }
+        let byte = |n: usize| match &self.offsets {
+            None => (n <= self.text.len()).then_some(n),
+            Some(o) => o.get(n).copied(),
         };
         let (mut s, mut e) = (byte(start)?, byte(end)?);
         if s > e {
             std::mem::swap(&mut s, &mut e);
         }
-        // Locations of process substitutions end before their `)`.
-        let mut slice = self.text.get(s..e)?;
-        while slice.matches('(').count() > slice.matches(')').count() && e < self.text.len() {
-            e += self.text[e..].chars().next().map_or(1, char::len_utf8);
-            slice = self.text.get(s..e)?;
+        // Locations of process substitutions end before their `)`: extend to balance.
+        let slice = self.text.get(s..e)?;
+        let mut open = slice
+            .matches('(')
+            .count()
+            .saturating_sub(slice.matches(')').count());
+        for c in self.text.get(e..)?.chars() {
+            if open == 0 {
+                break;
+            }
+            match c {
+                '(' => open += 1,
+                ')' => open -= 1,
+                _ => {}
+            }
+            e += c.len_utf8();
         }
-        Some(slice.trim())
+        Some(self.text.get(s..e)?.trim())
     }
 }
 
@@ -235,6 +264,8 @@ pub(crate) struct Walker<'p> {
     parts: usize,
     /// The simple command being judged (or the script, outside of one), for quoting.
     current: String,
+    /// Compound commands being walked, one inside the other.
+    nesting: usize,
     opts: brush_parser::ParserOptions,
 }
 
@@ -247,6 +278,7 @@ impl<'p> Walker<'p> {
             downloads: Vec::new(),
             parts: 0,
             current: String::new(),
+            nesting: 0,
             opts: brush_parser::ParserOptions::default(),
         }
     }
@@ -269,11 +301,9 @@ impl<'p> Walker<'p> {
 
     fn find(&mut self, rule: impl Into<String>, subject: &str, what: &str, part: &str) {
         let rule = rule.into();
-        if self
-            .sandbox
-            .iter()
-            .any(|f| f.rule == rule && f.part == part)
-        {
+        // The first finding decides and a few more are mentioned; more would only cost time.
+        let seen = |f: &Finding| f.rule == rule && f.part == part;
+        if self.sandbox.len() >= 32 || self.sandbox.iter().any(seen) {
             return;
         }
         self.sandbox.push(Finding {
@@ -315,6 +345,10 @@ impl<'p> Walker<'p> {
             self.unsure("depth", "nests shell strings too deeply to inspect", text);
             return Output::default();
         }
+        if let Some(why) = too_complex_to_parse(text) {
+            self.unsure("too-complex", why, text);
+            return Output::default();
+        }
         let reader = std::io::BufReader::new(text.as_bytes());
         let program = match brush_parser::Parser::new(reader, &self.opts).parse_program() {
             Ok(p) => p,
@@ -327,7 +361,7 @@ impl<'p> Walker<'p> {
                 return Output::default();
             }
         };
-        let src = Source { text };
+        let src = Source::new(text);
         let mut out = Output::default();
         let saved = std::mem::replace(&mut self.current, text.trim().to_string());
         for list in &program.complete_commands {
@@ -494,12 +528,46 @@ impl<'p> Walker<'p> {
         ctx: &mut Ctx,
         depth: usize,
     ) -> Output {
+        // Nesting across `bash -c` strings adds up on the same stack.
+        if self.nesting >= MAX_NESTING * 2 {
+            let text = self.current.clone();
+            self.unsure("too-complex", "nests commands too deeply to inspect", &text);
+            return Output::default();
+        }
+        self.nesting += 1;
+        let out = self.compound_in(c, src, ctx, depth);
+        self.nesting -= 1;
+        out
+    }
+
+    fn compound_in(
+        &mut self,
+        c: &ast::CompoundCommand,
+        src: &Source,
+        ctx: &mut Ctx,
+        depth: usize,
+    ) -> Output {
         use ast::CompoundCommand as C;
         match c {
             C::BraceGroup(g) => self.compound_list(&g.list, src, ctx, depth),
             C::Subshell(s) => self.compound_list(&s.list, src, &mut ctx.clone(), depth),
             C::Arithmetic(a) => {
                 self.arithmetic(&a.expr.value, ctx, depth);
+                // brush reads `( ( cmd ) )` as `(( … ))`, and dash (a common /bin/sh) runs
+                // `((cmd))` as two subshells: if the text is also a script, judge it as one.
+                // Ordinary arithmetic (`i++`, `x > 5`) judges harmlessly.
+                let text = &a.expr.value;
+                let reader = std::io::BufReader::new(text.as_bytes());
+                if too_complex_to_parse(text).is_none()
+                    && let Ok(program) =
+                        brush_parser::Parser::new(reader, &self.opts).parse_program()
+                {
+                    let src = Source::new(text);
+                    let mut inner = ctx.clone();
+                    for list in &program.complete_commands {
+                        self.compound_list(list, &src, &mut inner, depth + 1);
+                    }
+                }
                 Output::default()
             }
             C::ArithmeticForClause(f) => {
@@ -747,7 +815,7 @@ impl<'p> Walker<'p> {
             };
         }
         let text = sub.list.to_string();
-        let src = Source { text: &text };
+        let src = Source::new(&text);
         let out = self.compound_list(&sub.list, &src, &mut inner, depth);
         Word {
             text: format!("<({})", shown(&text)),
@@ -848,6 +916,7 @@ impl<'p> Walker<'p> {
                         let w = self.process_substitution(k, sub, ctx, depth, fetches);
                         matches!(kind, K::Read).then(|| Output {
                             network: w.network,
+                            opaque: Some(w.text),
                             ..Output::default()
                         })
                     }
@@ -864,6 +933,12 @@ impl<'p> Walker<'p> {
                     T::Filename(w) => {
                         if writes {
                             self.write_target(w, part, ctx, depth);
+                            if fetches {
+                                // `curl URL > x.sh`: x.sh is a download.
+                                let (alts, _) = self.expand(w, ctx, depth, false);
+                                self.downloads
+                                    .extend(alts.into_iter().flatten().map(|t| t.text));
+                            }
                             None
                         } else {
                             let (alts, _) = self.expand(w, ctx, depth, false);
@@ -884,6 +959,7 @@ impl<'p> Walker<'p> {
                     network: o
                         .network
                         .or_else(|| word.as_ref().and_then(|w| w.network.clone())),
+                    opaque: word.as_ref().filter(|w| w.dynamic).map(|w| w.text.clone()),
                     text: word.and_then(|w| w.fixed().map(|t| format!("{t}\n"))),
                     paths: None,
                 })
@@ -897,6 +973,9 @@ impl<'p> Walker<'p> {
                             Some(Output {
                                 network: o.network.or(doc.network.clone()),
                                 text: doc.fixed().map(str::to_string),
+                                opaque: doc
+                                    .dynamic
+                                    .then(|| "a here-document with expansions".to_string()),
                                 paths: None,
                             })
                         }
@@ -1225,8 +1304,11 @@ impl<'p> Walker<'p> {
         outer: bool,
     ) -> Output {
         let mut words: Vec<Word> = words.to_vec();
+        // Unless the program is known to pass data through or print fixed text, what it prints
+        // is computed at run time.
         let mut out = Output {
             network: stdin.network.clone(),
+            opaque: Some(joined(&words)),
             ..Output::default()
         };
         if let Some(n) = words.iter().find_map(|w| w.network.clone()) {
@@ -1333,8 +1415,18 @@ impl<'p> Walker<'p> {
                     Run::Nothing => return out,
                     Run::Words(inner) => words = inner,
                     Run::Script(script) => {
-                        self.inline_script(&script, &[], &prog, &subject, part, ctx, depth, stdin);
-                        return out;
+                        let mut o = self.inline_script(
+                            &script,
+                            &[],
+                            &prog,
+                            &subject,
+                            part,
+                            ctx,
+                            depth,
+                            stdin,
+                        );
+                        o.network = o.network.or(out.network);
+                        return o;
                     }
                     Run::Xargs {
                         words: inner,
@@ -1349,9 +1441,9 @@ impl<'p> Walker<'p> {
                 }
                 continue;
             }
-            let o = self.program(&prog, &words, &subject, part, ctx, depth, stdin);
-            out.merge(o);
-            return out;
+            let mut o = self.program(&prog, &words, &subject, part, ctx, depth, stdin);
+            o.network = o.network.or(out.network);
+            return o;
         }
     }
 
@@ -1367,7 +1459,7 @@ impl<'p> Walker<'p> {
         ctx: &Ctx,
         depth: usize,
         stdin: &Output,
-    ) {
+    ) -> Output {
         if script.dynamic {
             match &script.network {
                 Some(n) => self.find(
@@ -1385,7 +1477,7 @@ impl<'p> Walker<'p> {
                     part,
                 ),
             }
-            return;
+            return Output::default();
         }
         let mut inner = ctx.clone();
         inner.stdin = stdin.clone();
@@ -1396,7 +1488,7 @@ impl<'p> Walker<'p> {
         for (n, p) in params.iter().enumerate().take(10) {
             inner.vars.insert(n.to_string(), vec![p.clone()]);
         }
-        self.script(&script.text, &mut inner, depth + 1);
+        self.script(&script.text, &mut inner, depth + 1)
     }
 
     fn was_downloaded(&self, path: &str) -> bool {
@@ -1422,7 +1514,10 @@ impl<'p> Walker<'p> {
     ) -> Output {
         let args = &words[1..];
         let subject = subject.to_string();
-        let mut out = Output::default();
+        let mut out = Output {
+            opaque: Some(subject.clone()),
+            ..Output::default()
+        };
 
         // Code: shells and other interpreters, eval, source.
         if let Some(lang) = programs::interpreter(prog) {
@@ -1433,7 +1528,7 @@ impl<'p> Walker<'p> {
                             .iter()
                             .position(|a| std::ptr::eq(a, code))
                             .map_or(args.len(), |p| p + 1);
-                        self.inline_script(
+                        return self.inline_script(
                             code,
                             args.get(pos..).unwrap_or(&[]),
                             prog,
@@ -1443,7 +1538,6 @@ impl<'p> Walker<'p> {
                             depth,
                             stdin,
                         );
-                        return out;
                     }
                     if let Some(n) = &code.network {
                         self.find(
@@ -1505,7 +1599,7 @@ impl<'p> Walker<'p> {
                         );
                     } else if let (Some(text), Lang::Shell) = (&stdin.text, lang) {
                         let script = Word::literal(text);
-                        self.inline_script(
+                        return self.inline_script(
                             &script,
                             &[],
                             prog,
@@ -1515,6 +1609,15 @@ impl<'p> Walker<'p> {
                             depth,
                             &Output::default(),
                         );
+                    } else if let Some(producer) = &stdin.opaque {
+                        self.unsure(
+                            "stdin-script",
+                            format!(
+                                "runs code that `{}` produces at run time, which cannot be checked beforehand",
+                                shown(producer)
+                            ),
+                            part,
+                        );
                     }
                     if lang == Lang::Shell {
                         return out;
@@ -1523,7 +1626,7 @@ impl<'p> Walker<'p> {
                 Code::Module(module) => {
                     // `python -m pip install x` runs like `pip install x`.
                     if !module.is_empty() {
-                        return self.judge(module, part, ctx, depth, stdin, false);
+                        return self.judge(&module, part, ctx, depth, stdin, false);
                     }
                 }
                 Code::Nothing => {}
@@ -1648,24 +1751,42 @@ impl<'p> Walker<'p> {
             "echo" | "printf" => {
                 let text_args: Vec<&Word> = args
                     .iter()
-                    .skip_while(|a| {
-                        prog == "echo"
-                            && matches!(a.text.as_str(), "-n" | "-e" | "-E" | "-ne" | "-en")
-                    })
+                    .skip_while(|a| prog == "echo" && matches!(a.text.as_str(), "-n" | "-E"))
                     .collect();
-                if text_args.iter().all(|a| !a.dynamic) {
-                    out.text = Some(format!(
-                        "{}\n",
-                        text_args
-                            .iter()
-                            .map(|a| a.text.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ));
+                // `echo -e` and printf formats rewrite the text: then it is not known as written.
+                let rewrites = |a: &&Word| {
+                    a.dynamic
+                        || a.text.contains('\\')
+                        || a.text.starts_with('-')
+                        || (prog == "printf" && a.text.contains('%'))
+                };
+                if !text_args.iter().any(rewrites) && (prog == "echo" || text_args.len() == 1) {
+                    let text = text_args
+                        .iter()
+                        .map(|a| a.text.as_str())
+                        .collect::<Vec<_>>();
+                    out.text = Some(format!("{}\n", text.join(" ")));
+                    out.opaque = None;
                 }
                 out.paths = Some(text_args.iter().fold(Scope::Inside, |acc, a| {
                     acc.worst(words::path_scope(a, &ctx.cwd, self.policy))
                 }));
+            }
+            "cat" | "tee" if prog == "tee" || operands_or_stdin(args) => {
+                // Passes its input through (and `tee` saves it: a download, if it came from
+                // the network).
+                if prog == "tee" && stdin.network.is_some() {
+                    let saved = args.iter().filter(|a| !a.text.starts_with('-'));
+                    self.downloads.extend(saved.map(|a| a.text.clone()));
+                }
+                return stdin.clone();
+            }
+            "cat" => {
+                // Local files: their content is like a script file's, not a computed one.
+                out.opaque = args.iter().any(|a| a.dynamic).then(|| subject.clone());
+                if let Some(f) = args.iter().find(|a| self.was_downloaded(&a.text)) {
+                    out.network = Some(format!("{}, downloaded earlier in the command", f.text));
+                }
             }
             _ => {}
         }
@@ -1676,6 +1797,7 @@ impl<'p> Walker<'p> {
         } else if programs::passes_lines_through(prog) {
             out.paths.clone_from(&stdin.paths);
             out.text.clone_from(&stdin.text);
+            out.opaque.clone_from(&stdin.opaque);
         }
         out
     }
@@ -1756,6 +1878,45 @@ impl<'p> Walker<'p> {
             i += 1;
         }
     }
+}
+
+/// Why a script is too deeply nested or too large to parse safely, if it is. Counts brackets
+/// without regard to quoting: an overestimate, which only matters far beyond ordinary commands.
+fn too_complex_to_parse(text: &str) -> Option<&'static str> {
+    if text.len() > MAX_SCRIPT_LEN {
+        return Some("is longer than auto mode inspects");
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'(' | b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' | b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let compounds = text
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| {
+            matches!(
+                *w,
+                "if" | "while" | "until" | "for" | "case" | "select" | "function"
+            )
+        })
+        .count();
+    (max > MAX_NESTING || compounds > MAX_COMPOUNDS)
+        .then_some("nests commands too deeply to inspect")
+}
+
+/// `cat` with no file operands (or `-`) copies its input.
+fn operands_or_stdin(args: &[Word]) -> bool {
+    let files: Vec<&Word> = args
+        .iter()
+        .filter(|a| !a.text.starts_with('-') || a.text == "-")
+        .collect();
+    files.is_empty() || files.iter().any(|a| a.text == "-")
 }
 
 fn assignment_name(a: &ast::Assignment) -> String {

@@ -88,8 +88,16 @@ pub(crate) struct Build {
     pub proc_subst: bool,
 }
 
+/// Words longer than this (`x=$x$x` repeated) are only known to be "long": the rest is treated
+/// as computed at run time rather than built.
+const MAX_WORD_CHARS: usize = 16 * 1024;
+
 impl Build {
     pub fn push_str(&mut self, s: &str, kind: CharKind) {
+        if self.chars.len() + s.len() > MAX_WORD_CHARS {
+            self.dynamic = true;
+            return;
+        }
         self.chars.extend(s.chars().map(|c| (c, kind)));
     }
 
@@ -129,7 +137,11 @@ impl Build {
         if self.chars.is_empty() && self.start.is_none() {
             self.start.clone_from(&f.start);
         }
-        self.chars.extend(f.chars.iter().copied());
+        if self.chars.len() + f.chars.len() > MAX_WORD_CHARS {
+            self.dynamic = true;
+        } else {
+            self.chars.extend(f.chars.iter().copied());
+        }
         self.dynamic |= f.dynamic;
         if self.network.is_none() {
             self.network.clone_from(&f.network);

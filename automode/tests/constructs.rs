@@ -607,6 +607,7 @@ fn installers_and_their_read_only_commands() {
             "install:go",
         ),
         ("python3 -m ensurepip", "install:ensurepip"),
+        ("python3 -mpip install x", "install:pip"),
         ("pip3.11 install x", "install:pip"),
         ("/usr/bin/pip install x", "install:pip"),
         ("npm ci", "install:npm"),
@@ -690,10 +691,8 @@ fn what_the_parser_cannot_understand_goes_to_the_sandbox() {
 
 #[test]
 fn deep_nesting_and_huge_commands_are_isolated_not_crashed_on() {
-    let mut cmd = "ls".to_string();
-    for _ in 0..12 {
-        cmd = format!("bash -c {}", shell_quote(&cmd));
-    }
+    // Scripts inside scripts (`$(…)`, `bash -c`) are followed 8 deep.
+    let cmd = format!("echo {}ls{}", "$(echo ".repeat(10), ")".repeat(10));
     let d = decide(&cmd);
     assert_eq!(
         (d.decision, d.rule.as_str()),
@@ -712,6 +711,61 @@ fn deep_nesting_and_huge_commands_are_isolated_not_crashed_on() {
         .collect::<Vec<_>>()
         .join(" | ");
     assert_eq!(decide(&long).decision, Mode::Local);
+
+    // Nesting that would exhaust the stack of a recursive parser is refused before parsing.
+    for (open, close) in [
+        ("$(", ")"),
+        ("if true; then ", "; fi"),
+        ("{ ", "; }"),
+        ("( ", " )"),
+        ("x=${a:-", "}"),
+    ] {
+        let cmd = format!("{}ls{}", open.repeat(5000), close.repeat(5000));
+        let d = decide(&cmd);
+        assert_eq!(
+            (d.decision, d.rule.as_str()),
+            (Mode::Sandbox, "unsure:too-complex"),
+            "{open}"
+        );
+    }
+    // A word that doubles at every step is not built out in memory.
+    let doubling = format!("x=a; {}bash -c \"$x\"", "x=$x$x; ".repeat(64));
+    assert_eq!(decide(&doubling).rule, "unsure:dynamic-script");
+}
+
+#[test]
+fn the_deepest_admitted_commands_fit_a_small_thread_stack() {
+    // 2 MiB, the default stack of a tokio worker or a spawned thread.
+    let inputs = [
+        format!(
+            "{}pip install x{}",
+            "if true; then ".repeat(40),
+            "; fi".repeat(40)
+        ),
+        format!("echo {}pip install x{}", "$(".repeat(7), ")".repeat(7)),
+        format!("{}pip install x{}", "( ".repeat(45), " )".repeat(45)),
+        {
+            let mut cmd = format!("{}pip install x{}", "{ ".repeat(20), "; }".repeat(20));
+            for _ in 0..7 {
+                cmd = format!("bash -c {}", shell_quote(&cmd));
+            }
+            cmd
+        },
+    ];
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            inputs
+                .iter()
+                .map(|c| decide(c).decision)
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let decisions = handle.join().expect("no stack overflow");
+    assert!(
+        decisions.iter().all(|d| *d == Mode::Sandbox),
+        "{decisions:?}"
+    );
 }
 
 fn shell_quote(s: &str) -> String {
