@@ -1569,6 +1569,127 @@ pub(crate) fn code_source<'w>(prog: &str, args: &'w [Word]) -> Code<'w> {
     }
 }
 
+/// Whether code for another language's interpreter visibly starts other programs (which auto
+/// mode cannot see from here). A textual check, not a parse: it only has to notice the usual
+/// ways in, and what it misses is code auto mode never claimed to read.
+pub(crate) fn spawns_commands(prog: &str, code: &str) -> bool {
+    let markers: &[&str] = match prog {
+        "python" => &[
+            "subprocess",
+            "os.system",
+            "os.popen",
+            "os.exec",
+            "os.spawn",
+            "pty.spawn",
+            "__import__",
+            "exec(",
+            "eval(",
+            "commands.",
+        ],
+        "perl" => &["system", "exec", "`", "qx", "fork", "open(", "|-", "-|"],
+        "ruby" | "irb" => &[
+            "system", "exec", "`", "%x", "popen", "spawn", "Open3", "fork",
+        ],
+        "node" | "bun" | "deno" => &[
+            "child_process",
+            "exec",
+            "spawn",
+            "fork",
+            "Deno.run",
+            "Deno.Command",
+            "Bun.spawn",
+            "Bun.$",
+            "eval(",
+            "Function(",
+        ],
+        "php" => &[
+            "system",
+            "exec",
+            "passthru",
+            "popen",
+            "proc_open",
+            "`",
+            "eval(",
+        ],
+        "lua" | "luajit" => &["os.execute", "io.popen"],
+        "awk" | "gawk" | "mawk" | "nawk" => &["system(", "|&", "| \"", "|\"", "getline"],
+        // Their code is commands.
+        "pwsh" | "powershell" | "Rscript" | "tclsh" | "osascript" => return true,
+        _ => &[],
+    };
+    markers.iter().any(|m| code.contains(m))
+}
+
+/// Environment variables whose value is a command some program runs through a shell.
+pub(crate) fn holds_command(var: &str) -> bool {
+    matches!(
+        var,
+        "GIT_SSH_COMMAND"
+            | "GIT_PAGER"
+            | "GIT_EDITOR"
+            | "GIT_SEQUENCE_EDITOR"
+            | "GIT_EXTERNAL_DIFF"
+            | "PAGER"
+            | "MANPAGER"
+            | "EDITOR"
+            | "VISUAL"
+            | "LESSOPEN"
+            | "LESSCLOSE"
+            | "PROMPT_COMMAND"
+            | "SSH_ASKPASS"
+            | "SUDO_ASKPASS"
+            | "GIT_ASKPASS"
+            | "RUSTC_WRAPPER"
+            | "CARGO_BUILD_RUSTC_WRAPPER"
+    )
+}
+
+/// `git -c KEY=VALUE` settings whose value git runs as a shell command.
+pub(crate) fn git_config_commands(args: &[Word]) -> Vec<Word> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(w) = args.get(i) {
+        let pair = match w.text.as_str() {
+            "-c" => {
+                i += 1;
+                args.get(i)
+            }
+            t if t.starts_with('-') => None,
+            _ => break, // the subcommand: global options are over
+        };
+        i += 1;
+        let Some(pair) = pair else { continue };
+        let Some((key, value)) = pair.text.split_once('=') else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        if let Some(cmd) = value
+            .strip_prefix('!')
+            .filter(|_| key.starts_with("alias."))
+        {
+            out.push(with_text(pair, cmd));
+        } else if matches!(
+            key.as_str(),
+            "core.pager"
+                | "core.editor"
+                | "core.sshcommand"
+                | "core.fsmonitor"
+                | "sequence.editor"
+                | "diff.external"
+                | "gpg.program"
+                | "credential.helper"
+        ) || key.starts_with("pager.")
+            || key.ends_with(".textconv")
+            || key.ends_with(".clean")
+            || key.ends_with(".smudge")
+            || key.ends_with(".process")
+        {
+            out.push(with_text(pair, value.strip_prefix('!').unwrap_or(value)));
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Network
 

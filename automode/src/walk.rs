@@ -763,6 +763,9 @@ impl<'p> Walker<'p> {
             }
         }
 
+        for (name, value) in assignments.iter().chain(&declared) {
+            self.command_variable(name, value.as_ref(), &part, ctx, depth);
+        }
         if words.is_empty() {
             // Assignments alone set shell variables for what follows.
             for (name, value) in assignments {
@@ -1491,6 +1494,33 @@ impl<'p> Walker<'p> {
         self.script(&script.text, &mut inner, depth + 1)
     }
 
+    fn embedded_commands(&mut self, prog: &str, subject: &str, part: &str) {
+        self.unsure_about(
+            "embedded-command",
+            subject,
+            format!("runs other programs from {prog} code, which auto mode does not read"),
+            part,
+        );
+    }
+
+    /// `PAGER='…' git log`, `export GIT_SSH_COMMAND='…'`: values some program runs as commands.
+    fn command_variable(
+        &mut self,
+        name: &str,
+        value: Option<&Vec<Word>>,
+        part: &str,
+        ctx: &Ctx,
+        depth: usize,
+    ) {
+        if !programs::holds_command(name) {
+            return;
+        }
+        for v in value.into_iter().flatten() {
+            let subject = format!("{name}={}", v.text);
+            self.inline_script(v, &[], name, &subject, part, ctx, depth, &Output::default());
+        }
+    }
+
     fn was_downloaded(&self, path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
         !name.is_empty()
@@ -1546,6 +1576,14 @@ impl<'p> Walker<'p> {
                             &format!("runs code fetched from the network by `{}`", shown(n)),
                             part,
                         );
+                    } else if code.dynamic {
+                        self.unsure(
+                            "dynamic-script",
+                            format!("runs {prog} code only known at run time ({})", code.text),
+                            part,
+                        );
+                    } else if programs::spawns_commands(prog, &code.text) {
+                        self.embedded_commands(prog, &subject, part);
                     }
                 }
                 Code::File(file, rest) => {
@@ -1682,6 +1720,26 @@ impl<'p> Walker<'p> {
                     _ => {}
                 }
                 return out;
+            }
+            "awk" | "gawk" | "mawk" | "nawk" => {
+                let program = programs::operands(
+                    args,
+                    programs::Spec {
+                        short: "fvF",
+                        long: &["file", "assign", "field-separator"],
+                    },
+                );
+                let inline = !args.iter().any(|a| a.text == "-f");
+                if let Some(code) = program.first().filter(|_| inline)
+                    && programs::spawns_commands(prog, &code.text)
+                {
+                    self.embedded_commands(prog, &subject, part);
+                }
+            }
+            "git" => {
+                for cmd in programs::git_config_commands(args) {
+                    self.inline_script(&cmd, &[], "git -c", &subject, part, ctx, depth, stdin);
+                }
             }
             "trap" => {
                 if let Some(code) = args.first().filter(|a| !a.text.starts_with('-')) {

@@ -554,6 +554,48 @@ fn shell_code_fed_on_standard_input_is_parsed() {
 }
 
 #[test]
+fn commands_hidden_in_other_languages_and_settings() {
+    sandboxed(
+        "unsure:embedded-command",
+        &[
+            "python -c 'import subprocess; subprocess.run([\"pip\", \"install\", \"x\"])'",
+            "python3 -c 'import os; os.system(\"rm -rf ~\")'",
+            "awk 'BEGIN { system(\"pip install x\") }'",
+            "perl -e 'system(q(pip install x))'",
+            "node -e 'require(\"child_process\").execSync(\"npm i -g x\")'",
+            "ruby -e '`gem install rails`'",
+            "pwsh -c 'pip install x'",
+        ],
+    );
+    sandboxed("unsure:dynamic-script", &["python -c \"$CODE\""]);
+    // Settings and variables whose value git or another program runs as a command.
+    sandboxed(
+        "install:pip",
+        &[
+            "git -c alias.x='!pip install y' x",
+            "PAGER='pip install x' git log",
+            "GIT_SSH_COMMAND='pip install x' git fetch",
+        ],
+    );
+    sandboxed(
+        "privilege:sudo",
+        &[
+            "export EDITOR='sudo vim'",
+            "git -c core.editor='sudo vim' commit",
+        ],
+    );
+    local(&[
+        "python3 -c 'print(1+1)'",
+        "awk '{print $1}' f",
+        "perl -pe 's/a/b/' f",
+        "node -e 'console.log(1)'",
+        "git -c core.pager=less log",
+        "GIT_SSH_COMMAND='ssh -i key' git fetch",
+        "EDITOR=vim git commit",
+    ]);
+}
+
+#[test]
 fn system_changes() {
     sandboxed(
         "system:systemctl",
