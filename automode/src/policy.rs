@@ -128,12 +128,34 @@ impl Policy {
         Self::default()
     }
 
-    /// The built-in rules plus the user's file `home_config` (usually
+    /// The built-in rules plus the user's rules from `home_config` (usually
     /// `~/.config/stigmer/policy.toml`) and the project's `<cwd>/.stigmer/policy.toml`, whichever
-    /// exist; absolute paths inside `cwd` count as inside the working directory.
+    /// exist. Absolute paths inside `cwd` count as inside the working directory.
+    ///
+    /// A policy file holds prefix rules:
+    ///
+    /// ```toml
+    /// [[rule]]
+    /// prefix = "npm install"     # the words a command starts with (after wrappers)
+    /// decision = "local"         # or "sandbox"
+    /// reason = "npm install is fine on the host in this project"   # optional
+    /// ```
+    ///
+    /// The rules of both files form one list; neither file outranks the other. For each simple
+    /// command the longest matching prefix (in words) decides, and equally long rules that
+    /// disagree send it to the sandbox. A project file therefore cannot loosen a rule of the same
+    /// length in the user's file, nor the other way round; a longer rule in either wins. A rule
+    /// overrides the built-in rules for the command it matches (see the crate docs for how it
+    /// meets wrappers such as `sudo`).
+    ///
+    /// Note that a project file comes with the project: a cloned repository can bring rules that
+    /// run its commands on the host. Callers that run untrusted projects may want to show which
+    /// files were read ([`Policy::files`]).
     ///
     /// # Errors
-    /// A file that exists but cannot be read, is not TOML, or holds an invalid rule.
+    /// A file that exists but cannot be read, is not TOML, or holds an invalid rule; the message
+    /// names the file, the line and the problem, e.g.
+    /// `~/.config/stigmer/policy.toml line 4: unknown decision "fast" (allowed: local, sandbox)`.
     pub fn load(cwd: &Path, home_config: Option<&Path>) -> Result<Self, PolicyError> {
         let mut policy = Self::builtin().with_workdir(cwd);
         let project = cwd.join(".stigmer").join("policy.toml");

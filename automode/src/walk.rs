@@ -453,12 +453,9 @@ impl<'p> Walker<'p> {
                 // times, so what it changes is only "maybe").
                 let mut body = ctx.clone();
                 body.uncertain = true;
-                for (i, a) in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "@", "*"]
-                    .iter()
-                    .enumerate()
-                {
-                    let _ = i;
-                    body.vars.remove(*a);
+                // Its arguments are whatever a call passes: unknown here.
+                for n in 0..10 {
+                    body.vars.remove(&n.to_string());
                 }
                 let ast::FunctionBody(c, redirects) = &f.body;
                 for r in redirects.iter().flat_map(|r| r.0.iter()) {
@@ -1587,7 +1584,10 @@ impl<'p> Walker<'p> {
                     }
                 }
                 Code::File(file, rest) => {
-                    if file.proc_subst || file.dynamic {
+                    // A file found inside the working directory (`find . -name '*.sh' | xargs
+                    // -n1 bash`) is a local script like any other.
+                    let found_inside = matches!(file.start, Start::Input(Scope::Inside));
+                    if file.proc_subst || (file.dynamic && !found_inside) {
                         match &file.network {
                             Some(n) => self.find(
                                 "network-exec:process-substitution",

@@ -454,6 +454,7 @@ fn xargs_and_find_act_on_what_they_are_given() {
         "find . -name '*.o' -delete",
         "find . -name '*.rs' -exec wc -l {} +",
         "git ls-files | xargs rm",
+        "find . -name '*.sh' | xargs -n1 bash",
         "find . -type f -exec sh -c 'rm -f \"$1\"' _ {} \\;",
     ]);
     sandboxed(
