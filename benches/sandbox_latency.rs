@@ -42,12 +42,17 @@ fn report(name: &str, s: &[Duration]) {
 }
 
 fn ok(cmd: &mut Command) {
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
     assert!(status.success(), "{cmd:?} failed");
 }
 
 fn main() {
-    let image = std::env::var("STIGMER_BENCH_SANDBOX_IMAGE").unwrap_or_else(|_| "stigmer-sandbox-basic:local".into());
+    let image = std::env::var("STIGMER_BENCH_SANDBOX_IMAGE")
+        .unwrap_or_else(|_| "stigmer-sandbox-basic:local".into());
     let bin = stigmer();
     let data = tempfile::tempdir().expect("temp dir");
     let port = 32000 + (std::process::id() % 500) as u16;
@@ -69,27 +74,57 @@ fn main() {
 
     // Warm: stigmer reusing its container, vs docker exec into that same container.
     let warm = measure(|| ok(cmd("3600").args(["run", "--mode", "sandbox", "true"])));
-    let out = cmd("3600").args(["leases", "list", "--output", "json"]).output().expect("leases");
+    let out = cmd("3600")
+        .args(["leases", "list", "--output", "json"])
+        .output()
+        .expect("leases");
     let leases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("leases json");
-    let container = leases[0]["container_id"].as_str().expect("a leased container").to_string();
-    let docker_exec = measure(|| ok(Command::new("docker").args(["exec", "-u", "1000:1000", &container, "true"])));
+    let container = leases[0]["container_id"]
+        .as_str()
+        .expect("a leased container")
+        .to_string();
+    let docker_exec = measure(|| {
+        ok(Command::new("docker").args(["exec", "-u", "1000:1000", &container, "true"]))
+    });
     report("baseline: docker exec CONTAINER true", &docker_exec);
     report("stigmer run --mode sandbox true (warm, reused)", &warm);
-    println!("{:<52} {:>8.2}x", "warm ratio (target ≤ 1.0x docker exec)", median(&warm) / median(&docker_exec));
+    println!(
+        "{:<52} {:>8.2}x",
+        "warm ratio (target ≤ 1.0x docker exec)",
+        median(&warm) / median(&docker_exec)
+    );
 
     // Cold: a container per run.
     let docker_run = measure(|| {
         ok(Command::new("docker").args([
-            "run", "--rm", "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--pids-limit", "512", "--memory", "2g", &image, "true",
+            "run",
+            "--rm",
+            "--user",
+            "1000:1000",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--pids-limit",
+            "512",
+            "--memory",
+            "2g",
+            &image,
+            "true",
         ]))
     });
     let cold = measure(|| ok(cmd("0").args(["run", "--mode", "sandbox", "true"])));
     report("baseline: docker run --rm IMAGE true", &docker_run);
     report("stigmer run --mode sandbox true (cold, TTL 0)", &cold);
-    println!("{:<52} {:>8.2}x", "cold ratio (target ≤ 1.1x docker run --rm)", median(&cold) / median(&docker_run));
+    println!(
+        "{:<52} {:>8.2}x",
+        "cold ratio (target ≤ 1.1x docker run --rm)",
+        median(&cold) / median(&docker_run)
+    );
 
     let _ = cmd("3600").args(["leases", "reap"]).status();
     ok(cmd("3600").args(["server", "stop"]));
-    let _ = Command::new("docker").args(["rm", "-f", &container]).output();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
 }

@@ -474,10 +474,8 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
                 .as_deref()
                 .map(|p| format!("; part `{p}`"))
                 .unwrap_or_default();
-            (
-                effective,
-                format!("auto: {} (rule {}{part})", d.reason, d.rule),
-            )
+            // The classifier's reason already names its rule.
+            (effective, format!("auto: {}{part}", d.reason))
         }
     };
     // Local mode runs with the caller's environment; the sandbox sees only what is named.
@@ -505,7 +503,10 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             ));
         };
         let mut spec = sandbox_spec(args, cfg)?;
-        if spec.workspace.is_some() || !spec.credential_mounts.is_empty() || spec.requirements.is_some() {
+        if spec.workspace.is_some()
+            || !spec.credential_mounts.is_empty()
+            || spec.requirements.is_some()
+        {
             bail!(usage(
                 "--workspace, --mount-credentials and --requirements are not available in cloud mode (the sandbox is remote)"
             ));

@@ -19,16 +19,28 @@ fn start_fake() -> Fake {
         .build()
         .unwrap();
     let fake = runtime
-        .block_on(FakeDaytona::builder().api_key("test-key").execute_on_host(true).start())
+        .block_on(
+            FakeDaytona::builder()
+                .api_key("test-key")
+                .execute_on_host(true)
+                .start(),
+        )
         .expect("fake Daytona");
-    Fake { fake, _runtime: runtime }
+    Fake {
+        fake,
+        _runtime: runtime,
+    }
 }
 
 fn cloud_env(fake: &FakeDaytona) -> Env {
     let mut env = Env::new();
-    env.extra.push(("DAYTONA_API_KEY".into(), "test-key".into()));
+    env.extra
+        .push(("DAYTONA_API_KEY".into(), "test-key".into()));
     env.extra.push(("DAYTONA_API_URL".into(), fake.api_url()));
-    env.extra.push(("DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(), "stigmer-full".into()));
+    env.extra.push((
+        "DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(),
+        "stigmer-full".into(),
+    ));
     env
 }
 
@@ -46,14 +58,34 @@ fn commands_run_in_a_daytona_sandbox_that_is_reused_and_released() {
     assert!(fake.fake.sandbox_ids().contains(&sandbox));
 
     // Within the TTL the same sandbox serves the next command.
-    let out = env.stigmer(&["run", "--mode", "cloud", "--env", "GREETING=hello", "echo $GREETING"]);
-    assert_eq!(text(&out.stdout), "hello\n", "stderr: {}", text(&out.stderr));
+    let out = env.stigmer(&[
+        "run",
+        "--mode",
+        "cloud",
+        "--env",
+        "GREETING=hello",
+        "echo $GREETING",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "hello\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
     assert_eq!(env.last_execution()["container_id"], sandbox.as_str());
-    assert_eq!(fake.fake.requests_for("createSandbox").len(), 1, "one sandbox was created");
+    assert_eq!(
+        fake.fake.requests_for("createSandbox").len(),
+        1,
+        "one sandbox was created"
+    );
     let create = &fake.fake.requests_for("createSandbox")[0];
     let body = create.body.clone().unwrap_or_default();
     assert_eq!(body["labels"]["io.stigmer.managed"], "true", "{body}");
-    assert!(create.schema_errors.is_empty(), "the request matches Daytona's schema: {:?}", create.schema_errors);
+    assert!(
+        create.schema_errors.is_empty(),
+        "the request matches Daytona's schema: {:?}",
+        create.schema_errors
+    );
     assert!(
         fake.fake.requests().iter().all(|r| r.authorized),
         "every call carries the bearer token"
@@ -70,11 +102,19 @@ fn cloud_mode_without_a_key_or_snapshot_says_what_to_set() {
     let env = Env::new();
     let out = env.stigmer(&["run", "--mode", "cloud", "true"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("DAYTONA_API_KEY"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("DAYTONA_API_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
     let mut env = Env::new();
     env.extra.push(("DAYTONA_API_KEY".into(), "k".into()));
     env.extra.push(("MODE".into(), "cloud".into()));
     let out = env.stigmer(&["run", "true"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("DAYTONA_DEV_TOOLS_SNAPSHOT_ID"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("DAYTONA_DEV_TOOLS_SNAPSHOT_ID"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -509,7 +509,10 @@ fn auto_mode_explains_itself_runs_safe_commands_locally_and_never_runs_isolated_
     // Sandbox decisions are never run on the host when no sandbox is available.
     let mut cmd = env.cmd();
     cmd.env("STIGMER_EXECUTION_MODE", "auto")
-        .env("DOCKER_HOST", "unix:///nonexistent/stigmer-test-docker.sock")
+        .env(
+            "DOCKER_HOST",
+            "unix:///nonexistent/stigmer-test-docker.sock",
+        )
         .args(["run", "touch marker-file; pip install nothing-here"]);
     let out = common::output_within(cmd, Duration::from_secs(60));
     assert_ne!(out.status.code(), Some(0));

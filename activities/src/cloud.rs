@@ -39,8 +39,10 @@ impl CloudError {
             // worth another activity attempt only when the service or the network failed.
             Self::Daytona(e) => matches!(
                 e,
-                stigmer_daytona::Error::Api { status: 429 | 500..=599, .. }
-                    | stigmer_daytona::Error::Transport { .. }
+                stigmer_daytona::Error::Api {
+                    status: 429 | 500..=599,
+                    ..
+                } | stigmer_daytona::Error::Transport { .. }
                     | stigmer_daytona::Error::Timeout { .. }
             ),
             Self::Store(_) => true,
@@ -145,7 +147,10 @@ impl CloudBackend {
         let sandbox = match client.create_sandbox(create).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = self.store.release_lease(&lease.id, false, Some("create failed")).await;
+                let _ = self
+                    .store
+                    .release_lease(&lease.id, false, Some("create failed"))
+                    .await;
                 return Err(e.into());
             }
         };
@@ -169,9 +174,20 @@ impl CloudBackend {
         })
     }
 
-    async fn placed(&self, req: &AcquireRequest, lease: &str, sandbox: &str) -> Result<(), CloudError> {
+    async fn placed(
+        &self,
+        req: &AcquireRequest,
+        lease: &str,
+        sandbox: &str,
+    ) -> Result<(), CloudError> {
         self.store
-            .set_placement(&req.execution_id, Some(&req.spec.image), None, Some(sandbox), Some(lease))
+            .set_placement(
+                &req.execution_id,
+                Some(&req.spec.image),
+                None,
+                Some(sandbox),
+                Some(lease),
+            )
             .await?;
         Ok(())
     }
@@ -261,10 +277,18 @@ impl CloudBackend {
     }
 
     /// Back to idle for reuse, or deleted.
-    pub async fn release(&self, placement: &Placement, taint: bool, ttl_secs: u64) -> Result<String, CloudError> {
+    pub async fn release(
+        &self,
+        placement: &Placement,
+        taint: bool,
+        ttl_secs: u64,
+    ) -> Result<String, CloudError> {
         if taint {
             self.store
-                .taint_lease(&placement.lease_id, "the command may still have been running")
+                .taint_lease(
+                    &placement.lease_id,
+                    "the command may still have been running",
+                )
                 .await?;
         }
         let state = self
@@ -272,7 +296,10 @@ impl CloudBackend {
             .release_lease(&placement.lease_id, !taint && ttl_secs > 0, None)
             .await?;
         if state == "removing" {
-            self.client().await?.delete_sandbox(&placement.container_id).await?;
+            self.client()
+                .await?
+                .delete_sandbox(&placement.container_id)
+                .await?;
             self.store.lease_removed(&placement.lease_id).await?;
             return Ok("removed".into());
         }
@@ -303,7 +330,10 @@ impl CloudBackend {
             .collect();
         let labels = BTreeMap::from([
             ("io.stigmer.managed".to_string(), "true".to_string()),
-            ("io.stigmer.store".to_string(), self.store.store_id().to_string()),
+            (
+                "io.stigmer.store".to_string(),
+                self.store.store_id().to_string(),
+            ),
         ]);
         for sandbox in client.list_sandboxes(&labels).await? {
             let lease = sandbox.labels.get("io.stigmer.lease");

@@ -215,14 +215,24 @@ impl Activities {
                 Some(placement) => {
                     match self
                         .cloud
-                        .exec(&id, placement, &input.command.argv(), &env, &mut sink, &stop)
+                        .exec(
+                            &id,
+                            placement,
+                            &input.command.argv(),
+                            &env,
+                            &mut sink,
+                            &stop,
+                        )
                         .await
                     {
                         Ok((ended, taint)) => {
                             if taint {
                                 let _ = self
                                     .store
-                                    .taint_lease(&placement.lease_id, "the command may still be running")
+                                    .taint_lease(
+                                        &placement.lease_id,
+                                        "the command may still be running",
+                                    )
                                     .await;
                             }
                             Ok(ended)
@@ -323,7 +333,10 @@ impl Activities {
         let placement = if request.spec.cloud {
             self.cloud.acquire(&request).await.map_err(cloud_error)?
         } else {
-            self.sandbox.acquire(&request).await.map_err(sandbox_error)?
+            self.sandbox
+                .acquire(&request)
+                .await
+                .map_err(sandbox_error)?
         };
         let how = if placement.reused {
             "reusing"

@@ -42,7 +42,12 @@ pub async fn reap_once(
         l.backend == crate::sandbox::BACKEND && l.engine_id.as_deref() == Some(engine_id.as_str())
     };
 
-    for lease in store.expire_idle(crate::sandbox::BACKEND).await?.into_iter().filter(|l| ours(l)) {
+    for lease in store
+        .expire_idle(crate::sandbox::BACKEND)
+        .await?
+        .into_iter()
+        .filter(|l| ours(l))
+    {
         report.expired.push(lease.id.clone());
     }
     for lease in store
