@@ -65,6 +65,32 @@ impl Activities {
         }
     }
 
+    /// Taints the lease when the backend says its container may still run the command, and
+    /// turns a backend failure into the execution's failure. Store errors stay errors, so the
+    /// activity is retried rather than reporting an outcome it could not record.
+    async fn settle(
+        &self,
+        placement: &Placement,
+        outcome: Result<(Ended, bool), BackendFailure>,
+    ) -> Result<Ended, StoreError> {
+        match outcome {
+            Ok((ended, taint)) => {
+                if taint {
+                    let _ = self
+                        .store
+                        .taint_lease(&placement.lease_id, "the command may still be running")
+                        .await;
+                }
+                Ok(ended)
+            }
+            Err(BackendFailure::Store(e)) => Err(e),
+            Err(BackendFailure::Other(reason)) => Ok(Ended::Failed {
+                exit_code: None,
+                reason,
+            }),
+        }
+    }
+
     /// A lost worker on this host may have left its command running: kill that process group.
     async fn kill_leftover(&self, id: &str) {
         let Ok(Some((worker, pgid, started))) = self.store.recorded_process(id).await else {
@@ -174,7 +200,7 @@ impl Activities {
             }
             Mode::Sandbox => match (&input.placement, &input.sandbox) {
                 (Some(placement), Some(spec)) => {
-                    match self
+                    let outcome = self
                         .sandbox
                         .exec(
                             &id,
@@ -186,25 +212,8 @@ impl Activities {
                             &stop,
                         )
                         .await
-                    {
-                        Ok((ended, taint)) => {
-                            if taint {
-                                let _ = self
-                                    .store
-                                    .taint_lease(
-                                        &placement.lease_id,
-                                        "the command may still be running",
-                                    )
-                                    .await;
-                            }
-                            Ok(ended)
-                        }
-                        Err(SandboxError::Store(e)) => Err(e),
-                        Err(e) => Ok(Ended::Failed {
-                            exit_code: None,
-                            reason: format!("the sandbox could not run the command: {e}"),
-                        }),
-                    }
+                        .map_err(BackendFailure::from);
+                    self.settle(placement, outcome).await
                 }
                 _ => Ok(Ended::Failed {
                     exit_code: None,
@@ -213,7 +222,7 @@ impl Activities {
             },
             Mode::Cloud => match &input.placement {
                 Some(placement) => {
-                    match self
+                    let outcome = self
                         .cloud
                         .exec(
                             &id,
@@ -224,25 +233,8 @@ impl Activities {
                             &stop,
                         )
                         .await
-                    {
-                        Ok((ended, taint)) => {
-                            if taint {
-                                let _ = self
-                                    .store
-                                    .taint_lease(
-                                        &placement.lease_id,
-                                        "the command may still be running",
-                                    )
-                                    .await;
-                            }
-                            Ok(ended)
-                        }
-                        Err(cloud::CloudError::Store(e)) => Err(e),
-                        Err(e) => Ok(Ended::Failed {
-                            exit_code: None,
-                            reason: format!("the Daytona sandbox could not run the command: {e}"),
-                        }),
-                    }
+                        .map_err(BackendFailure::from);
+                    self.settle(placement, outcome).await
                 }
                 None => Ok(Ended::Failed {
                     exit_code: None,
@@ -450,6 +442,32 @@ fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionRes
             exit_code: *exit_code,
             error: Some(reason.clone()),
         },
+    }
+}
+
+/// A sandbox or cloud backend's failure to run a command, as `exec` handles it.
+enum BackendFailure {
+    Store(StoreError),
+    Other(String),
+}
+
+impl From<SandboxError> for BackendFailure {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::Store(e) => Self::Store(e),
+            e => Self::Other(format!("the sandbox could not run the command: {e}")),
+        }
+    }
+}
+
+impl From<cloud::CloudError> for BackendFailure {
+    fn from(e: cloud::CloudError) -> Self {
+        match e {
+            cloud::CloudError::Store(e) => Self::Store(e),
+            e => Self::Other(format!(
+                "the Daytona sandbox could not run the command: {e}"
+            )),
+        }
     }
 }
 
