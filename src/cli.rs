@@ -649,6 +649,12 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         memory_bytes,
         nano_cpus,
         pids_limit,
+        workspace_owner: workspace.as_ref().map(|_| {
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )
+        }),
         workspace,
         credential_mounts,
         requirements,

@@ -105,10 +105,11 @@ pub async fn run(cfg: &Config, request: RunRequest, format: OutputFormat) -> Res
                 })?
         }
     };
-    run_via_daemon(stream, request, format).await
+    run_via_daemon(cfg, stream, request, format).await
 }
 
 async fn run_via_daemon(
+    cfg: &Config,
     stream: UnixStream,
     request: RunRequest,
     format: OutputFormat,
@@ -120,13 +121,24 @@ async fn run_via_daemon(
     let mut interrupts = Interrupts::new()?;
     let mut id: Option<String> = None;
     let mut cancelling = false;
+    let mut follower = Follower::new("");
     loop {
         tokio::select! {
             frame = protocol::read_frame(&mut reader) => {
-                let Some((tag, body)) = frame? else {
-                    let which = id.as_deref().unwrap_or("the execution");
-                    eprintln!("stigmer: lost the connection to the daemon; {which} may still be running (see `stigmer logs {which}`)");
-                    return Ok(EXIT_INFRA_FAILURE);
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        tracing::debug!("daemon connection failed: {e:#}");
+                        None
+                    }
+                };
+                let Some((tag, body)) = frame else {
+                    let Some(id) = id else {
+                        eprintln!("stigmer: lost the connection to the daemon before the execution started");
+                        return Ok(EXIT_INFRA_FAILURE);
+                    };
+                    follower.id = id;
+                    return resume_after_daemon_loss(cfg, follower, format).await;
                 };
                 match tag {
                     Tag::Started => {
@@ -138,10 +150,12 @@ async fn run_via_daemon(
                         id = Some(started.id);
                     }
                     Tag::Stdout => {
+                        follower.skip_stdout += body.len() as u64;
                         stdout.write_all(&body).await?;
                         stdout.flush().await?;
                     }
                     Tag::Stderr => {
+                        follower.skip_stderr += body.len() as u64;
                         stderr.write_all(&body).await?;
                         stderr.flush().await?;
                     }
@@ -165,6 +179,49 @@ async fn run_via_daemon(
                 cancelling = true;
                 eprintln!("stigmer: cancelling {} (Ctrl-C again to stop waiting)", id.as_deref().unwrap_or("the execution"));
                 protocol::write_frame(&mut writer, Tag::Cancel, b"").await?;
+            }
+        }
+    }
+}
+
+/// The daemon went away mid-execution (crashed, killed, upgraded). The execution is a durable
+/// workflow, so it goes on once a daemon runs again: start one, then follow the execution
+/// through the store to its end, printing only what the live stream had not yet delivered.
+async fn resume_after_daemon_loss(
+    cfg: &Config,
+    mut follower: Follower,
+    format: OutputFormat,
+) -> Result<i32> {
+    let id = follower.id.clone();
+    eprintln!(
+        "stigmer: lost the connection to the daemon; {id} is durable: restarting the daemon and following it"
+    );
+    let store = open_for_reading(cfg).await?;
+    let mut interrupts = Interrupts::new()?;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    let mut revive = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {
+                follower.pump(&store).await?;
+                if let Some(record) = store.get_execution(&id).await?
+                    && record.status().is_some_and(Status::is_terminal)
+                {
+                    follower.pump(&store).await?;
+                    return Ok(finish_output(&record.result(), format));
+                }
+            }
+            _ = revive.tick() => {
+                // Whoever runs first starts the daemon; the lock file keeps it to one.
+                if UnixStream::connect(cfg.socket_path()).await.is_err()
+                    && let Err(e) = daemon::spawn_detached(cfg, false).await
+                {
+                    tracing::debug!("could not restart the daemon yet: {e:#}");
+                }
+            }
+            () = interrupts.next() => {
+                eprintln!("stigmer: stopped following {id}; it goes on (`stigmer logs --follow {id}` follows it again)");
+                return Ok(EXIT_CANCELLED);
             }
         }
     }
@@ -285,6 +342,9 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
 struct Follower {
     id: String,
     next: i64,
+    /// Bytes of each stream already printed from elsewhere (the live stream), not to repeat.
+    skip_stdout: u64,
+    skip_stderr: u64,
 }
 
 impl Follower {
@@ -292,6 +352,8 @@ impl Follower {
         Self {
             id: id.to_string(),
             next: -1,
+            skip_stdout: 0,
+            skip_stderr: 0,
         }
     }
 
@@ -306,9 +368,16 @@ impl Follower {
             let mut stdout = tokio::io::stdout();
             let mut stderr = tokio::io::stderr();
             for chunk in &chunks {
+                let skip = match chunk.stream.as_str() {
+                    "stdout" => &mut self.skip_stdout,
+                    _ => &mut self.skip_stderr,
+                };
+                let already = (*skip).min(chunk.data.len() as u64);
+                *skip -= already;
+                let data = &chunk.data[already as usize..];
                 match chunk.stream.as_str() {
-                    "stdout" => stdout.write_all(&chunk.data).await?,
-                    _ => stderr.write_all(&chunk.data).await?,
+                    "stdout" => stdout.write_all(data).await?,
+                    _ => stderr.write_all(data).await?,
                 }
                 self.next = chunk.seq;
             }

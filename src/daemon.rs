@@ -20,7 +20,7 @@ use std::time::Duration;
 use stigmer_activities::Activities;
 use stigmer_activities::hub::{Hub, HubEvent};
 use stigmer_activities::output::StreamKind;
-use stigmer_activities::sandbox::SandboxBackend;
+use stigmer_activities::sandbox::{SandboxBackend, host_task_queue};
 use stigmer_activities::store::{NewExecution, Store};
 use stigmer_workflows::{
     AgentExecution, ExecutionInput, ExecutionResult, Mode, Status, workflow_id,
@@ -195,30 +195,110 @@ struct Shared {
     temporal: Option<ManagedTemporal>,
 }
 
-/// Builds the Temporal worker that runs `AgentExecution` and its activities.
-fn build_worker(
-    runtime: &Runtime,
-    cfg: &Config,
-    client: Client,
-    store: Store,
-    hub: Hub,
-    worker_id: &str,
-) -> Result<Worker> {
-    let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string());
-    let activities = Activities::new(
-        store,
-        hub,
-        worker_id.to_string(),
-        cfg.output_retain_bytes.value,
-        sandbox,
-    );
-    let options = WorkerOptions::new(cfg.task_queue.value.clone())
-        .register_workflow::<AgentExecution>()
-        .context("could not register the AgentExecution workflow")?
-        .register_activities(activities)
-        .graceful_shutdown_period(Duration::from_secs(5))
-        .build();
-    Worker::new(runtime, client, options).context("could not create the Temporal worker")
+/// The Temporal workers of one stigmer process: the shared task queue (the workflow and every
+/// activity not tied to a host) and, when a Docker engine answers, that host's own task queue,
+/// where the image, container, exec and release steps of its containers are sent.
+struct Workers {
+    main: Worker,
+    host: Option<Worker>,
+    sandbox: SandboxBackend,
+    engine_id: Option<String>,
+}
+
+impl Workers {
+    fn build(
+        runtime: &Runtime,
+        cfg: &Config,
+        client: Client,
+        store: Store,
+        hub: Hub,
+        worker_id: &str,
+        engine_id: Option<String>,
+    ) -> Result<Self> {
+        let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string());
+        let activities = Activities::new(
+            store,
+            hub,
+            worker_id.to_string(),
+            cfg.output_retain_bytes.value,
+            sandbox.clone(),
+        );
+        let options = WorkerOptions::new(cfg.task_queue.value.clone())
+            .register_workflow::<AgentExecution>()
+            .context("could not register the AgentExecution workflow")?
+            .register_activities(activities.clone())
+            .graceful_shutdown_period(Duration::from_secs(5))
+            .build();
+        let main = Worker::new(runtime, client.clone(), options)
+            .context("could not create the Temporal worker")?;
+        let host = match &engine_id {
+            Some(engine) => {
+                let queue = host_task_queue(&cfg.task_queue.value, engine);
+                let options = WorkerOptions::new(queue.clone())
+                    .register_activities(activities)
+                    .graceful_shutdown_period(Duration::from_secs(5))
+                    .build();
+                let worker = Worker::new(runtime, client, options)
+                    .context("could not create the Temporal worker for this Docker host")?;
+                sandbox.serve_host_queue(queue);
+                Some(worker)
+            }
+            None => None,
+        };
+        Ok(Self {
+            main,
+            host,
+            sandbox,
+            engine_id,
+        })
+    }
+
+    /// A closure that asks every worker to shut down.
+    fn shutdown_handle(&self) -> impl Fn() + use<> {
+        let main = self.main.shutdown_handle();
+        let host = self.host.as_ref().map(Worker::shutdown_handle);
+        move || {
+            main();
+            if let Some(host) = &host {
+                host();
+            }
+        }
+    }
+
+    /// Runs the workers until they stop (the first error ends both).
+    async fn run(&mut self) -> Result<()> {
+        let main = async { self.main.run().await.context("the Temporal worker stopped") };
+        let host = async {
+            match self.host.as_mut() {
+                Some(worker) => worker
+                    .run()
+                    .await
+                    .context("the Temporal worker for this Docker host stopped"),
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(main, host).map(|_| ())
+    }
+}
+
+/// The ID of the Docker engine on this host, when one answers within a few seconds.
+async fn docker_engine_id() -> Option<String> {
+    match tokio::time::timeout(Duration::from_secs(5), async {
+        let engine = stigmer_docker::Engine::connect().await?;
+        engine.engine_id().await
+    })
+    .await
+    {
+        Ok(Ok(id)) => Some(id),
+        Ok(Err(e)) => {
+            tracing::info!("no Docker engine: sandbox mode unavailable on this worker ({e})");
+            None
+        }
+        Err(_) => {
+            tracing::info!("the Docker engine did not answer in 5 s: sandbox mode unavailable");
+            None
+        }
+    }
 }
 
 /// `stigmer server start` in the foreground: runs until SIGTERM/SIGINT.
@@ -280,19 +360,31 @@ async fn serve(cfg: Config) -> Result<()> {
 async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) -> Result<()> {
     let store = Store::open(&cfg.database_url.value, true).await?;
     let worker_id = worker_identity();
-    let client = temporal_server::wait_ready(cfg, Duration::from_secs(30), None).await?;
+    let (client, engine_id) = tokio::join!(
+        temporal_server::wait_ready(cfg, Duration::from_secs(30), None),
+        docker_engine_id()
+    );
+    let client = client?;
     let hub = Hub::new();
     let runtime = Runtime::from_current_tokio(Default::default())
         .context("could not start the Temporal runtime")?;
-    let mut worker = build_worker(
+    let mut workers = Workers::build(
         &runtime,
         cfg,
         client.clone(),
         store.clone(),
         hub.clone(),
         &worker_id,
+        engine_id,
     )?;
-    let shutdown_worker = worker.shutdown_handle();
+    let shutdown_worker = workers.shutdown_handle();
+    let upkeep = upkeep(
+        store.clone(),
+        worker_id.clone(),
+        cfg.clone(),
+        workers.sandbox.clone(),
+        workers.engine_id.clone(),
+    );
 
     let socket = cfg.socket_path();
     let _ = std::fs::remove_file(&socket);
@@ -331,11 +423,6 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
             }
         }
     };
-    let heartbeat = liveness(
-        store.clone(),
-        worker_id.clone(),
-        cfg.task_queue.value.clone(),
-    );
     let signals = async {
         wait_for_shutdown_signal().await;
         eprintln!("stigmer: shutting down");
@@ -344,14 +431,12 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
     };
 
     // The worker future is not Send; it runs on this task beside the others.
-    let worker_run = worker.run();
+    let worker_run = workers.run();
     tokio::pin!(worker_run);
     tokio::select! {
-        result = &mut worker_run => {
-            result.context("the Temporal worker stopped")?;
-        }
+        result = &mut worker_run => result?,
         () = accept => {}
-        () = heartbeat => {}
+        () = upkeep => {}
         () = async { signals.await; std::future::pending::<()>().await } => {}
     }
     // Let the worker finish its shutdown (running activities get the grace period).
@@ -369,34 +454,46 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
     }
     let store = Store::open(&cfg.database_url.value, true).await?;
     let worker_id = worker_identity();
-    let client = temporal_server::wait_ready(&cfg, Duration::from_secs(60), None).await?;
+    let (client, engine_id) = tokio::join!(
+        temporal_server::wait_ready(&cfg, Duration::from_secs(60), None),
+        docker_engine_id()
+    );
+    let client = client?;
     let runtime = Runtime::from_current_tokio(Default::default())
         .context("could not start the Temporal runtime")?;
-    let mut worker = build_worker(
+    let mut workers = Workers::build(
         &runtime,
         &cfg,
         client,
         store.clone(),
         Hub::new(),
         &worker_id,
+        engine_id,
     )?;
-    let shutdown = worker.shutdown_handle();
+    let shutdown = workers.shutdown_handle();
     eprintln!(
-        "stigmer: worker {worker_id} polling task queue {} on {} (store {})",
+        "stigmer: worker {worker_id} polling task queue {}{} on {} (store {})",
         cfg.task_queue.value,
+        workers
+            .sandbox
+            .host_queue()
+            .map(|q| format!(" and {q}"))
+            .unwrap_or_default(),
         cfg.temporal_target(),
         store.display_url()
     );
-    let worker_run = worker.run();
+    let upkeep = upkeep(
+        store.clone(),
+        worker_id.clone(),
+        cfg.clone(),
+        workers.sandbox.clone(),
+        workers.engine_id.clone(),
+    );
+    let worker_run = workers.run();
     tokio::pin!(worker_run);
     tokio::select! {
-        result = &mut worker_run => return result.context("the Temporal worker stopped"),
-        _ = async {
-            tokio::join!(
-                liveness(store.clone(), worker_id.clone(), cfg.task_queue.value.clone()),
-                reaper(store.clone(), worker_id.clone(), cfg.sandbox_cleanup.value),
-            )
-        } => {}
+        result = &mut worker_run => return result,
+        () = upkeep => {}
         () = wait_for_shutdown_signal() => {
             eprintln!("stigmer: worker shutting down");
             shutdown();
@@ -406,11 +503,30 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// What a worker does beside polling, forever: records its liveness, and reaps.
+async fn upkeep(
+    store: Store,
+    worker_id: String,
+    cfg: Config,
+    sandbox: SandboxBackend,
+    engine_id: Option<String>,
+) {
+    tokio::join!(
+        liveness(
+            store.clone(),
+            worker_id,
+            cfg.task_queue.value.clone(),
+            engine_id
+        ),
+        reaper(store, sandbox, cfg.sandbox_cleanup.value),
+    );
+}
+
 /// Reaps expired and orphaned sandbox containers at start and every 30 s, forever. A worker
 /// without a Docker engine skips quietly (local mode needs none).
-async fn reaper(store: Store, worker_id: String, cleanup: bool) {
-    let sandbox = SandboxBackend::new(store.clone(), worker_id.clone());
-    let cloud = stigmer_activities::cloud::CloudBackend::new(store.clone(), worker_id);
+async fn reaper(store: Store, sandbox: SandboxBackend, cleanup: bool) {
+    let cloud =
+        stigmer_activities::cloud::CloudBackend::new(store.clone(), sandbox.worker_id().into());
     let daytona = std::env::var("DAYTONA_API_KEY").is_ok_and(|k| !k.is_empty());
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -428,25 +544,21 @@ async fn reaper(store: Store, worker_id: String, cleanup: bool) {
             continue;
         }
         match stigmer_activities::reaper::reap_once(&store, &sandbox, cleanup).await {
-            Ok(report) => {
-                let n = report.expired.len() + report.orphans.len() + report.disposed.len();
-                if n > 0 {
-                    tracing::info!("reaper: {report:?}");
-                }
-            }
+            Ok(report) if !report.is_empty() => tracing::info!("reaper: {report:?}"),
+            Ok(_) => {}
             Err(e) => tracing::warn!("reaper pass failed: {e}"),
         }
     }
 }
 
 /// Records this worker's liveness in the store every few seconds, forever.
-async fn liveness(store: Store, worker_id: String, task_queue: String) {
+async fn liveness(store: Store, worker_id: String, task_queue: String, engine_id: Option<String>) {
     let host = hostname();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
         if let Err(e) = store
-            .heartbeat_worker(&worker_id, &host, None, &task_queue)
+            .heartbeat_worker(&worker_id, &host, engine_id.as_deref(), &task_queue)
             .await
         {
             tracing::warn!("could not record worker liveness: {e}");

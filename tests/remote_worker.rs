@@ -4,84 +4,11 @@
 
 mod common;
 
-use common::{Env, eventually, processes_matching, text};
-use std::process::{Child, Command, Stdio};
+use common::{
+    Children, eventually, processes_matching, remote_env, start_temporal, start_worker, text,
+    wait_terminal,
+};
 use std::time::Duration;
-
-/// Kills what the test started, whatever way it ends.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_temporal(env: &Env) -> Child {
-    let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
-    let child = Command::new(temporal)
-        .args([
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            "127.0.0.1",
-            "--log-level",
-            "error",
-        ])
-        .args(["--port", &env.port.to_string()])
-        .args([
-            "--dynamic-config-value",
-            "history.transferProcessorMaxPollRPS=10000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("temporal CLI on PATH");
-    let address = format!("127.0.0.1:{}", env.port);
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            Command::new(
-                std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into()),
-            )
-            .args(["workflow", "list", "--limit", "1", "--address", &address])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        }),
-        "Temporal dev server did not answer"
-    );
-    child
-}
-
-fn start_worker(env: &Env) -> Child {
-    let mut cmd = env.cmd();
-    cmd.arg("worker")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd.spawn().expect("stigmer worker")
-}
-
-fn remote_env() -> Env {
-    let mut env = Env::new();
-    env.extra
-        .push(("TEMPORAL_ADDRESS".into(), format!("127.0.0.1:{}", env.port)));
-    env
-}
-
-fn wait_terminal(env: &Env, id: &str, limit: Duration) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let done = eventually(limit, || {
-        last = env.show(id);
-        !matches!(last["status"].as_str(), Some("queued") | Some("running"))
-    });
-    assert!(done, "execution {id} is not terminal: {last}");
-    last
-}
 
 #[test]
 fn run_against_a_remote_cluster_follows_output_through_the_store() {

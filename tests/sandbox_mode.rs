@@ -265,3 +265,45 @@ fn a_missing_image_with_auto_pull_off_is_a_clear_error() {
     let error = record["error"].as_str().unwrap();
     assert!(error.contains("does-not-exist"), "{error}");
 }
+
+#[test]
+fn the_sandbox_works_in_a_workspace_it_does_not_own_and_hands_the_files_back() {
+    use std::os::unix::fs::MetadataExt;
+    let env = sandbox_env();
+    let _cleanup = Cleanup(&env);
+    let ws = env.dir.path().join("project");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("input.txt"), "from the host\n").unwrap();
+    let out = env.stigmer(&[
+        "run",
+        "--workspace",
+        &common::path_str(&ws),
+        "cat input.txt; id -u; echo made > out.txt; mkdir -p sub && echo x > sub/f; ln -s /etc/passwd link",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("from the host"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "1000"),
+        "ran as the sandbox user: {stdout}"
+    );
+    let me = nix::unistd::getuid().as_raw();
+    for path in ["input.txt", "out.txt", "sub", "sub/f", "."] {
+        let meta = std::fs::symlink_metadata(ws.join(path)).unwrap();
+        assert_eq!(meta.uid(), me, "{path} belongs to the caller afterwards");
+    }
+    let link = std::fs::symlink_metadata(ws.join("link")).unwrap();
+    assert_eq!(link.uid(), me, "the link itself is handed back");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("out.txt")).unwrap(),
+        "made\n"
+    );
+    // The same container again (reuse): the link's target inside it was not handed over.
+    let out = env.stigmer(&[
+        "run",
+        "--workspace",
+        &common::path_str(&ws),
+        "stat -c %u /etc/passwd",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
+}

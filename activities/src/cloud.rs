@@ -99,7 +99,7 @@ impl CloudBackend {
         if req.spec.ttl_secs > 0 {
             while let Some(lease) = self
                 .store
-                .acquire_idle(BACKEND, &hash, None, &req.execution_id)
+                .acquire_idle(BACKEND, &hash, None, &req.execution_id, &self.worker_id)
                 .await?
             {
                 let Some(sandbox_id) = lease.container_id.clone() else {

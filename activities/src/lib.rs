@@ -5,6 +5,7 @@
 //! running`) before spawning anything, so a retry after a lost worker finds the claim and
 //! reports the loss instead of silently running the command a second time.
 
+pub mod chaos;
 pub mod cloud;
 pub mod hub;
 pub mod local;
@@ -180,6 +181,7 @@ impl Activities {
                 let store = self.store.clone();
                 let exec_id = id.clone();
                 let on_spawn = move |pgid: i32| {
+                    crate::chaos::point("mid-exec");
                     if let Some(started) = local::process_start_time(pgid) {
                         tokio::spawn(async move {
                             let _ = store
@@ -295,6 +297,7 @@ impl Activities {
     ) -> Result<ImageReady, ActivityError> {
         let execution = spec.execution_id.clone();
         let hub = self.hub.clone();
+        let heartbeat_ctx = ctx.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         // Progress goes to the waiting client (its terminal) and the worker's log.
         let forward = tokio::spawn(async move {
@@ -310,7 +313,8 @@ impl Activities {
         let mut progress = move |line: String| {
             let _ = tx.send(line);
         };
-        let ready = self.sandbox.ensure_image(&spec, &mut progress).await;
+        let ready = self.sandbox.ensure_image(&spec, &mut progress);
+        let ready = with_heartbeats(&heartbeat_ctx, ready).await;
         drop(progress);
         let _ = forward.await;
         ready.map_err(sandbox_error)
@@ -319,14 +323,15 @@ impl Activities {
     #[activity(definition = stigmer_workflows::activity_defs::AcquireContainer)]
     pub async fn acquire_container(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         request: AcquireRequest,
     ) -> Result<Placement, ActivityError> {
         let placement = if request.spec.cloud {
-            self.cloud.acquire(&request).await.map_err(cloud_error)?
+            with_heartbeats(&ctx, self.cloud.acquire(&request))
+                .await
+                .map_err(cloud_error)?
         } else {
-            self.sandbox
-                .acquire(&request)
+            with_heartbeats(&ctx, self.sandbox.acquire(&request))
                 .await
                 .map_err(sandbox_error)?
         };
@@ -352,25 +357,22 @@ impl Activities {
     #[activity(definition = stigmer_workflows::activity_defs::ReleaseContainer)]
     pub async fn release_container(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         request: ReleaseRequest,
     ) -> Result<String, ActivityError> {
         if request.cloud {
-            return self
+            let release = self
                 .cloud
-                .release(&request.placement, request.taint, request.ttl_secs)
-                .await
-                .map_err(cloud_error);
+                .release(&request.placement, request.taint, request.ttl_secs);
+            return with_heartbeats(&ctx, release).await.map_err(cloud_error);
         }
-        self.sandbox
-            .release(
-                &request.placement,
-                request.taint,
-                request.ttl_secs,
-                request.cleanup,
-            )
-            .await
-            .map_err(sandbox_error)
+        let release = self.sandbox.release(
+            &request.placement,
+            request.taint,
+            request.ttl_secs,
+            request.cleanup,
+        );
+        with_heartbeats(&ctx, release).await.map_err(sandbox_error)
     }
 
     #[activity(definition = stigmer_workflows::activity_defs::Finish)]
@@ -388,6 +390,21 @@ impl Activities {
             )
             .await;
         Ok(recorded)
+    }
+}
+
+/// Runs a step while heartbeating every second, so a worker that dies mid-step is noticed by
+/// the step's heartbeat timeout instead of its start-to-close timeout.
+async fn with_heartbeats<T>(ctx: &ActivityContext, step: impl Future<Output = T>) -> T {
+    tokio::pin!(step);
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            out = &mut step => return out,
+            _ = tick.tick() => {
+                let _ = ctx.record_heartbeat(()).await;
+            }
+        }
     }
 }
 

@@ -8,14 +8,29 @@
 //!    a `creating` lease a grace period;
 //! 4. drops `creating` leases that never got a container within the grace period.
 //!
+//! Before all that it reconciles the leases of workers that stopped heart-beating: on this
+//! Docker host, a lost worker's idle containers are adopted (still reusable), its `creating`
+//! leases dropped at once (their containers become orphans), and its busy leases retired when
+//! their execution is over (a busy lease whose execution is still open is left to the workflow,
+//! whose release comes to this host's task queue). Leases on a host none of whose workers has
+//! heart-beaten for [`HOST_GONE`] are forgotten: if that host comes back, its own reaper finds
+//! their containers without a live lease and removes them.
+//!
 //! It only ever touches containers labelled with its own store's id: two installations on one
 //! host never reap each other.
 
 use crate::sandbox::{CREATING_GRACE, SandboxBackend, SandboxError};
 use crate::store::{Store, now_ms};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use stigmer_docker::LABEL_LEASE;
+
+/// A worker that has not heart-beaten for this long is lost (workers heartbeat every 5 s).
+pub const WORKER_STALE: Duration = Duration::from_secs(30);
+
+/// A Docker host none of whose workers has heart-beaten for this long is gone.
+pub const HOST_GONE: Duration = Duration::from_secs(600);
 
 /// What one pass did (printed by `stigmer leases reap`).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -28,6 +43,26 @@ pub struct ReapReport {
     pub orphans: Vec<String>,
     /// `creating` leases that never got a container.
     pub abandoned: Vec<String>,
+    /// Idle leases of lost workers on this host, now this worker's.
+    pub adopted: Vec<String>,
+    /// Leases of lost workers retired or dropped (their containers removed by this pass).
+    pub reconciled: Vec<String>,
+    /// Leases on hosts that are gone, forgotten.
+    pub forgotten: Vec<String>,
+}
+
+impl ReapReport {
+    /// Whether the pass changed anything.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.expired.is_empty()
+            && self.disposed.is_empty()
+            && self.orphans.is_empty()
+            && self.abandoned.is_empty()
+            && self.adopted.is_empty()
+            && self.reconciled.is_empty()
+            && self.forgotten.is_empty()
+    }
 }
 
 /// One reaper pass over this store's containers on this worker's Docker engine.
@@ -41,6 +76,8 @@ pub async fn reap_once(
     let ours = |l: &crate::store::LeaseRecord| {
         l.backend == crate::sandbox::BACKEND && l.engine_id.as_deref() == Some(engine_id.as_str())
     };
+
+    reconcile_lost_workers(store, sandbox.worker_id(), engine_id, &mut report).await?;
 
     for lease in store
         .expire_idle(crate::sandbox::BACKEND)
@@ -103,4 +140,92 @@ pub async fn reap_once(
         }
     }
     Ok(report)
+}
+
+/// Step 0: leases whose worker stopped heart-beating (see the module comment).
+async fn reconcile_lost_workers(
+    store: &Store,
+    me: &str,
+    engine_id: &str,
+    report: &mut ReapReport,
+) -> Result<(), SandboxError> {
+    let stale: HashMap<String, crate::store::WorkerRecord> = store
+        .stale_workers(WORKER_STALE)
+        .await?
+        .into_iter()
+        .map(|w| (w.id.clone(), w))
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let mut gone_hosts: HashMap<String, bool> = HashMap::new();
+    let mut seen = HashSet::new();
+    for lease in store.list_leases(false).await? {
+        if lease.backend != crate::sandbox::BACKEND
+            || lease.worker_id == me
+            || !stale.contains_key(&lease.worker_id)
+            || !seen.insert(lease.id.clone())
+        {
+            continue;
+        }
+        let Some(lease_engine) = lease.engine_id.clone() else {
+            continue;
+        };
+        if lease_engine != engine_id {
+            let gone = match gone_hosts.get(&lease_engine) {
+                Some(gone) => *gone,
+                None => {
+                    let gone = !store.engine_alive(&lease_engine, HOST_GONE).await?;
+                    gone_hosts.insert(lease_engine.clone(), gone);
+                    gone
+                }
+            };
+            if gone {
+                store
+                    .forget_lease(
+                        &lease.id,
+                        &format!(
+                            "its Docker host {lease_engine} has had no live worker for {} s",
+                            HOST_GONE.as_secs()
+                        ),
+                    )
+                    .await?;
+                report.forgotten.push(lease.id);
+            }
+            continue;
+        }
+        let lost = format!("worker {} was lost", lease.worker_id);
+        match lease.state.as_str() {
+            "idle" => {
+                if store.adopt_lease(&lease.id, &lease.worker_id, me).await? {
+                    report.adopted.push(lease.id);
+                }
+            }
+            "creating" => {
+                // Its container, if Docker made one, has no live lease now: an orphan below.
+                store
+                    .forget_lease(&lease.id, &format!("{lost} while creating it"))
+                    .await?;
+                report.reconciled.push(lease.id);
+            }
+            "busy" => {
+                let open = match &lease.execution_id {
+                    Some(id) => store
+                        .get_execution(id)
+                        .await?
+                        .is_some_and(|e| e.status().is_none_or(|s| !s.is_terminal())),
+                    None => false,
+                };
+                if !open
+                    && store
+                        .retire_lease(&lease.id, &format!("{lost} before releasing it"))
+                        .await?
+                {
+                    report.reconciled.push(lease.id);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -59,8 +59,16 @@ impl SandboxError {
 #[derive(Clone)]
 pub struct SandboxBackend {
     engine: std::sync::Arc<OnceCell<(Engine, String)>>,
+    host_queue: std::sync::Arc<std::sync::OnceLock<String>>,
     store: Store,
     worker_id: String,
+}
+
+/// The task queue of one Docker host: `<task queue>@docker:<engine ID>`. The engine's ID is
+/// stable across worker restarts, so a restarted worker serves its host's containers again.
+#[must_use]
+pub fn host_task_queue(task_queue: &str, engine_id: &str) -> String {
+    format!("{task_queue}@docker:{engine_id}")
 }
 
 impl SandboxBackend {
@@ -68,9 +76,28 @@ impl SandboxBackend {
     pub fn new(store: Store, worker_id: String) -> Self {
         Self {
             engine: std::sync::Arc::new(OnceCell::new()),
+            host_queue: std::sync::Arc::new(std::sync::OnceLock::new()),
             store,
             worker_id,
         }
+    }
+
+    /// The worker this backend acts for (its leases carry this id).
+    #[must_use]
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Says that this worker also polls its host's task queue: from now on images, containers
+    /// and execs placed here are pinned to that queue. Set once, by the worker that polls it.
+    pub fn serve_host_queue(&self, queue: String) {
+        let _ = self.host_queue.set(queue);
+    }
+
+    /// The host task queue this worker polls, if it polls one.
+    #[must_use]
+    pub fn host_queue(&self) -> Option<String> {
+        self.host_queue.get().cloned()
     }
 
     /// The engine and its ID, connecting on first use.
@@ -175,6 +202,7 @@ impl SandboxBackend {
             image_id: info.id,
             digest: info.repo_digest,
             how: format!("{:?}", info.how).to_lowercase(),
+            task_queue: self.host_queue(),
         };
         if let Some(requirements) = &spec.requirements {
             let mut on_build = |p: ImageProgress| {
@@ -200,10 +228,19 @@ impl SandboxBackend {
         let (engine, engine_id) = self.engine().await?;
         let container = Self::container_spec(&req.spec, &req.image.image)?;
         let spec_hash = container.spec_hash();
+        if let Some(placement) = self.resume_acquire(engine, engine_id, req).await? {
+            return Ok(placement);
+        }
         if req.spec.ttl_secs > 0 {
             while let Some(lease) = self
                 .store
-                .acquire_idle(BACKEND, &spec_hash, Some(engine_id), &req.execution_id)
+                .acquire_idle(
+                    BACKEND,
+                    &spec_hash,
+                    Some(engine_id),
+                    &req.execution_id,
+                    &self.worker_id,
+                )
                 .await?
             {
                 let Some(container_id) = lease.container_id.clone() else {
@@ -227,7 +264,7 @@ impl SandboxBackend {
                             lease_id: lease.id,
                             container_id,
                             reused: true,
-                            task_queue: None,
+                            task_queue: self.host_queue(),
                         });
                     }
                     _ => {
@@ -255,7 +292,8 @@ impl SandboxBackend {
             (LABEL_LEASE.to_string(), lease.id.clone()),
             (LABEL_WORKER.to_string(), self.worker_id.clone()),
         ]);
-        let name = format!("stigmer-{}", lease.id);
+        let name = container_name(&lease.id);
+        crate::chaos::point("before-create");
         let container_id = match engine.create_container(&container, &labels, &name).await {
             Ok(id) => id,
             Err(e) => {
@@ -267,6 +305,7 @@ impl SandboxBackend {
                 return Err(e.into());
             }
         };
+        crate::chaos::point("after-create");
         self.store.lease_created(&lease.id, &container_id).await?;
         self.store
             .set_placement(
@@ -281,8 +320,49 @@ impl SandboxBackend {
             lease_id: lease.id,
             container_id,
             reused: false,
-            task_queue: None,
+            task_queue: self.host_queue(),
         })
+    }
+
+    /// A retried acquire (its worker died, or the store failed after Docker answered) finds the
+    /// lease its execution already holds: a busy one with a live container is handed back; a
+    /// half-made one is undone, so one execution never ends up with two containers.
+    async fn resume_acquire(
+        &self,
+        engine: &Engine,
+        engine_id: &str,
+        req: &AcquireRequest,
+    ) -> Result<Option<Placement>, SandboxError> {
+        let Some(held) = self
+            .store
+            .lease_of_execution(BACKEND, &req.execution_id, Some(engine_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if held.state == "busy"
+            && let Some(container_id) = held.container_id.clone()
+            && engine
+                .container_state(&container_id)
+                .await?
+                .is_some_and(|s| s.running)
+        {
+            return Ok(Some(Placement {
+                lease_id: held.id,
+                container_id,
+                reused: false,
+                task_queue: self.host_queue(),
+            }));
+        }
+        let target = held
+            .container_id
+            .clone()
+            .unwrap_or_else(|| container_name(&held.id));
+        engine.remove_container(&target).await?;
+        self.store
+            .forget_lease(&held.id, "replaced by a retried acquire")
+            .await?;
+        Ok(None)
     }
 
     /// Runs `argv` in the leased container, pumping output into `sink` until it ends or `stop`
@@ -298,6 +378,21 @@ impl SandboxBackend {
         stop: &Stopper,
     ) -> Result<(Ended, bool), SandboxError> {
         let (engine, _) = self.engine().await?;
+        // A caller other than the sandbox user lends it the workspace for the command.
+        let workspace_owner = spec
+            .workspace
+            .as_ref()
+            .and(spec.workspace_owner)
+            .filter(|&(uid, _)| uid != stigmer_docker::SANDBOX_UID);
+        if workspace_owner.is_some() {
+            engine
+                .chown_workspace(
+                    &placement.container_id,
+                    stigmer_docker::SANDBOX_UID,
+                    stigmer_docker::SANDBOX_UID,
+                )
+                .await?;
+        }
         let req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
             .with_envs(env.iter().cloned())
             .with_workdir(stigmer_docker::WORKSPACE_DIR);
@@ -314,6 +409,7 @@ impl SandboxBackend {
                 result = &mut run, if outcome.is_none() => outcome = Some(result),
                 chunk = rx.recv(), if streams_open => match chunk {
                     Some(chunk) => {
+                        crate::chaos::point("mid-exec");
                         let kind = match chunk.kind {
                             stigmer_docker::StreamKind::Stdout => StreamKind::Stdout,
                             stigmer_docker::StreamKind::Stderr => StreamKind::Stderr,
@@ -350,6 +446,15 @@ impl SandboxBackend {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some((uid, gid)) = workspace_owner {
+            // What the sandbox user wrote into the caller's directory is the caller's.
+            if let Err(e) = engine
+                .chown_workspace(&placement.container_id, uid, gid)
+                .await
+            {
+                tracing::warn!("{e}");
+            }
+        }
         let container = Self::container_spec(spec, "unused")?;
         let note = outcome.kill_reason(&container);
         let ended = match outcome.ended {
@@ -391,10 +496,12 @@ impl SandboxBackend {
                 .await?;
         }
         let reuse = !taint && ttl_secs > 0;
+        crate::chaos::point("before-release");
         let state = self
             .store
             .release_lease(&placement.lease_id, reuse, None)
             .await?;
+        crate::chaos::point("mid-release");
         if state == "removing" {
             self.dispose(&placement.lease_id, &placement.container_id, cleanup)
                 .await?;
@@ -420,6 +527,12 @@ impl SandboxBackend {
         self.store.lease_removed(lease_id).await?;
         Ok(())
     }
+}
+
+/// The name of a lease's container: a crash before its id is recorded can still find it.
+#[must_use]
+pub fn container_name(lease_id: &str) -> String {
+    format!("stigmer-{lease_id}")
 }
 
 /// How long a `creating` lease may go without its container before the reaper calls it dead.

@@ -622,6 +622,15 @@ impl Store {
     }
 }
 
+/// A worker as the reaper sees it: who, where, and when it last said it was alive.
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub host: String,
+    pub engine_id: Option<String>,
+    pub heartbeat_at: i64,
+}
+
 /// A container (or cloud sandbox) lease: one row per container, written before it exists.
 #[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LeaseRecord {
@@ -715,6 +724,7 @@ impl Store {
         spec_hash: &str,
         engine_id: Option<&str>,
         execution_id: &str,
+        worker_id: &str,
     ) -> Result<Option<LeaseRecord>> {
         let now = self.db_now();
         let lock = if self.is_postgres() {
@@ -723,7 +733,7 @@ impl Store {
             ""
         };
         let sql = format!(
-            "UPDATE leases SET state = 'busy', execution_id = $1, last_used_at = {now} \
+            "UPDATE leases SET state = 'busy', execution_id = $1, worker_id = $5, last_used_at = {now} \
              WHERE id = (SELECT id FROM leases WHERE state = 'idle' AND backend = $2 AND spec_hash = $3 \
                  AND COALESCE(engine_id, '') = COALESCE($4, '') AND expires_at > {now} AND tainted = 0 \
                  ORDER BY last_used_at DESC LIMIT 1 {lock}) \
@@ -737,6 +747,7 @@ impl Store {
                 .bind(backend)
                 .bind(spec_hash)
                 .bind(engine_id)
+                .bind(worker_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(q("acquire idle lease"))?;
@@ -839,6 +850,108 @@ impl Store {
             .fetch_optional(pool)
             .await
             .map_err(q("read lease")))
+    }
+
+    /// The lease an execution already holds on this backend and engine (`creating` or `busy`):
+    /// what a retried acquire finds, so a crash between steps never leaves two containers for
+    /// one execution.
+    pub async fn lease_of_execution(
+        &self,
+        backend: &str,
+        execution_id: &str,
+        engine_id: Option<&str>,
+    ) -> Result<Option<LeaseRecord>> {
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE backend = $1 AND execution_id = $2 \
+             AND COALESCE(engine_id, '') = COALESCE($3, '') AND state IN ('creating', 'busy') \
+             ORDER BY created_at DESC LIMIT 1"
+        );
+        with_pool!(self, pool => sqlx::query_as::<_, LeaseRecord>(&sql)
+            .bind(backend)
+            .bind(execution_id)
+            .bind(engine_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("find the lease of an execution")))
+    }
+
+    /// Workers whose last heartbeat is older than `stale` on the database's clock, with the
+    /// Docker engine each one served.
+    pub async fn stale_workers(&self, stale: std::time::Duration) -> Result<Vec<WorkerRecord>> {
+        let now = self.db_now();
+        let sql = format!(
+            "SELECT id, host, engine_id, heartbeat_at FROM workers WHERE heartbeat_at < {now} - $1"
+        );
+        with_pool!(self, pool => sqlx::query_as::<_, WorkerRecord>(&sql)
+            .bind(stale.as_millis() as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(q("list stale workers")))
+    }
+
+    /// Whether any worker serving `engine_id` heart-beat within `window`: is that host alive?
+    pub async fn engine_alive(&self, engine_id: &str, window: std::time::Duration) -> Result<bool> {
+        let now = self.db_now();
+        let sql = format!(
+            "SELECT COUNT(*) FROM workers WHERE engine_id = $1 AND heartbeat_at >= {now} - $2"
+        );
+        with_pool!(self, pool => {
+            let n: i64 = sqlx::query_scalar(&sql)
+                .bind(engine_id)
+                .bind(window.as_millis() as i64)
+                .fetch_one(pool)
+                .await
+                .map_err(q("check a host's workers"))?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Hands an idle lease of a lost worker to `worker_id` (same Docker host): it stays
+    /// reusable and is reaped by its new owner.
+    pub async fn adopt_lease(&self, lease_id: &str, from: &str, worker_id: &str) -> Result<bool> {
+        with_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE leases SET worker_id = $1 WHERE id = $2 AND worker_id = $3 AND state = 'idle'",
+        )
+        .bind(worker_id)
+        .bind(lease_id)
+        .bind(from)
+        .execute(pool)
+        .await
+        .map_err(q("adopt a lease"))?
+        .rows_affected() == 1))
+    }
+
+    /// A busy lease whose execution is over but whose worker was lost before releasing it:
+    /// tainted (its command may still run) and on its way out, in one step.
+    pub async fn retire_lease(&self, lease_id: &str, note: &str) -> Result<bool> {
+        let now = self.db_now();
+        let sql = format!(
+            "UPDATE leases SET state = 'removing', tainted = 1, note = $1, last_used_at = {now} \
+             WHERE id = $2 AND state IN ('busy', 'creating', 'idle')"
+        );
+        with_pool!(self, pool => Ok(sqlx::query(&sql)
+            .bind(note)
+            .bind(lease_id)
+            .execute(pool)
+            .await
+            .map_err(q("retire a lease"))?
+            .rows_affected() == 1))
+    }
+
+    /// Marks a lease removed with a note saying why (its container is gone, or out of reach).
+    pub async fn forget_lease(&self, lease_id: &str, note: &str) -> Result<()> {
+        let now = self.db_now();
+        let sql = format!(
+            "UPDATE leases SET state = 'removed', execution_id = NULL, note = $1, last_used_at = {now} \
+             WHERE id = $2 AND state <> 'removed'"
+        );
+        with_pool!(self, pool => sqlx::query(&sql)
+            .bind(note)
+            .bind(lease_id)
+            .execute(pool)
+            .await
+            .map_err(q("forget a lease"))?.rows_affected());
+        Ok(())
     }
 
     /// Every lease not yet removed, newest first (plus removed ones when `all`).

@@ -51,7 +51,7 @@ pub use exec::{ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind, DEFAU
 pub use image::{BuildSpec, EnsureImage, ImageHow, ImageInfo, ImageProgress};
 pub use spec::{
     ContainerSpec, CredentialMount, Network, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS,
-    DEFAULT_PIDS_LIMIT, DEFAULT_USER, WORKSPACE_DIR,
+    DEFAULT_PIDS_LIMIT, DEFAULT_USER, SANDBOX_UID, WORKSPACE_DIR,
 };
 
 /// Re-exported so callers can pass a token without naming the crate version themselves.

@@ -25,6 +25,9 @@ pub const DEFAULT_NANO_CPUS: i64 = 2_000_000_000;
 pub const DEFAULT_PIDS_LIMIT: i64 = 512;
 /// Default user: the `sandbox` user of the stigmer images, numeric so it needs no passwd entry.
 pub const DEFAULT_USER: &str = "1000:1000";
+
+/// The uid (and gid) of the sandbox user, `DEFAULT_USER` as a number.
+pub const SANDBOX_UID: u32 = 1000;
 /// Where the workspace is mounted and where commands run by default.
 pub const WORKSPACE_DIR: &str = "/workspace";
 

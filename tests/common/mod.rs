@@ -260,3 +260,80 @@ pub fn read_proc_kb(pid: i32, field: &str) -> u64 {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+// --- The scale-out deployment: a Temporal server and workers started by the test ----------
+
+/// Kills what the test started, whatever way it ends.
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn start_temporal(env: &Env) -> Child {
+    let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
+    let child = Command::new(temporal)
+        .args([
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "error",
+        ])
+        .args(["--port", &env.port.to_string()])
+        .args([
+            "--dynamic-config-value",
+            "history.transferProcessorMaxPollRPS=10000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("temporal CLI on PATH");
+    let address = format!("127.0.0.1:{}", env.port);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            Command::new(
+                std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into()),
+            )
+            .args(["workflow", "list", "--limit", "1", "--address", &address])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        }),
+        "Temporal dev server did not answer"
+    );
+    child
+}
+
+pub fn start_worker(env: &Env) -> Child {
+    let mut cmd = env.cmd();
+    cmd.arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().expect("stigmer worker")
+}
+
+pub fn remote_env() -> Env {
+    let mut env = Env::new();
+    env.extra
+        .push(("TEMPORAL_ADDRESS".into(), format!("127.0.0.1:{}", env.port)));
+    env
+}
+
+pub fn wait_terminal(env: &Env, id: &str, limit: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let done = eventually(limit, || {
+        last = env.show(id);
+        !matches!(last["status"].as_str(), Some("queued") | Some("running"))
+    });
+    assert!(done, "execution {id} is not terminal: {last}");
+    last
+}

@@ -35,6 +35,10 @@ pub fn workflow_id(execution_id: &str) -> String {
 /// How long a worker may go without heartbeating from `exec` before Temporal declares it lost.
 pub const EXEC_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The same for the other steps (they heartbeat every second while they work), so a step whose
+/// worker died is retried elsewhere in seconds rather than after its start-to-close timeout.
+pub const STEP_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The activities the workflow schedules. Implemented by `stigmer_activities::Activities`.
 pub struct StigmerActivities;
 
@@ -198,7 +202,7 @@ async fn run_in_sandbox(
         ),
     };
     let image_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
-        .heartbeat_timeout(Duration::from_secs(60))
+        .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
         .retry_policy(
             RetryPolicy::builder()
                 .initial_interval(Duration::from_secs(1))
@@ -214,6 +218,7 @@ async fn run_in_sandbox(
             image_id: spec.image.clone(),
             digest: None,
             how: "snapshot".into(),
+            task_queue: None,
         }
     } else {
         ctx.execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
@@ -221,14 +226,21 @@ async fn run_in_sandbox(
             .map_err(|e| failed("the sandbox image is not available", &e))?
     };
 
-    let acquire_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(500))
-                .maximum_attempts(5)
-                .build(),
-        )
-        .build();
+    let mut acquire_options =
+        ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+            .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
+            .retry_policy(
+                RetryPolicy::builder()
+                    .initial_interval(Duration::from_millis(500))
+                    .maximum_attempts(5)
+                    .build(),
+            )
+            .build();
+    // The container is made on the host that has the image.
+    if let Some(queue) = image.task_queue.clone() {
+        acquire_options.task_queue = Some(queue);
+        acquire_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
+    }
     let request = AcquireRequest {
         execution_id: id.clone(),
         spec: spec.clone(),
@@ -252,6 +264,7 @@ async fn run_in_sandbox(
     };
     let mut release_options =
         ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+            .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
             .cancellation_token(WorkflowCancellationToken::new())
             .retry_policy(
                 RetryPolicy::builder()

@@ -139,6 +139,9 @@ pub struct SandboxSpec {
     pub pids_limit: i64,
     /// Host directory bind-mounted at /workspace, if any.
     pub workspace: Option<String>,
+    /// Who gets the workspace's files afterwards (`uid`, `gid` of the caller).
+    #[serde(default)]
+    pub workspace_owner: Option<(u32, u32)>,
     /// Host paths mounted read-only (credentials), as `host:target`.
     pub credential_mounts: Vec<String>,
     /// Path of a `--requirements` file on the worker's host, if any.
@@ -182,6 +185,9 @@ pub struct ImageReady {
     pub digest: Option<String>,
     /// present, pulled or built.
     pub how: String,
+    /// The task queue of the Docker host the image is on: the container is acquired there.
+    #[serde(default)]
+    pub task_queue: Option<String>,
 }
 
 /// Input of `acquire_container`.
