@@ -379,20 +379,18 @@ impl SandboxBackend {
     ) -> Result<(Ended, bool), SandboxError> {
         let (engine, _) = self.engine().await?;
         // A caller other than the sandbox user lends it the workspace for the command.
-        let workspace_owner = spec
-            .workspace
-            .as_ref()
-            .and(spec.workspace_owner)
-            .filter(|&(uid, _)| uid != stigmer_docker::SANDBOX_UID);
-        if workspace_owner.is_some() {
-            engine
-                .chown_workspace(
-                    &placement.container_id,
+        let lent = match (&spec.workspace, spec.workspace_owner) {
+            (Some(dir), Some((uid, gid))) if uid != stigmer_docker::SANDBOX_UID => {
+                lend_workspace(
+                    dir,
                     stigmer_docker::SANDBOX_UID,
                     stigmer_docker::SANDBOX_UID,
                 )
-                .await?;
-        }
+                .await;
+                Some((dir.clone(), uid, gid))
+            }
+            _ => None,
+        };
         let req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
             .with_envs(env.iter().cloned())
             .with_workdir(stigmer_docker::WORKSPACE_DIR);
@@ -446,14 +444,9 @@ impl SandboxBackend {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some((uid, gid)) = workspace_owner {
+        if let Some((dir, uid, gid)) = lent {
             // What the sandbox user wrote into the caller's directory is the caller's.
-            if let Err(e) = engine
-                .chown_workspace(&placement.container_id, uid, gid)
-                .await
-            {
-                tracing::warn!("{e}");
-            }
+            lend_workspace(&dir, uid, gid).await;
         }
         let container = Self::container_spec(spec, "unused")?;
         let note = outcome.kill_reason(&container);
@@ -527,6 +520,35 @@ impl SandboxBackend {
         self.store.lease_removed(lease_id).await?;
         Ok(())
     }
+}
+
+/// Gives every file under a host directory to `uid:gid`, never following a symbolic link out
+/// of it: to the sandbox user before a command runs in a caller's directory, and back to the
+/// caller afterwards. The worker does this on the host (the container has no capabilities to
+/// do it with), so it needs CAP_CHOWN there, as a worker running as root has; without it the
+/// files stay as they are and the worker says so in its log.
+async fn lend_workspace(dir: &str, uid: u32, gid: u32) {
+    let root = PathBuf::from(dir);
+    let outcome = tokio::task::spawn_blocking(move || chown_tree(&root, uid, gid)).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            "could not give the workspace {dir} to {uid}:{gid} ({e}); run the worker as root \
+             (or as uid 1000) for the sandbox to share a workspace with other users"
+        ),
+        Err(e) => tracing::warn!("handing over the workspace {dir} failed: {e}"),
+    }
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// The name of a lease's container: a crash before its id is recorded can still find it.

@@ -778,42 +778,6 @@ impl Engine {
         container_id: &str,
         argv: &[&str],
     ) -> Result<(Option<i64>, String), EngineError> {
-        self.run_helper(container_id, argv, false).await
-    }
-
-    /// Gives every file under the bind-mounted workspace to `uid:gid`: to the sandbox user
-    /// before a command (so it can write in a caller's directory it does not own), and back to
-    /// the caller after it. The container has no capabilities, so this one helper runs as a
-    /// privileged root exec; `chown -R -h` never follows a symbolic link out of the workspace.
-    pub async fn chown_workspace(
-        &self,
-        container_id: &str,
-        uid: u32,
-        gid: u32,
-    ) -> Result<(), EngineError> {
-        let owner = format!("{uid}:{gid}");
-        let (code, out) = self
-            .run_helper(
-                container_id,
-                &["chown", "-R", "-h", &owner, crate::WORKSPACE_DIR],
-                true,
-            )
-            .await?;
-        match code {
-            Some(0) => Ok(()),
-            _ => Err(EngineError::Unexpected(format!(
-                "could not give {} to {owner} in container {container_id} (exit {code:?}): {out}",
-                crate::WORKSPACE_DIR
-            ))),
-        }
-    }
-
-    async fn run_helper(
-        &self,
-        container_id: &str,
-        argv: &[&str],
-        privileged_root: bool,
-    ) -> Result<(Option<i64>, String), EngineError> {
         let options = CreateExecOptions::<String> {
             attach_stdin: Some(false),
             attach_stdout: Some(true),
@@ -822,8 +786,6 @@ impl Engine {
             env: Some(Vec::new()),
             cmd: Some(argv.iter().map(|s| (*s).to_string()).collect()),
             working_dir: Some("/".into()),
-            user: privileged_root.then(|| "0:0".to_string()),
-            privileged: privileged_root.then_some(true),
             ..Default::default()
         };
         let action = || format!("could not run a helper command in container {container_id}");
