@@ -73,4 +73,7 @@ STIGMER_TEST_POSTGRES_URL= cargo test --workspace -- --test-threads "$THREADS"
 log "end-to-end suites again (Postgres store)"
 cargo test --test local_mode --test store --test remote_worker --test sandbox_mode -- --test-threads "$THREADS"
 
+log "chaos: two workers on Postgres racing for the same idle containers, killed with SIGKILL"
+cargo test --test chaos two_workers -- --nocapture
+
 log "all tests passed"
