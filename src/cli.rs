@@ -57,6 +57,9 @@ pub enum Command {
     /// Sandbox container leases.
     #[command(subcommand)]
     Leases(LeasesCommand),
+    /// Build and check the sandbox images.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -124,6 +127,27 @@ pub enum LeasesCommand {
     Reap {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SandboxCommand {
+    /// Build a sandbox image (offline from a debootstrap base where no registry answers).
+    Build {
+        #[arg(value_enum)]
+        flavour: crate::sandbox_images::Flavour,
+        /// Where the base image comes from.
+        #[arg(long, value_enum, default_value = "auto")]
+        offline: crate::sandbox_images::Offline,
+        /// Tag the image this way (default stigmer-sandbox-basic:local / -full:local).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Check an image the way stigmer runs it: uid 1000, no capabilities, no network.
+    Test {
+        /// The image (default stigmer-sandbox-basic:local).
+        #[arg(default_value = "stigmer-sandbox-basic:local")]
+        image: String,
     },
 }
 
@@ -257,6 +281,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Leases(LeasesCommand::Reap { output }) => {
             client::leases_reap(&load_config(&Flags::new())?, output).await
         }
+        Command::Sandbox(SandboxCommand::Build {
+            flavour,
+            offline,
+            tag,
+        }) => crate::sandbox_images::build(flavour, offline, tag.as_deref()),
+        Command::Sandbox(SandboxCommand::Test { image }) => crate::sandbox_images::test(&image),
         Command::Config(ConfigCommand::Show { output }) => {
             let cfg = load_config(&Flags::new())?;
             config_show(&cfg, output);

@@ -9,4 +9,5 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod protocol;
+pub mod sandbox_images;
 pub mod temporal_server;

@@ -307,3 +307,26 @@ fn the_sandbox_works_in_a_workspace_it_does_not_own_and_hands_the_files_back() {
     ]);
     assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
 }
+
+#[test]
+fn sandbox_test_checks_an_image_the_way_stigmer_runs_it() {
+    let env = Env::new();
+    let out = env.stigmer(&["sandbox", "test", &image()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = env.stigmer(&["sandbox", "test", "stigmer-no-such-image:never"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no image stigmer-no-such-image:never"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.stigmer(&["sandbox", "build", "tiny"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: basic, full"));
+}
