@@ -122,6 +122,7 @@ async fn run_via_daemon(
     let mut id: Option<String> = None;
     let mut cancelling = false;
     let mut follower = Follower::new("");
+    let mut progress = Progress::new();
     loop {
         tokio::select! {
             frame = protocol::read_frame(&mut reader) => {
@@ -150,21 +151,25 @@ async fn run_via_daemon(
                         id = Some(started.id);
                     }
                     Tag::Stdout => {
+                        progress.done();
                         follower.skip_stdout += body.len() as u64;
                         stdout.write_all(&body).await?;
                         stdout.flush().await?;
                     }
                     Tag::Stderr => {
+                        progress.done();
                         follower.skip_stderr += body.len() as u64;
                         stderr.write_all(&body).await?;
                         stderr.flush().await?;
                     }
-                    Tag::Notice => eprintln!("stigmer: {}", String::from_utf8_lossy(&body)),
+                    Tag::Notice => progress.notice(&String::from_utf8_lossy(&body)),
                     Tag::Result => {
+                        progress.done();
                         let result: ExecutionResult = serde_json::from_slice(&body)?;
                         return Ok(finish_output(&result, format));
                     }
                     Tag::Fatal => {
+                        progress.done();
                         eprintln!("stigmer: {}", String::from_utf8_lossy(&body));
                         return Ok(EXIT_INFRA_FAILURE);
                     }
@@ -223,6 +228,58 @@ async fn resume_after_daemon_loss(
                 eprintln!("stigmer: stopped following {id}; it goes on (`stigmer logs --follow {id}` follows it again)");
                 return Ok(EXIT_CANCELLED);
             }
+        }
+    }
+}
+
+/// Image pull and build progress: a bar on a terminal, one line per notice elsewhere (logs,
+/// CI). Notices arrive as `pulling IMAGE: layer … NN%` or `building IMAGE: STEP` lines.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    fn notice(&mut self, line: &str) {
+        let pulling = line.starts_with("pulling ");
+        if !self.terminal || !(pulling || line.starts_with("building ")) {
+            self.done();
+            eprintln!("stigmer: {line}");
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(100);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "stigmer: {spinner} [{bar:30}] {pos:>3}% {wide_msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        if pulling
+            && let Some(pct) = line
+                .rsplit_once(' ')
+                .and_then(|(_, p)| p.strip_suffix('%'))
+                .and_then(|p| p.parse::<u64>().ok())
+        {
+            bar.set_position(pct.min(100));
+        }
+        bar.set_message(line.to_string());
+    }
+
+    fn done(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }
