@@ -638,20 +638,53 @@ pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
     let store = open_for_reading(cfg).await?;
     let sandbox =
         stigmer_activities::sandbox::SandboxBackend::new(store.clone(), "cli-reaper".into());
-    let report =
-        stigmer_activities::reaper::reap_once(&store, &sandbox, cfg.sandbox_cleanup.value).await?;
+    let daytona = std::env::var("DAYTONA_API_KEY").is_ok_and(|k| !k.is_empty());
+    // Docker is reaped when an engine answers; a cloud-only setup has none, and says so.
+    let report = match sandbox.engine().await {
+        Ok(_) => Some(
+            stigmer_activities::reaper::reap_once(&store, &sandbox, cfg.sandbox_cleanup.value)
+                .await?,
+        ),
+        Err(e) if daytona => {
+            eprintln!("stigmer: no Docker engine ({e}); reaping Daytona sandboxes only");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deleted = if daytona {
+        let cloud =
+            stigmer_activities::cloud::CloudBackend::new(store.clone(), "cli-reaper".into());
+        cloud.reap().await?
+    } else {
+        Vec::new()
+    };
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Json => {
+            let mut value = serde_json::to_value(report.clone().unwrap_or_default())?;
+            value["daytona_deleted"] = json!(deleted);
+            println!("{value}");
+        }
         OutputFormat::Text => {
-            println!(
-                "expired {} idle lease(s), removed {} container(s) of ending leases, {} orphan container(s), dropped {} abandoned lease(s)",
-                report.expired.len(),
-                report.disposed.len(),
-                report.orphans.len(),
-                report.abandoned.len()
-            );
-            for id in report.orphans.iter().chain(&report.disposed) {
-                println!("  removed {id}");
+            if let Some(report) = &report {
+                println!(
+                    "expired {} idle lease(s), removed {} container(s) of ending leases, {} orphan container(s), dropped {} abandoned lease(s); lost workers: adopted {}, reconciled {}, forgot {} on hosts gone",
+                    report.expired.len(),
+                    report.disposed.len(),
+                    report.orphans.len(),
+                    report.abandoned.len(),
+                    report.adopted.len(),
+                    report.reconciled.len(),
+                    report.forgotten.len()
+                );
+                for id in report.orphans.iter().chain(&report.disposed) {
+                    println!("  removed {id}");
+                }
+            }
+            if daytona {
+                println!("deleted {} Daytona sandbox(es)", deleted.len());
+                for id in &deleted {
+                    println!("  deleted {id}");
+                }
             }
         }
     }

@@ -118,3 +118,36 @@ fn cloud_mode_without_a_key_or_snapshot_says_what_to_set() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn expired_daytona_sandboxes_are_deleted_by_the_reaper() {
+    let fake = start_fake();
+    let mut env = cloud_env(&fake.fake);
+    env.extra.push(("STIGMER_SANDBOX_TTL".into(), "1".into()));
+    let out = env.stigmer(&["run", "--mode", "cloud", "echo once"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let sandbox = env.last_execution()["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fake.fake.sandbox_ids().contains(&sandbox));
+
+    // Past its TTL, the idle sandbox is deleted in Daytona and its lease ends.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = env.stigmer(&["leases", "reap", "--output", "json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["daytona_deleted"],
+        serde_json::json!([sandbox]),
+        "{report}"
+    );
+    assert!(
+        !fake.fake.sandbox_ids().contains(&sandbox),
+        "the sandbox is gone from Daytona"
+    );
+    assert_eq!(fake.fake.requests_for("deleteSandbox").len(), 1);
+    let list = env.stigmer(&["leases", "list", "--output", "json"]);
+    let leases: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(leases, serde_json::json!([]), "no lease is left");
+}

@@ -220,6 +220,9 @@ impl CloudBackend {
         let command_id = toolbox.start_command(&session, &line).await?;
 
         // The follower hands chunks to a callback; a channel carries them to the async sink.
+        // Unbounded, yet memory stays bounded: the follower only runs when the loop below
+        // polls it, and the loop drains the channel (and awaits the sink) between polls, so the
+        // channel never holds more than one network read of output.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(StreamKind, Vec<u8>)>();
         let follow_options = FollowOptions::default();
         let follow = toolbox.follow_command(&session, &command_id, &follow_options, move |chunk| {
