@@ -542,3 +542,40 @@ fn auto_mode_explains_itself_runs_safe_commands_locally_and_never_runs_isolated_
         "{err}"
     );
 }
+
+#[test]
+fn run_whose_daemon_dies_mid_command_reports_the_loss_without_repeating_output() {
+    let env = Env::new();
+    env.start_daemon();
+    let daemon = env.daemon_pid().unwrap();
+    let mut cmd = env.cmd();
+    cmd.args(["run", "echo before; touch started; sleep 30; echo after"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    assert!(eventually(Duration::from_secs(20), || env
+        .dir
+        .path()
+        .join("started")
+        .exists()));
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = common::wait_output(child, Duration::from_secs(90));
+    let stderr = text(&out.stderr);
+    // The command was running when its worker died: not re-run, reported as lost.
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "before\n", "printed once, never twice");
+    assert!(
+        stderr.contains("lost the connection to the daemon"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("was lost"), "{stderr}");
+    assert!(
+        common::processes_matching("sleep 30; echo after").is_empty(),
+        "the lost command was killed"
+    );
+}

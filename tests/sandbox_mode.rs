@@ -330,3 +330,31 @@ fn sandbox_test_checks_an_image_the_way_stigmer_runs_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("possible values: basic, full"));
 }
+
+#[test]
+fn run_outlives_a_daemon_killed_before_the_container_exists() {
+    let env = sandbox_env();
+    let _cleanup = Cleanup(&env);
+    // This daemon kills itself with SIGKILL when it is about to create a container.
+    let mut start = env.cmd();
+    start
+        .env("STIGMER_CHAOS_KILL_AT", "before-create")
+        .args(["server", "start", "--detach"]);
+    let out = common::output_within(start, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = env.daemon_pid().unwrap();
+
+    let out = env.stigmer(&["run", "--mode", "sandbox", "echo one; echo two >&2; exit 7"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "one\n");
+    assert!(stderr.contains("two"), "{stderr}");
+    assert!(
+        stderr.contains("lost the connection to the daemon"),
+        "{stderr}"
+    );
+    let second = env.daemon_pid().unwrap();
+    assert_ne!(first, second, "run started a new daemon");
+    assert_eq!(env.last_execution()["status"], "failed");
+    assert_eq!(env.last_execution()["exit_code"], 7);
+}
