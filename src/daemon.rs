@@ -281,6 +281,19 @@ impl Workers {
     }
 }
 
+/// Whether the client may have its result as soon as `exec` records it (see `handle_run`).
+fn answer_at_end(request: &RunRequest, result: &ExecutionResult) -> bool {
+    let ended_by_itself =
+        result.error.is_none() && matches!(result.status, Status::Succeeded | Status::Failed);
+    match request.effective_mode {
+        Mode::Local => true,
+        Mode::Sandbox => {
+            ended_by_itself && request.sandbox.as_ref().is_some_and(|s| s.ttl_secs > 0)
+        }
+        Mode::Cloud => false,
+    }
+}
+
 /// The ID of the Docker engine on this host, when one answers within a few seconds.
 async fn docker_engine_id() -> Option<String> {
     match tokio::time::timeout(Duration::from_secs(5), async {
@@ -754,10 +767,11 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
                 Some(HubEvent::Notice(text)) => {
                     let _ = protocol::write_frame(&mut writer, Tag::Notice, text.as_bytes()).await;
                 }
-                // In local mode the result is final once recorded; a sandbox execution still
-                // releases its container, and the client returns only after that, so the next
-                // run finds the container idle and reuses it.
-                Some(HubEvent::Ended(result)) if request.effective_mode == Mode::Local => {
+                // The result is final once recorded. A sandbox container that may be reused was
+                // already given back by `exec` when its command ended cleanly, so the next run
+                // finds it idle; otherwise (TTL 0, a tainted or cancelled run, cloud) the client
+                // waits for the release so what it sees afterwards is settled.
+                Some(HubEvent::Ended(result)) if answer_at_end(&request, &result) => {
                     let _ = protocol::write_json(&mut writer, Tag::Result, &result).await;
                     break;
                 }

@@ -149,7 +149,7 @@ impl CloudBackend {
             Err(e) => {
                 let _ = self
                     .store
-                    .release_lease(&lease.id, false, Some("create failed"))
+                    .release_lease(&lease.id, false, Some("create failed"), None)
                     .await;
                 return Err(e.into());
             }
@@ -296,7 +296,7 @@ impl CloudBackend {
         }
         let state = self
             .store
-            .release_lease(&placement.lease_id, !taint && ttl_secs > 0, None)
+            .release_lease(&placement.lease_id, !taint && ttl_secs > 0, None, None)
             .await?;
         if state == "removing" {
             self.client()

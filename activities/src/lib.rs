@@ -215,7 +215,15 @@ impl Activities {
                         )
                         .await
                         .map_err(BackendFailure::from);
-                    self.settle(placement, outcome).await
+                    let clean = matches!(&outcome, Ok((Ended::Exited(_), false)));
+                    let ended = self.settle(placement, outcome).await;
+                    if clean && spec.ttl_secs > 0 && ended.is_ok() {
+                        // Reusable now: the next command need not wait for the workflow.
+                        if let Err(e) = self.sandbox.release_clean(&id, placement).await {
+                            tracing::warn!("could not give container back early: {e}");
+                        }
+                    }
+                    ended
                 }
                 _ => Ok(Ended::Failed {
                     exit_code: None,
@@ -367,6 +375,7 @@ impl Activities {
             return with_heartbeats(&ctx, release).await.map_err(cloud_error);
         }
         let release = self.sandbox.release(
+            &request.execution_id,
             &request.placement,
             request.taint,
             request.ttl_secs,

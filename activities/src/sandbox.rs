@@ -300,7 +300,7 @@ impl SandboxBackend {
                 // Whatever Docker made of it carries our labels; the reaper removes it.
                 let _ = self
                     .store
-                    .release_lease(&lease.id, false, Some("create failed"))
+                    .release_lease(&lease.id, false, Some("create failed"), None)
                     .await;
                 return Err(e.into());
             }
@@ -475,6 +475,7 @@ impl SandboxBackend {
     /// Back to idle for reuse, or removed (or stopped and kept when cleanup is off).
     pub async fn release(
         &self,
+        execution_id: &str,
         placement: &Placement,
         taint: bool,
         ttl_secs: u64,
@@ -492,7 +493,7 @@ impl SandboxBackend {
         crate::chaos::point("before-release");
         let state = self
             .store
-            .release_lease(&placement.lease_id, reuse, None)
+            .release_lease(&placement.lease_id, reuse, None, Some(execution_id))
             .await?;
         crate::chaos::point("mid-release");
         if state == "removing" {
@@ -501,6 +502,21 @@ impl SandboxBackend {
             return Ok("removed".into());
         }
         Ok(state)
+    }
+
+    /// Gives a container back to idle straight from `exec`, when its command ended by itself
+    /// and left nothing running: the client can have its answer at once and its next command
+    /// still finds the container idle. The workflow's release then finds nothing to do.
+    pub async fn release_clean(
+        &self,
+        execution_id: &str,
+        placement: &Placement,
+    ) -> Result<bool, SandboxError> {
+        let state = self
+            .store
+            .release_lease(&placement.lease_id, true, None, Some(execution_id))
+            .await?;
+        Ok(state == "idle")
     }
 
     /// Removes (cleanup on) or stops (cleanup off: kept for inspection) a container whose lease

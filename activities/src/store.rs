@@ -758,28 +758,35 @@ impl Store {
 
     /// Gives a busy container back: `idle` until TTL seconds from now (reuse), or `removing`
     /// (cleanup, tainted, or no reuse). Returns the new state.
+    ///
+    /// With `holder`, only while that execution still holds the lease: a release that comes
+    /// after `exec` already gave the container back (and another execution took it) must not
+    /// touch it.
     pub async fn release_lease(
         &self,
         lease_id: &str,
         reuse: bool,
         note: Option<&str>,
+        holder: Option<&str>,
     ) -> Result<String> {
         let now = self.db_now();
+        let held = "($3 IS NULL OR execution_id IS NULL OR execution_id = $3)";
         let sql = if reuse {
             format!(
                 "UPDATE leases SET state = 'idle', execution_id = NULL, last_used_at = {now}, \
                  expires_at = {now} + ttl_secs * 1000, note = COALESCE($1, note) \
-                 WHERE id = $2 AND state IN ('busy', 'creating') AND tainted = 0"
+                 WHERE id = $2 AND state IN ('busy', 'creating') AND tainted = 0 AND {held}"
             )
         } else {
             format!(
                 "UPDATE leases SET state = 'removing', last_used_at = {now}, note = COALESCE($1, note) \
-                 WHERE id = $2 AND state IN ('busy', 'creating', 'idle')"
+                 WHERE id = $2 AND state IN ('busy', 'creating', 'idle') AND {held}"
             )
         };
         with_pool!(self, pool => sqlx::query(&sql)
             .bind(note)
             .bind(lease_id)
+            .bind(holder)
             .execute(pool)
             .await
             .map_err(q("release lease"))?.rows_affected());
