@@ -358,3 +358,33 @@ fn run_outlives_a_daemon_killed_before_the_container_exists() {
     assert_eq!(env.last_execution()["status"], "failed");
     assert_eq!(env.last_execution()["exit_code"], 7);
 }
+
+#[test]
+fn a_command_that_leaves_a_process_behind_taints_its_container() {
+    let env = sandbox_env();
+    let _cleanup = Cleanup(&env);
+    // Exits 0 at once, leaving a background job running in the container.
+    let out = env.stigmer(&["run", "sleep 4747 >/dev/null 2>&1 & echo left"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "left\n");
+    let first = env.last_execution()["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || !container_exists(&first)),
+        "a container with a leftover process is removed, never reused"
+    );
+    let out = env.stigmer(&["run", "echo next"]);
+    assert_eq!(text(&out.stdout), "next\n", "{}", text(&out.stderr));
+    assert_ne!(env.last_execution()["container_id"], first.as_str());
+
+    // A clean command leaves its container idle for the next one.
+    let clean = env.last_execution()["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.stigmer(&["run", "true"]);
+    assert!(out.status.success());
+    assert_eq!(env.last_execution()["container_id"], clean.as_str());
+}

@@ -286,6 +286,13 @@ impl CloudBackend {
         taint: bool,
         ttl_secs: u64,
     ) -> Result<String, CloudError> {
+        // `exec` may have tainted the lease itself.
+        let taint = taint
+            || self
+                .store
+                .get_lease(&placement.lease_id)
+                .await?
+                .is_some_and(|l| l.tainted != 0 && l.state == "busy");
         if taint {
             self.store
                 .taint_lease(

@@ -391,7 +391,10 @@ impl SandboxBackend {
             }
             _ => None,
         };
+        // A clean exit is checked for leftovers through the engine's process list below, which
+        // is cheaper than the in-container check (needed only to explain a failure).
         let req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
+            .skip_check_on_success()
             .with_envs(env.iter().cloned())
             .with_workdir(stigmer_docker::WORKSPACE_DIR);
         // Output comes through a bounded channel: a full channel holds the command's output
@@ -468,7 +471,19 @@ impl SandboxBackend {
                 },
             },
         };
-        let taint = outcome.stray_processes || outcome.ended != ExecEnd::Exited;
+        let mut taint = outcome.stray_processes || outcome.ended != ExecEnd::Exited;
+        if !outcome.checked && !taint {
+            taint = match engine
+                .processes_besides_keepalive(&placement.container_id)
+                .await
+            {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!("{e}; the container will not be reused");
+                    true
+                }
+            };
+        }
         Ok((ended, taint))
     }
 
@@ -481,6 +496,13 @@ impl SandboxBackend {
         ttl_secs: u64,
         cleanup: bool,
     ) -> Result<String, SandboxError> {
+        // `exec` may have tainted the lease itself (a process left behind after a clean exit).
+        let taint = taint
+            || self
+                .store
+                .get_lease(&placement.lease_id)
+                .await?
+                .is_some_and(|l| l.tainted != 0 && l.execution_id.as_deref() == Some(execution_id));
         if taint {
             self.store
                 .taint_lease(
