@@ -57,6 +57,9 @@ pub enum Command {
     /// Sandbox container leases.
     #[command(subcommand)]
     Leases(LeasesCommand),
+    /// The hash-chained audit trail of ended executions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -124,6 +127,23 @@ pub enum LeasesCommand {
     Reap {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the whole chain; names the first edited or missing record (exit 3) if any.
+    Verify {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Print audit records as JSON lines on stdout, one record per line with its hash.
+    Export {
+        /// Only records appended since: an RFC 3339 time, or a duration back from now (24h, 7d).
+        #[arg(long, value_name = "TIME|DURATION", allow_hyphen_values = true)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: crate::audit::ExportFormat,
     },
 }
 
@@ -256,6 +276,19 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Leases(LeasesCommand::Reap { output }) => {
             client::leases_reap(&load_config(&Flags::new())?, output).await
+        }
+        Command::Audit(AuditCommand::Verify { output }) => {
+            crate::audit::verify(&load_config(&Flags::new())?, output).await
+        }
+        Command::Audit(AuditCommand::Export { since, format }) => {
+            let since_ms = match since {
+                Some(raw) => Some(
+                    crate::audit::parse_since(&raw, stigmer_activities::store::now_ms())
+                        .map_err(usage)?,
+                ),
+                None => None,
+            };
+            crate::audit::export(&load_config(&Flags::new())?, since_ms, format).await
         }
         Command::Config(ConfigCommand::Show { output }) => {
             let cfg = load_config(&Flags::new())?;

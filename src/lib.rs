@@ -4,6 +4,7 @@
 //! The binary is thin (`cli`); what each command does lives in these modules so that tests can
 //! call it directly.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
