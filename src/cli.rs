@@ -40,7 +40,11 @@ pub enum Command {
     #[command(subcommand)]
     Server(ServerCommand),
     /// Run a worker only, joining an existing Temporal (TEMPORAL_ADDRESS) and store.
-    Worker,
+    Worker {
+        /// Serve Prometheus metrics on HOST:PORT at /metrics (or STIGMER_METRICS_ADDR).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+    },
     /// Print an execution's stored output.
     Logs {
         id: String,
@@ -85,6 +89,9 @@ pub enum ServerCommand {
         /// Install the Temporal CLI into the data dir first if it is missing.
         #[arg(long)]
         install_temporal: bool,
+        /// Serve Prometheus metrics on HOST:PORT at /metrics (or STIGMER_METRICS_ADDR).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Stop the daemon and its managed Temporal server.
     Stop,
@@ -236,8 +243,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Server(cmd) => server(cmd).await,
-        Command::Worker => {
-            let cfg = load_config(&Flags::new())?;
+        Command::Worker { metrics_addr } => {
+            let cfg = load_config(&metrics_flags(metrics_addr.as_ref()))?;
             daemon::run_worker(cfg).await?;
             Ok(0)
         }
@@ -316,12 +323,26 @@ fn config_show(cfg: &Config, format: OutputFormat) {
     }
 }
 
+/// The settings a `--metrics-addr` flag gives.
+fn metrics_flags(addr: Option<&String>) -> Flags {
+    let mut flags = Flags::new();
+    if let Some(addr) = addr {
+        flags.insert("metrics_addr", ("--metrics-addr".into(), addr.clone()));
+    }
+    flags
+}
+
 async fn server(cmd: ServerCommand) -> Result<i32> {
-    let cfg = load_config(&Flags::new())?;
+    let flags = match &cmd {
+        ServerCommand::Start { metrics_addr, .. } => metrics_flags(metrics_addr.as_ref()),
+        _ => Flags::new(),
+    };
+    let cfg = load_config(&flags)?;
     match cmd {
         ServerCommand::Start {
             detach,
             install_temporal,
+            metrics_addr: _,
         } => {
             if install_temporal && !cfg.is_remote() && temporal_server::find_binary(&cfg).is_err() {
                 daemon::prepare_data_dir(&cfg.data_dir.value)?;

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod protocol;
 pub mod temporal_server;

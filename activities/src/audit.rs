@@ -222,6 +222,13 @@ pub async fn append(store: &Store, id: &str) -> Result<Option<AuditRecord>> {
             .await
             .map_err(q("advance the audit chain head"))?;
         tx.commit().await.map_err(q("commit audit record"))?;
+        // Counted here, once per execution however many times `finish` is retried.
+        crate::metrics::metrics().execution_ended(
+            &record.effective_mode,
+            &record.requested_mode,
+            &record.status,
+            record.duration_ms,
+        );
         Ok(Some(record))
     })
 }

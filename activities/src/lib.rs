@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod cloud;
 pub mod hub;
 pub mod local;
+pub mod metrics;
 pub mod output;
 pub mod reaper;
 pub mod sandbox;

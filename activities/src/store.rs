@@ -966,6 +966,16 @@ impl Store {
             .await
             .map_err(q("list leases")))
     }
+
+    /// How many leases are in each state (removed ones included), for the metrics gauge.
+    pub async fn count_leases_by_state(&self) -> Result<Vec<(String, i64)>> {
+        with_pool!(self, pool => sqlx::query_as::<_, (String, i64)>(
+            "SELECT state, COUNT(*) FROM leases GROUP BY state",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(q("count leases by state")))
+    }
 }
 
 pub(crate) fn is_missing_table(e: &sqlx::Error) -> bool {

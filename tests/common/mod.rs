@@ -336,6 +336,8 @@ pub fn wait_terminal(env: &Env, id: &str, limit: Duration) -> serde_json::Value 
     });
     assert!(done, "execution {id} is not terminal: {last}");
     last
+}
+
 /// A free loopback port no other test in this process will pick (for servers a test starts).
 pub fn free_port() -> u16 {
     free_port_pair().0
