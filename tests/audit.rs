@@ -227,3 +227,75 @@ fn export_filters_by_time_and_rejects_bad_input_with_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("jsonl"), "{}", text(&out.stderr));
 }
+
+/// Several workers finishing executions at the same moment on one store (two connection pools,
+/// as two processes would have) still build one unbroken chain, with exactly one record per
+/// execution even when the same result is recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_from_several_workers_build_one_chain() {
+    use stigmer_activities::audit;
+    use stigmer_activities::store::{NewExecution, Store};
+    use stigmer_workflows::{ExecutionResult, Status};
+
+    let env = Env::new();
+    std::fs::create_dir_all(env.data_dir()).unwrap();
+    let first = Store::open(&env.database_url, true).await.expect("store");
+    let second = Store::open(&env.database_url, false).await.expect("store");
+    let ids: Vec<String> = (0..30).map(|i| format!("aex-concurrent-{i:02}")).collect();
+    for id in &ids {
+        first
+            .insert_execution(&NewExecution {
+                id: id.clone(),
+                workflow_id: format!("stigmer/agent-execution/{id}"),
+                command: "true".into(),
+                workdir: "/tmp".into(),
+                requested_mode: "local".into(),
+                effective_mode: "local".into(),
+                reason: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        first.mark_started(id, "worker-a", 1).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        // Each result is recorded by both workers, as a retried activity would.
+        for store in [first.clone(), second.clone()] {
+            let id = id.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = ExecutionResult {
+                    id: id.clone(),
+                    status: if i % 3 == 0 {
+                        Status::Failed
+                    } else {
+                        Status::Succeeded
+                    },
+                    exit_code: Some(if i % 3 == 0 { 1 } else { 0 }),
+                    error: None,
+                };
+                store.finish(&result, None).await.expect("finish")
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let report = audit::verify(&first).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.intact, 30);
+    assert_eq!(report.head_seq, 30);
+    let mut lines = Vec::new();
+    audit::export(&first, None, |l| {
+        lines.push(l.to_string());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut recorded: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["execution_id"].as_str().unwrap().to_string())
+        .collect();
+    recorded.sort();
+    assert_eq!(recorded, ids, "one record per execution");
+}
