@@ -71,6 +71,6 @@ log "tests (SQLite store)"
 STIGMER_TEST_POSTGRES_URL= cargo test --workspace -- --test-threads "$THREADS"
 
 log "end-to-end suites again (Postgres store)"
-cargo test --test local_mode --test store --test remote_worker --test sandbox_mode -- --test-threads "$THREADS"
+cargo test --test local_mode --test store --test remote_worker --test sandbox_mode --test audit --test metrics -- --test-threads "$THREADS"
 
 log "all tests passed"
