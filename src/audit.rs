@@ -21,9 +21,7 @@ pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
         return Ok(t.timestamp_millis());
     }
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(raw.len());
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
     let unit_ms: i64 = match unit {
         "s" => 1_000,
@@ -33,7 +31,11 @@ pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, String> {
         "w" => 7 * 86_400_000,
         _ => return Err(format!("--since {raw:?}: give {SINCE_ALLOWED}")),
     };
-    match digits.parse::<i64>().ok().and_then(|n| n.checked_mul(unit_ms)) {
+    match digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+    {
         Some(back) => Ok(now_ms.saturating_sub(back)),
         None => Err(format!("--since {raw:?}: give {SINCE_ALLOWED}")),
     }
@@ -102,7 +104,15 @@ mod tests {
         assert_eq!(parse_since("24h", now), Ok(9 * 86_400_000));
         assert_eq!(parse_since("90s", now), Ok(now - 90_000));
         assert_eq!(parse_since("1970-01-02T00:00:00Z", now), Ok(86_400_000));
-        for bad in ["", "h", "24", "24x", "-5m", "yesterday", "99999999999999999999w"] {
+        for bad in [
+            "",
+            "h",
+            "24",
+            "24x",
+            "-5m",
+            "yesterday",
+            "99999999999999999999w",
+        ] {
             let err = parse_since(bad, now).unwrap_err();
             assert!(err.contains("RFC 3339"), "{bad}: {err}");
         }

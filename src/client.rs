@@ -58,7 +58,10 @@ pub fn ci_identity_from(lookup: impl Fn(&str) -> Option<String>) -> Option<Strin
         let mut out = head;
         for (key, name) in pairs {
             if let Some(value) = var(name) {
-                out.push_str(&format!(" {key}={}", value.replace(char::is_whitespace, "_")));
+                out.push_str(&format!(
+                    " {key}={}",
+                    value.replace(char::is_whitespace, "_")
+                ));
             }
         }
         out
@@ -106,7 +109,11 @@ pub fn ci_identity_from(lookup: impl Fn(&str) -> Option<String>) -> Option<Strin
     }
     if var("JENKINS_URL").is_some() {
         return Some(with(
-            format!("jenkins:{}#{}", or_empty("JOB_NAME"), or_empty("BUILD_NUMBER")),
+            format!(
+                "jenkins:{}#{}",
+                or_empty("JOB_NAME"),
+                or_empty("BUILD_NUMBER")
+            ),
             &[
                 // Set by the build-user-vars plugin when installed.
                 ("user", "BUILD_USER_ID"),

@@ -82,7 +82,10 @@ impl MetricsServer {
     }
 }
 
-async fn respond(req: Request<Incoming>, store: Store) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    store: Store,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         Response::builder()
             .status(status)

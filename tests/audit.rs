@@ -106,7 +106,11 @@ fn every_ended_execution_is_chained_and_tampering_is_named() {
         );
         assert_eq!(record["requested_mode"], "local");
         assert_eq!(record["effective_mode"], "local");
-        assert!(record["mode_reason"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(
+            record["mode_reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
         assert!(
             record["workflow_id"]
                 .as_str()
@@ -124,7 +128,10 @@ fn every_ended_execution_is_chained_and_tampering_is_named() {
         assert!(created <= started && started <= finished, "{record}");
         assert_eq!(record["duration_ms"], finished - started);
         for key in ["image", "image_digest", "container_id", "error"] {
-            assert!(record.get(key).is_some(), "{key} is always present: {record}");
+            assert!(
+                record.get(key).is_some(),
+                "{key} is always present: {record}"
+            );
         }
         assert!(record.get("output_sha256").is_some());
     }
@@ -151,7 +158,11 @@ fn every_ended_execution_is_chained_and_tampering_is_named() {
     );
     assert_eq!(changed, 1);
     let (code, said) = verify(&env);
-    assert_ne!(code, Some(0), "an edited record must fail verification: {said}");
+    assert_ne!(
+        code,
+        Some(0),
+        "an edited record must fail verification: {said}"
+    );
     assert_eq!(code, Some(3), "{said}");
     assert!(said.contains("seq 2"), "names the record: {said}");
     assert!(said.contains(&ids[1]), "names its execution: {said}");
@@ -176,7 +187,10 @@ fn every_ended_execution_is_chained_and_tampering_is_named() {
     let (code, said) = verify(&env);
     assert_eq!(code, Some(3), "a deleted last record is detected: {said}");
     assert!(said.contains("seq 4"), "{said}");
-    assert!(said.contains(&ids[3]), "names the execution left unaudited: {said}");
+    assert!(
+        said.contains(&ids[3]),
+        "names the execution left unaudited: {said}"
+    );
 
     // A record in the middle is removed.
     assert_eq!(
@@ -186,7 +200,10 @@ fn every_ended_execution_is_chained_and_tampering_is_named() {
     let (code, said) = verify(&env);
     assert_eq!(code, Some(3), "a deleted middle record is detected: {said}");
     assert!(said.contains("seq 2"), "names the first break: {said}");
-    assert!(said.contains(&ids[1]), "names the missing execution: {said}");
+    assert!(
+        said.contains(&ids[1]),
+        "names the missing execution: {said}"
+    );
 
     // Executions go on being recorded after the damage; the break stays reported.
     let later = run_in_ci(&env, "echo after", 0);
@@ -210,7 +227,10 @@ fn export_filters_by_time_and_rejects_bad_input_with_usage() {
     assert_eq!(recent.len(), 1);
     assert_eq!(recent[0]["record"]["execution_id"], id.as_str());
     assert_eq!(export(&env, &["--since", "2999-01-01T00:00:00Z"]).len(), 0);
-    assert_eq!(export(&env, &["--since", "2000-01-01T00:00:00+02:00"]).len(), 1);
+    assert_eq!(
+        export(&env, &["--since", "2000-01-01T00:00:00+02:00"]).len(),
+        1
+    );
 
     for bad in ["yesterday", "24", "-1h", "5 parsecs"] {
         let out = env.stigmer(&["audit", "export", "--since", bad]);
@@ -294,7 +314,12 @@ async fn concurrent_appends_from_several_workers_build_one_chain() {
     .unwrap();
     let mut recorded: Vec<String> = lines
         .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["execution_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["execution_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     recorded.sort();
     assert_eq!(recorded, ids, "one record per execution");

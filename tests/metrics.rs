@@ -37,7 +37,10 @@ fn scrape(port: u16) -> (String, BTreeMap<Key, f64>) {
 /// The Prometheus text format, just enough of it: `name{k="v",…} value` lines.
 fn parse(body: &str) -> BTreeMap<Key, f64> {
     let mut samples = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (series, value) = line.rsplit_once(' ').expect("sample line");
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
@@ -92,7 +95,8 @@ impl Drop for RemoveContainers<'_> {
         let out = self
             .0
             .stigmer(&["leases", "list", "--all", "--output", "json"]);
-        let leases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let leases: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
         for lease in leases {
             if let Some(id) = lease["container_id"].as_str() {
                 let _ = Command::new("docker").args(["rm", "-f", id]).output();
@@ -194,7 +198,10 @@ fn the_daemon_counts_executions_by_mode_and_outcome_and_reads_leases_from_the_st
     );
     let timed_out = [("mode", "local"), ("outcome", "timed_out")];
     assert_eq!(hist("count", &timed_out), Some(1.0));
-    assert!(hist("sum", &timed_out).is_some_and(|s| s >= 1.0), "{after:#?}");
+    assert!(
+        hist("sum", &timed_out).is_some_and(|s| s >= 1.0),
+        "{after:#?}"
+    );
     assert_eq!(
         hist(
             "bucket",
@@ -213,12 +220,23 @@ fn the_daemon_counts_executions_by_mode_and_outcome_and_reads_leases_from_the_st
         value(&after, "stigmer_leases", &[("state", "busy")]),
         Some(0.0)
     );
-    assert!(value(&after, "stigmer_containers_reaped_total", &[("reason", "orphan")]).is_some());
+    assert!(
+        value(
+            &after,
+            "stigmer_containers_reaped_total",
+            &[("reason", "orphan")]
+        )
+        .is_some()
+    );
     assert_eq!(value(&after, "stigmer_audit_records_total", &[]), Some(5.0));
 
     // Anything but /metrics is a 404 that says where to look.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
@@ -232,7 +250,9 @@ fn a_worker_serves_metrics_from_the_environment_and_bad_addresses_are_refused() 
     assert_eq!(out.status.code(), Some(2), "a bad value is a usage error");
     let err = text(&out.stderr);
     assert!(
-        err.contains("--metrics-addr") && err.contains("nonsense") && err.contains("127.0.0.1:9464"),
+        err.contains("--metrics-addr")
+            && err.contains("nonsense")
+            && err.contains("127.0.0.1:9464"),
         "names the flag, the value and what is allowed: {err}"
     );
     assert!(env.daemon_pid().is_none(), "nothing started");

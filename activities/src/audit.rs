@@ -516,7 +516,11 @@ mod tests {
     fn the_hash_binds_the_previous_hash_and_the_record() {
         let a = chain_hash(GENESIS_HASH, "{}");
         assert_eq!(a.len(), 64);
-        assert_ne!(a, chain_hash(&a, "{}"), "the same record later has another hash");
+        assert_ne!(
+            a,
+            chain_hash(&a, "{}"),
+            "the same record later has another hash"
+        );
         assert_ne!(a, chain_hash(GENESIS_HASH, "{ }"));
     }
 
