@@ -300,3 +300,36 @@ fn a_worker_serves_metrics_from_the_environment_and_bad_addresses_are_refused() 
         "{samples:#?}"
     );
 }
+
+#[test]
+fn the_metrics_address_follows_the_usual_precedence() {
+    let env = Env::new();
+    let config_dir = env.dir.path().join(".config/stigmer");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        "metrics_addr = \"127.0.0.1:9464\"\n",
+    )
+    .unwrap();
+    let show = |env_value: Option<&str>| {
+        let mut cmd = env.cmd();
+        if let Some(v) = env_value {
+            cmd.env("STIGMER_METRICS_ADDR", v);
+        }
+        cmd.args(["config", "show", "--output", "json"]);
+        let out = common::output_within(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["metrics_addr"].clone()
+    };
+    let from_file = show(None);
+    assert_eq!(from_file["value"], "127.0.0.1:9464");
+    assert!(
+        from_file["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("file ")),
+        "{from_file}"
+    );
+    let from_env = show(Some("localhost:9500"));
+    assert_eq!(from_env["value"], "127.0.0.1:9500");
+    assert_eq!(from_env["source"], "env STIGMER_METRICS_ADDR");
+}
