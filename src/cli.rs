@@ -40,7 +40,11 @@ pub enum Command {
     #[command(subcommand)]
     Server(ServerCommand),
     /// Run a worker only, joining an existing Temporal (TEMPORAL_ADDRESS) and store.
-    Worker,
+    Worker {
+        /// Serve Prometheus metrics on HOST:PORT at /metrics (or STIGMER_METRICS_ADDR).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+    },
     /// Print an execution's stored output.
     Logs {
         id: String,
@@ -60,6 +64,9 @@ pub enum Command {
     /// Build and check the sandbox images.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// The hash-chained audit trail of ended executions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -85,6 +92,9 @@ pub enum ServerCommand {
         /// Install the Temporal CLI into the data dir first if it is missing.
         #[arg(long)]
         install_temporal: bool,
+        /// Serve Prometheus metrics on HOST:PORT at /metrics (or STIGMER_METRICS_ADDR).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Stop the daemon and its managed Temporal server.
     Stop,
@@ -148,6 +158,23 @@ pub enum SandboxCommand {
         /// The image (default stigmer-sandbox-basic:local).
         #[arg(default_value = "stigmer-sandbox-basic:local")]
         image: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the whole chain; names the first edited or missing record (exit 3) if any.
+    Verify {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Print audit records as JSON lines on stdout, one record per line with its hash.
+    Export {
+        /// Only records appended since: an RFC 3339 time, or a duration back from now (24h, 7d).
+        #[arg(long, value_name = "TIME|DURATION", allow_hyphen_values = true)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: crate::audit::ExportFormat,
     },
 }
 
@@ -240,8 +267,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Server(cmd) => server(cmd).await,
-        Command::Worker => {
-            let cfg = load_config(&Flags::new())?;
+        Command::Worker { metrics_addr } => {
+            let cfg = load_config(&metrics_flags(metrics_addr.as_ref()))?;
             daemon::run_worker(cfg).await?;
             Ok(0)
         }
@@ -287,6 +314,19 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             tag,
         }) => crate::sandbox_images::build(flavour, offline, tag.as_deref()),
         Command::Sandbox(SandboxCommand::Test { image }) => crate::sandbox_images::test(&image),
+        Command::Audit(AuditCommand::Verify { output }) => {
+            crate::audit::verify(&load_config(&Flags::new())?, output).await
+        }
+        Command::Audit(AuditCommand::Export { since, format }) => {
+            let since_ms = match since {
+                Some(raw) => Some(
+                    crate::audit::parse_since(&raw, stigmer_activities::store::now_ms())
+                        .map_err(usage)?,
+                ),
+                None => None,
+            };
+            crate::audit::export(&load_config(&Flags::new())?, since_ms, format).await
+        }
         Command::Config(ConfigCommand::Show { output }) => {
             let cfg = load_config(&Flags::new())?;
             config_show(&cfg, output);
@@ -313,12 +353,26 @@ fn config_show(cfg: &Config, format: OutputFormat) {
     }
 }
 
+/// The settings a `--metrics-addr` flag gives.
+fn metrics_flags(addr: Option<&String>) -> Flags {
+    let mut flags = Flags::new();
+    if let Some(addr) = addr {
+        flags.insert("metrics_addr", ("--metrics-addr".into(), addr.clone()));
+    }
+    flags
+}
+
 async fn server(cmd: ServerCommand) -> Result<i32> {
-    let cfg = load_config(&Flags::new())?;
+    let flags = match &cmd {
+        ServerCommand::Start { metrics_addr, .. } => metrics_flags(metrics_addr.as_ref()),
+        _ => Flags::new(),
+    };
+    let cfg = load_config(&flags)?;
     match cmd {
         ServerCommand::Start {
             detach,
             install_temporal,
+            metrics_addr: _,
         } => {
             if install_temporal && !cfg.is_remote() && temporal_server::find_binary(&cfg).is_err() {
                 daemon::prepare_data_dir(&cfg.data_dir.value)?;

@@ -45,42 +45,123 @@ pub fn os_user() -> Option<String> {
 /// The CI system and run this is part of, from the variables CI systems set.
 #[must_use]
 pub fn ci_identity() -> Option<String> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    ci_identity_from(|k| std::env::var(k).ok())
+}
+
+/// The CI identity from a variable lookup: `SYSTEM:PROJECT#RUN key=value…`, naming the system,
+/// the project, the run (and its attempt), the job, the commit and the person who started it,
+/// so an audit record leads back to the exact pipeline run. Unset values are left out.
+#[must_use]
+pub fn ci_identity_from(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let var = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+    let with = |head: String, pairs: &[(&str, &str)]| {
+        let mut out = head;
+        for (key, name) in pairs {
+            if let Some(value) = var(name) {
+                out.push_str(&format!(
+                    " {key}={}",
+                    value.replace(char::is_whitespace, "_")
+                ));
+            }
+        }
+        out
+    };
+    let or_empty = |k: &str| var(k).unwrap_or_default();
     if var("GITHUB_ACTIONS").is_some() {
-        return Some(format!(
-            "github-actions:{}@run/{} actor={}",
-            var("GITHUB_REPOSITORY").unwrap_or_default(),
-            var("GITHUB_RUN_ID").unwrap_or_default(),
-            var("GITHUB_ACTOR").unwrap_or_default()
+        let attempt = var("GITHUB_RUN_ATTEMPT")
+            .map(|a| format!("/attempt/{a}"))
+            .unwrap_or_default();
+        return Some(with(
+            format!(
+                "github-actions:{}@run/{}{attempt}",
+                or_empty("GITHUB_REPOSITORY"),
+                or_empty("GITHUB_RUN_ID")
+            ),
+            &[
+                ("actor", "GITHUB_ACTOR"),
+                ("triggered_by", "GITHUB_TRIGGERING_ACTOR"),
+                ("workflow", "GITHUB_WORKFLOW"),
+                ("job", "GITHUB_JOB"),
+                ("event", "GITHUB_EVENT_NAME"),
+                ("ref", "GITHUB_REF"),
+                ("sha", "GITHUB_SHA"),
+                ("server", "GITHUB_SERVER_URL"),
+            ],
         ));
     }
     if var("GITLAB_CI").is_some() {
-        return Some(format!(
-            "gitlab:{}@pipeline/{} user={}",
-            var("CI_PROJECT_PATH").unwrap_or_default(),
-            var("CI_PIPELINE_ID").unwrap_or_default(),
-            var("GITLAB_USER_LOGIN").unwrap_or_default()
+        return Some(with(
+            format!(
+                "gitlab:{}@pipeline/{}",
+                or_empty("CI_PROJECT_PATH"),
+                or_empty("CI_PIPELINE_ID")
+            ),
+            &[
+                ("user", "GITLAB_USER_LOGIN"),
+                ("job", "CI_JOB_ID"),
+                ("job_name", "CI_JOB_NAME"),
+                ("source", "CI_PIPELINE_SOURCE"),
+                ("ref", "CI_COMMIT_REF_NAME"),
+                ("sha", "CI_COMMIT_SHA"),
+                ("server", "CI_SERVER_URL"),
+            ],
         ));
     }
     if var("JENKINS_URL").is_some() {
-        return Some(format!(
-            "jenkins:{}#{}",
-            var("JOB_NAME").unwrap_or_default(),
-            var("BUILD_NUMBER").unwrap_or_default()
+        return Some(with(
+            format!(
+                "jenkins:{}#{}",
+                or_empty("JOB_NAME"),
+                or_empty("BUILD_NUMBER")
+            ),
+            &[
+                // Set by the build-user-vars plugin when installed.
+                ("user", "BUILD_USER_ID"),
+                ("url", "BUILD_URL"),
+                ("node", "NODE_NAME"),
+                ("branch", "GIT_BRANCH"),
+                ("sha", "GIT_COMMIT"),
+            ],
         ));
     }
     if var("BUILDKITE").is_some() {
-        return Some(format!(
-            "buildkite:{}#{}",
-            var("BUILDKITE_PIPELINE_SLUG").unwrap_or_default(),
-            var("BUILDKITE_BUILD_NUMBER").unwrap_or_default()
+        let org = var("BUILDKITE_ORGANIZATION_SLUG")
+            .map(|o| format!("{o}/"))
+            .unwrap_or_default();
+        return Some(with(
+            format!(
+                "buildkite:{org}{}#{}",
+                or_empty("BUILDKITE_PIPELINE_SLUG"),
+                or_empty("BUILDKITE_BUILD_NUMBER")
+            ),
+            &[
+                ("creator", "BUILDKITE_BUILD_CREATOR_EMAIL"),
+                ("job", "BUILDKITE_JOB_ID"),
+                ("source", "BUILDKITE_SOURCE"),
+                ("branch", "BUILDKITE_BRANCH"),
+                ("sha", "BUILDKITE_COMMIT"),
+                ("url", "BUILDKITE_BUILD_URL"),
+            ],
         ));
     }
     if var("CIRCLECI").is_some() {
-        return Some(format!(
-            "circleci:{}#{}",
-            var("CIRCLE_PROJECT_REPONAME").unwrap_or_default(),
-            var("CIRCLE_BUILD_NUM").unwrap_or_default()
+        let owner = var("CIRCLE_PROJECT_USERNAME")
+            .map(|o| format!("{o}/"))
+            .unwrap_or_default();
+        return Some(with(
+            format!(
+                "circleci:{owner}{}#{}",
+                or_empty("CIRCLE_PROJECT_REPONAME"),
+                or_empty("CIRCLE_BUILD_NUM")
+            ),
+            &[
+                ("user", "CIRCLE_USERNAME"),
+                ("workflow", "CIRCLE_WORKFLOW_ID"),
+                ("job", "CIRCLE_JOB"),
+                ("branch", "CIRCLE_BRANCH"),
+                ("sha", "CIRCLE_SHA1"),
+                ("url", "CIRCLE_BUILD_URL"),
+            ],
         ));
     }
     var("CI").map(|_| "ci".to_string())
@@ -689,4 +770,81 @@ pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ci_identity_from;
+    use std::collections::HashMap;
+
+    fn identity(vars: &[(&str, &str)]) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ci_identity_from(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn each_ci_system_is_named_with_its_run_and_who_started_it() {
+        assert_eq!(
+            identity(&[
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_REPOSITORY", "acme/app"),
+                ("GITHUB_RUN_ID", "7"),
+                ("GITHUB_RUN_ATTEMPT", "2"),
+                ("GITHUB_ACTOR", "octo"),
+                ("GITHUB_WORKFLOW", "CI build"),
+                ("GITHUB_SHA", "abc"),
+            ])
+            .as_deref(),
+            Some("github-actions:acme/app@run/7/attempt/2 actor=octo workflow=CI_build sha=abc")
+        );
+        assert_eq!(
+            identity(&[
+                ("GITLAB_CI", "true"),
+                ("CI_PROJECT_PATH", "g/p"),
+                ("CI_PIPELINE_ID", "9"),
+                ("CI_JOB_ID", "91"),
+                ("GITLAB_USER_LOGIN", "ann"),
+            ])
+            .as_deref(),
+            Some("gitlab:g/p@pipeline/9 user=ann job=91")
+        );
+        assert_eq!(
+            identity(&[
+                ("JENKINS_URL", "https://ci/"),
+                ("JOB_NAME", "deploy"),
+                ("BUILD_NUMBER", "12"),
+                ("BUILD_USER_ID", "bob"),
+            ])
+            .as_deref(),
+            Some("jenkins:deploy#12 user=bob")
+        );
+        assert_eq!(
+            identity(&[
+                ("BUILDKITE", "true"),
+                ("BUILDKITE_ORGANIZATION_SLUG", "acme"),
+                ("BUILDKITE_PIPELINE_SLUG", "web"),
+                ("BUILDKITE_BUILD_NUMBER", "3"),
+                ("BUILDKITE_BUILD_CREATOR_EMAIL", "c@acme.io"),
+            ])
+            .as_deref(),
+            Some("buildkite:acme/web#3 creator=c@acme.io")
+        );
+        assert_eq!(
+            identity(&[
+                ("CIRCLECI", "true"),
+                ("CIRCLE_PROJECT_USERNAME", "acme"),
+                ("CIRCLE_PROJECT_REPONAME", "api"),
+                ("CIRCLE_BUILD_NUM", "44"),
+                ("CIRCLE_USERNAME", "dee"),
+            ])
+            .as_deref(),
+            Some("circleci:acme/api#44 user=dee")
+        );
+        assert_eq!(identity(&[("CI", "1")]).as_deref(), Some("ci"));
+        assert_eq!(identity(&[("CI", "")]), None);
+        assert_eq!(identity(&[]), None);
+    }
 }

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use stigmer_workflows::RequestedMode;
 
@@ -75,6 +76,8 @@ pub struct Config {
     pub database_url: Setting<String>,
     pub task_queue: Setting<String>,
     pub output_retain_bytes: Setting<u64>,
+    /// Where the daemon or worker serves Prometheus `/metrics` (off when unset).
+    pub metrics_addr: Setting<Option<SocketAddr>>,
     pub daytona_api_key: Setting<Option<String>>,
     pub daytona_api_url: Setting<String>,
     pub daytona_snapshot_id: Setting<Option<String>>,
@@ -152,6 +155,24 @@ fn parse_u64(raw: &str) -> Result<u64, String> {
         .map_err(|_| "allowed values: a whole number ≥ 0".to_string())
 }
 
+/// `HOST:PORT` for the metrics listener: an IP address (or `localhost`) and a port.
+fn parse_metrics_addr(raw: &str) -> Result<Option<SocketAddr>, String> {
+    let raw = raw.trim();
+    let allowed = "allowed values: IP:PORT such as 127.0.0.1:9464 (this host only) or \
+                   0.0.0.0:9464 (reachable by a Prometheus on another host), or localhost:PORT";
+    let addr = match raw.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|_| allowed.to_string())?,
+        None => raw.parse::<SocketAddr>().map_err(|_| allowed.to_string())?,
+    };
+    if addr.port() == 0 {
+        return Err(format!("port 0 would pick a random port; {allowed}"));
+    }
+    Ok(Some(addr))
+}
+
 fn parse_port(raw: &str) -> Result<u16, String> {
     match raw.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
@@ -176,6 +197,7 @@ const FILE_KEYS: &[&str] = &[
     "database_url",
     "task_queue",
     "output_retain_bytes",
+    "metrics_addr",
     "daytona_api_url",
     "daytona_snapshot_id",
 ];
@@ -366,6 +388,12 @@ impl Config {
                 || "stigmer".into(),
                 |raw| Ok(raw.trim().to_string()),
             )?,
+            metrics_addr: layers.get(
+                "metrics_addr",
+                &["STIGMER_METRICS_ADDR"],
+                || None,
+                parse_metrics_addr,
+            )?,
             output_retain_bytes: layers.get(
                 "output_retain_bytes",
                 &["STIGMER_OUTPUT_RETAIN_BYTES"],
@@ -443,6 +471,9 @@ impl Config {
                 &self.output_retain_bytes,
                 u64::to_string,
             ),
+            row("metrics_addr", &self.metrics_addr, |v| {
+                v.map_or_else(|| "(unset: no /metrics)".into(), |a| a.to_string())
+            }),
             row("daytona_api_key", &self.daytona_api_key, |v| {
                 if v.is_some() {
                     "(set, hidden)".into()

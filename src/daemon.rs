@@ -8,6 +8,7 @@
 //! client.
 
 use crate::config::Config;
+use crate::metrics::MetricsServer;
 use crate::protocol::{self, DaemonStatus, RunRequest, Started, Tag};
 use crate::temporal_server::{self, ManagedTemporal};
 use anyhow::{Context, Result, bail};
@@ -103,8 +104,14 @@ pub async fn spawn_detached(cfg: &Config, quiet: bool) -> Result<DaemonStatus> {
         .open(log_path(cfg))
         .with_context(|| format!("could not open {}", log_path(cfg).display()))?;
     let mut command = std::process::Command::new(exe);
+    command.args(["server", "start"]);
+    // A flag given to `server start --detach` must reach the daemon it starts.
+    if let (crate::config::Source::Flag(_), Some(addr)) =
+        (&cfg.metrics_addr.source, cfg.metrics_addr.value)
+    {
+        command.arg("--metrics-addr").arg(addr.to_string());
+    }
     command
-        .args(["server", "start"])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -371,6 +378,7 @@ async fn serve(cfg: Config) -> Result<()> {
 }
 
 async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) -> Result<()> {
+    let metrics = MetricsServer::bind(cfg).await?;
     let store = Store::open(&cfg.database_url.value, true).await?;
     let worker_id = worker_identity();
     let (client, engine_id) = tokio::join!(
@@ -450,6 +458,7 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
         result = &mut worker_run => result?,
         () = accept => {}
         () = upkeep => {}
+        () = metrics.serve(store.clone()) => {}
         () = async { signals.await; std::future::pending::<()>().await } => {}
     }
     // Let the worker finish its shutdown (running activities get the grace period).
@@ -465,6 +474,7 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
              STIGMER_DATABASE_URL to a shared Postgres store); for a single machine use `stigmer server start`"
         );
     }
+    let metrics = MetricsServer::bind(&cfg).await?;
     let store = Store::open(&cfg.database_url.value, true).await?;
     let worker_id = worker_identity();
     let (client, engine_id) = tokio::join!(
@@ -507,6 +517,7 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
     tokio::select! {
         result = &mut worker_run => return result,
         () = upkeep => {}
+        () = metrics.serve(store.clone()) => {}
         () = wait_for_shutdown_signal() => {
             eprintln!("stigmer: worker shutting down");
             shutdown();

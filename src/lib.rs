@@ -4,10 +4,12 @@
 //! The binary is thin (`cli`); what each command does lives in these modules so that tests can
 //! call it directly.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod protocol;
 pub mod sandbox_images;
 pub mod temporal_server;

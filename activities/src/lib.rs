@@ -5,10 +5,12 @@
 //! running`) before spawning anything, so a retry after a lost worker finds the claim and
 //! reports the loss instead of silently running the command a second time.
 
+pub mod audit;
 pub mod chaos;
 pub mod cloud;
 pub mod hub;
 pub mod local;
+pub mod metrics;
 pub mod output;
 pub mod reaper;
 pub mod sandbox;
@@ -106,6 +108,16 @@ impl Activities {
         }
     }
 
+    /// Records the workflow's run id from the activity's own info: with eager start the command
+    /// can end before the starter has learnt the run id, and the audit record needs it.
+    async fn record_run_id(&self, ctx: &ActivityContext, id: &str) {
+        if let Some(run_id) = &ctx.info().workflow_run_id
+            && let Err(e) = self.store.set_run_id(id, run_id).await
+        {
+            tracing::warn!("could not record the run id of {id}: {e}");
+        }
+    }
+
     /// Runs the command of `input` to its end and records the result.
     async fn run_exec(
         &self,
@@ -114,6 +126,7 @@ impl Activities {
     ) -> Result<ExecutionResult, ActivityError> {
         let attempt = ctx.info().attempt;
         let id = input.id.clone();
+        self.record_run_id(ctx, &id).await;
         match self
             .store
             .mark_started(&id, &self.worker_id, attempt)
@@ -121,7 +134,12 @@ impl Activities {
             .map_err(retryable)?
         {
             StartClaim::Claimed => {}
-            StartClaim::AlreadyFinished(result) => return Ok(result),
+            StartClaim::AlreadyFinished(result) => {
+                // A worker lost between recording the result and appending its audit record
+                // leaves the append to this retry.
+                audit::append(&self.store, &id).await.map_err(retryable)?;
+                return Ok(result);
+            }
             StartClaim::Missing => {
                 return Err(non_retryable(format!(
                     "execution {id} is not in the store {}; was it started against another store?",
@@ -387,9 +405,10 @@ impl Activities {
     #[activity(definition = stigmer_workflows::activity_defs::Finish)]
     pub async fn finish(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         result: ExecutionResult,
     ) -> Result<ExecutionResult, ActivityError> {
+        self.record_run_id(&ctx, &result.id).await;
         let recorded = self.store.finish(&result, None).await.map_err(retryable)?;
         self.hub
             .publish(

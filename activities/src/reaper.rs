@@ -97,6 +97,7 @@ pub async fn reap_once(
             Some(container) => {
                 sandbox.dispose(&lease.id, container, cleanup).await?;
                 report.disposed.push(container.clone());
+                crate::metrics::metrics().containers_reaped("disposed", 1);
             }
             None => store.lease_removed(&lease.id).await?,
         }
@@ -128,6 +129,7 @@ pub async fn reap_once(
                 store.lease_removed(&l.id).await?;
             }
             report.orphans.push(container.id);
+            crate::metrics::metrics().containers_reaped("orphan", 1);
         }
     }
 

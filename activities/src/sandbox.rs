@@ -190,6 +190,11 @@ impl SandboxBackend {
         let info = engine
             .ensure_image(&spec.image, &opts, &mut on_progress)
             .await?;
+        match info.how {
+            ImageHow::Pulled => crate::metrics::metrics().image_pulled(&spec.image),
+            ImageHow::Built => crate::metrics::metrics().image_built(&spec.image),
+            ImageHow::Present => {}
+        }
         if info.how == ImageHow::Built {
             progress(format!(
                 "{} could not be pulled; built it from {}",

@@ -47,12 +47,12 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(crate) fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { what, source }
 }
 
 #[derive(Clone, Debug)]
-enum Pool {
+pub(crate) enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -67,6 +67,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// Milliseconds since the Unix epoch, the store's timestamp unit.
 #[must_use]
@@ -80,7 +81,7 @@ pub fn now_ms() -> i64 {
 /// A handle on the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: Pool,
+    pub(crate) pool: Pool,
     url: String,
     store_id: String,
 }
@@ -152,7 +153,7 @@ impl ExecutionRecord {
     }
 }
 
-const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
+pub(crate) const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
     effective_mode, reason, status, exit_code, error, os_user, ci_identity, client_host, \
     worker_id, attempt, timeout_secs, image, image_digest, container_id, created_at, started_at, \
     finished_at, output_bytes, output_dropped, output_sha256";
@@ -301,7 +302,7 @@ impl Store {
     }
 
     /// The statement that opens a write transaction: SQLite takes the write lock up front.
-    fn begin_write(&self) -> &'static str {
+    pub(crate) fn begin_write(&self) -> &'static str {
         match self.pool {
             Pool::Sqlite(_) => "BEGIN IMMEDIATE",
             Pool::Postgres(_) => "BEGIN",
@@ -502,7 +503,8 @@ impl Store {
     }
 
     /// Records the terminal state once; a row already terminal keeps its first outcome, which is
-    /// returned. The environment is wiped here.
+    /// returned. The environment is wiped here, and the execution's audit record appended (on
+    /// every call, so a retry after a crash between the two still appends it, once).
     pub async fn finish(
         &self,
         result: &ExecutionResult,
@@ -529,6 +531,7 @@ impl Store {
         .execute(pool)
         .await
         .map_err(q("record execution result"))?.rows_affected());
+        crate::audit::append(self, &result.id).await?;
         match self.get_execution(&result.id).await? {
             Some(record) => Ok(record.result()),
             None => Ok(result.clone()),
@@ -970,9 +973,19 @@ impl Store {
             .await
             .map_err(q("list leases")))
     }
+
+    /// How many leases are in each state (removed ones included), for the metrics gauge.
+    pub async fn count_leases_by_state(&self) -> Result<Vec<(String, i64)>> {
+        with_pool!(self, pool => sqlx::query_as::<_, (String, i64)>(
+            "SELECT state, COUNT(*) FROM leases GROUP BY state",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(q("count leases by state")))
+    }
 }
 
-fn is_missing_table(e: &sqlx::Error) -> bool {
+pub(crate) fn is_missing_table(e: &sqlx::Error) -> bool {
     let text = e.to_string();
     text.contains("no such table") || text.contains("does not exist")
 }

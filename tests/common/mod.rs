@@ -337,3 +337,40 @@ pub fn wait_terminal(env: &Env, id: &str, limit: Duration) -> serde_json::Value 
     assert!(done, "execution {id} is not terminal: {last}");
     last
 }
+
+/// A free loopback port no other test in this process will pick (for servers a test starts).
+pub fn free_port() -> u16 {
+    free_port_pair().0
+}
+
+/// Runs one SQL statement directly against a store (SQLite or Postgres), bypassing stigmer:
+/// how tests play the part of someone editing the database behind its back. Returns the number
+/// of rows affected.
+pub fn exec_sql(database_url: &str, statement: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        use sqlx::Connection;
+        if let Some(path) = database_url.strip_prefix("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+                .await
+                .expect("open the SQLite store");
+            sqlx::query(statement)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"))
+                .rows_affected()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(database_url)
+                .await
+                .expect("open the Postgres store");
+            sqlx::query(statement)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"))
+                .rows_affected()
+        }
+    })
+}
