@@ -637,7 +637,9 @@ impl Engine {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            // The engine usually marks the exec ended within a few ms of its stream closing:
+            // poll fast first (this wait is on every command's path), then back off.
+            tokio::time::sleep(Duration::from_millis((2u64 << attempt.min(4)).min(40))).await;
         }
         None
     }
