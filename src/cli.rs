@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a command as a durable execution and stream its output.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the local daemon (embedded Temporal dev server + worker).
     #[command(subcommand)]
     Server(ServerCommand),
@@ -265,7 +265,7 @@ fn load_config(flags: &Flags) -> Result<Config> {
 
 async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Server(cmd) => server(cmd).await,
         Command::Worker { metrics_addr } => {
             let cfg = load_config(&metrics_flags(metrics_addr.as_ref()))?;
@@ -636,7 +636,7 @@ fn parse_size(raw: &str) -> Option<i64> {
         _ => (raw, 1),
     };
     let n: f64 = digits.parse().ok()?;
-    (n > 0.0).then(|| (n * mult as f64) as i64)
+    (n > 0.0).then_some((n * mult as f64) as i64)
 }
 
 /// The sandbox container's settings from flags and configuration.

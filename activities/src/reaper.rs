@@ -199,7 +199,8 @@ async fn reconcile_lost_workers(
         let lost = format!("worker {} was lost", lease.worker_id);
         match lease.state.as_str() {
             "idle" => {
-                if store.adopt_lease(&lease.id, &lease.worker_id, me).await? {
+                let adopted = store.adopt_lease(&lease.id, &lease.worker_id, me).await?;
+                if adopted {
                     report.adopted.push(lease.id);
                 }
             }
