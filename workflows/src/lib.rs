@@ -232,7 +232,10 @@ async fn run_in_sandbox(
             .retry_policy(
                 RetryPolicy::builder()
                     .initial_interval(Duration::from_millis(500))
-                    .maximum_attempts(5)
+                    .maximum_interval(Duration::from_secs(5))
+                    // Attempts lost with their worker must not use up the retries: a storm of
+                    // crashes (tests/chaos.rs) ended executions here with 5.
+                    .maximum_attempts(50)
                     .build(),
             )
             .build();
