@@ -260,6 +260,23 @@ impl Workers {
         })
     }
 
+    /// What runs beside the workers, forever: liveness heartbeats and the reaper, both for
+    /// this worker's identity and Docker host.
+    fn upkeep(
+        &self,
+        store: &Store,
+        worker_id: &str,
+        cfg: &Config,
+    ) -> impl Future<Output = ()> + use<> {
+        upkeep(
+            store.clone(),
+            worker_id.to_string(),
+            cfg.clone(),
+            self.sandbox.clone(),
+            self.engine_id.clone(),
+        )
+    }
+
     /// A closure that asks every worker to shut down.
     fn shutdown_handle(&self) -> impl Fn() + use<> {
         let main = self.main.shutdown_handle();
@@ -399,13 +416,7 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
         engine_id,
     )?;
     let shutdown_worker = workers.shutdown_handle();
-    let upkeep = upkeep(
-        store.clone(),
-        worker_id.clone(),
-        cfg.clone(),
-        workers.sandbox.clone(),
-        workers.engine_id.clone(),
-    );
+    let upkeep = workers.upkeep(&store, &worker_id, cfg);
 
     let socket = cfg.socket_path();
     let _ = std::fs::remove_file(&socket);
@@ -505,13 +516,7 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
         cfg.temporal_target(),
         store.display_url()
     );
-    let upkeep = upkeep(
-        store.clone(),
-        worker_id.clone(),
-        cfg.clone(),
-        workers.sandbox.clone(),
-        workers.engine_id.clone(),
-    );
+    let upkeep = workers.upkeep(&store, &worker_id, &cfg);
     let worker_run = workers.run();
     tokio::pin!(worker_run);
     tokio::select! {
