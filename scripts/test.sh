@@ -49,6 +49,20 @@ export STIGMER_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgre
 
 THREADS=${STIGMER_TEST_THREADS:-2}
 
+# tests/deploy.rs: the workflow linters (offline: GitHub's workflow schema, zizmor's audits) and
+# a compose tool (the v2 plugin where present, else Debian's docker-compose).
+if ! command -v check-jsonschema >/dev/null 2>&1 || ! command -v zizmor >/dev/null 2>&1; then
+  log "installing the workflow linters (pip install check-jsonschema zizmor)"
+  python3 -m pip install --quiet check-jsonschema zizmor
+  hash -r
+fi
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  log "installing docker-compose"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
+fi
+
 # Sandbox images: made offline with debootstrap when no registry is reachable, once per
 # machine (the scripts skip images that already exist).
 log "sandbox images"

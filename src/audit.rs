@@ -11,16 +11,13 @@ use stigmer_activities::store::Store;
 /// Exit code of `audit verify` when the chain is broken (1 is any other failure, 2 bad usage).
 pub const EXIT_CHAIN_BROKEN: i32 = 3;
 
-/// What `--since` accepts, for messages.
-pub const SINCE_ALLOWED: &str = "an RFC 3339 time such as 2025-01-31T12:00:00Z, or a duration \
-     back from now: a whole number with s, m, h, d or w (90s, 30m, 24h, 7d, 2w)";
+/// What an age (`--older-than`, or `--since` as a duration) accepts, for messages.
+pub const AGE_ALLOWED: &str = "a whole number with s, m, h, d or w (90s, 30m, 24h, 7d, 2w)";
 
-/// Parses `--since` into unix milliseconds: an RFC 3339 time, or a duration back from `now_ms`.
-pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, String> {
+/// Parses an age such as `24h` into milliseconds; `None` when it is not one.
+#[must_use]
+pub fn parse_age_ms(raw: &str) -> Option<i64> {
     let raw = raw.trim();
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
-        return Ok(t.timestamp_millis());
-    }
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
     let unit_ms: i64 = match unit {
@@ -29,15 +26,23 @@ pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         "w" => 7 * 86_400_000,
-        _ => return Err(format!("--since {raw:?}: give {SINCE_ALLOWED}")),
+        _ => return None,
     };
-    match digits
-        .parse::<i64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit_ms))
-    {
+    digits.parse::<i64>().ok()?.checked_mul(unit_ms)
+}
+
+/// Parses `--since` into unix milliseconds: an RFC 3339 time, or an age back from `now_ms`.
+pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, String> {
+    let raw = raw.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.timestamp_millis());
+    }
+    match parse_age_ms(raw) {
         Some(back) => Ok(now_ms.saturating_sub(back)),
-        None => Err(format!("--since {raw:?}: give {SINCE_ALLOWED}")),
+        None => Err(format!(
+            "--since {raw:?}: give an RFC 3339 time such as 2025-01-31T12:00:00Z, or a duration \
+             back from now: {AGE_ALLOWED}"
+        )),
     }
 }
 

@@ -122,6 +122,17 @@ pub enum ExecutionsCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
+    /// Remove ended executions and their output; the audit log keeps their records.
+    Prune {
+        /// Remove those that ended longer ago than this (90m, 24h, 30d, 2w). At least 1h.
+        #[arg(long, value_name = "AGE", allow_hyphen_values = true)]
+        older_than: String,
+        /// Count what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -280,6 +291,22 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Executions(ExecutionsCommand::Show { id, output }) => {
             client::show(&load_config(&Flags::new())?, &id, output).await
+        }
+        Command::Executions(ExecutionsCommand::Prune {
+            older_than,
+            dry_run,
+            output,
+        }) => {
+            let age = crate::audit::parse_age_ms(&older_than)
+                .filter(|ms| *ms >= 3_600_000)
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--older-than {older_than:?}: give an age of at least one hour, {}",
+                        crate::audit::AGE_ALLOWED
+                    ))
+                })?;
+            let before = stigmer_activities::store::now_ms().saturating_sub(age);
+            client::prune(&load_config(&Flags::new())?, before, dry_run, output).await
         }
         Command::Explain {
             output,

@@ -622,6 +622,32 @@ pub async fn show(cfg: &Config, id: &str, format: OutputFormat) -> Result<i32> {
     Ok(0)
 }
 
+/// `stigmer executions prune --older-than AGE [--dry-run]`: removes ended executions and their
+/// output (never the audit log, never one still holding a lease or not yet audited).
+pub async fn prune(
+    cfg: &Config,
+    before_ms: i64,
+    dry_run: bool,
+    format: OutputFormat,
+) -> Result<i32> {
+    let store = open_for_reading(cfg).await?;
+    let report = store.prune_executions(before_ms, dry_run).await?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Text => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            let cutoff = chrono::DateTime::from_timestamp_millis(before_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| before_ms.to_string());
+            println!(
+                "{verb} {} execution(s) that ended before {cutoff}, with {} output chunk(s), {} bytes; the audit log is kept",
+                report.executions, report.output_chunks, report.output_bytes
+            );
+        }
+    }
+    Ok(0)
+}
+
 /// `stigmer executions list`.
 pub async fn list(cfg: &Config, limit: i64, format: OutputFormat) -> Result<i32> {
     let store = open_for_reading(cfg).await?;

@@ -248,6 +248,101 @@ fn export_filters_by_time_and_rejects_bad_input_with_usage() {
     assert!(text(&out.stderr).contains("jsonl"), "{}", text(&out.stderr));
 }
 
+#[test]
+fn prune_removes_old_executions_and_their_output_but_keeps_the_audit_chain() {
+    let env = Env::new();
+    env.start_daemon();
+    let old = run_in_ci(&env, "seq 1 2000", 0);
+    let older = run_in_ci(&env, "echo bye; exit 3", 3);
+    let recent = run_in_ci(&env, "echo still-here", 0);
+    // Two of them ended 40 days ago (the database edited, as time would have).
+    let forty_days_ago = stigmer_activities::store::now_ms() - 40 * 86_400_000;
+    let moved = exec_sql(
+        &env.database_url,
+        &format!(
+            "UPDATE executions SET finished_at = {forty_days_ago} WHERE id IN ('{old}', '{older}')"
+        ),
+    );
+    assert_eq!(moved, 2);
+
+    let out = env.stigmer(&[
+        "executions",
+        "prune",
+        "--older-than",
+        "30d",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["executions"], 2, "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert!(
+        report["output_bytes"].as_u64().unwrap() > 8000,
+        "seq 1 2000 wrote ~8.9 kB: {report}"
+    );
+    assert_eq!(
+        text(&env.stigmer(&["logs", &old]).stdout).lines().count(),
+        2000
+    );
+
+    let out = env.stigmer(&["executions", "prune", "--older-than", "30d"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("removed 2 execution(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    for id in [&old, &older] {
+        let out = env.stigmer(&["executions", "show", id]);
+        assert!(!out.status.success(), "{id} is gone");
+        assert!(env.stigmer(&["logs", id]).stdout.is_empty());
+    }
+    assert_eq!(env.show(&recent)["status"], "succeeded");
+    assert_eq!(
+        text(&env.stigmer(&["logs", &recent]).stdout),
+        "still-here\n"
+    );
+
+    // The audit trail still has all three, and the chain holds.
+    let records = export(&env, &[]);
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["record"]["execution_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [old.as_str(), older.as_str(), recent.as_str()]);
+    let (code, said) = verify(&env);
+    assert_eq!(code, Some(0), "{said}");
+
+    // Nothing else is old enough now.
+    let out = env.stigmer(&[
+        "executions",
+        "prune",
+        "--older-than",
+        "1h",
+        "--output",
+        "json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["executions"], 0, "{report}");
+
+    for bad in ["5m", "30", "a week", "-2d"] {
+        let out = env.stigmer(&["executions", "prune", "--older-than", bad]);
+        assert_eq!(out.status.code(), Some(2), "--older-than {bad}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--older-than") && err.contains("one hour") && err.contains("30m"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        env.show(&recent)["status"],
+        "succeeded",
+        "bad input removed nothing"
+    );
+}
+
 /// Several workers finishing executions at the same moment on one store (two connection pools,
 /// as two processes would have) still build one unbroken chain, with exactly one record per
 /// execution even when the same result is recorded twice.

@@ -187,6 +187,21 @@ pub struct OutputSummary {
     pub sha256: Option<String>,
 }
 
+/// What [`Store::prune_executions`] removed, or would remove on a dry run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PruneReport {
+    pub executions: u64,
+    pub output_chunks: u64,
+    pub output_bytes: u64,
+    pub dry_run: bool,
+}
+
+/// The embedded migrations, ignoring ones the store has that this binary does not know.
+fn additive(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 impl Store {
     /// Opens the store at `url` (`sqlite:PATH` or `postgres://…`). Only the daemon and workers
     /// pass `migrate = true`; clients open an existing store.
@@ -243,17 +258,19 @@ impl Store {
         Ok(store)
     }
 
+    // Migrations only add tables and nullable columns, so a binary may use a store that a newer
+    // one has migrated further: workers are upgraded one at a time (docs/operations.md).
     async fn migrate(&self) -> Result<()> {
         let mig_err = |source| StoreError::Migrate {
             url: redact_url(&self.url),
             source,
         };
         match &self.pool {
-            Pool::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite")
+            Pool::Sqlite(pool) => additive(sqlx::migrate!("../migrations/sqlite"))
                 .run(pool)
                 .await
                 .map_err(mig_err)?,
-            Pool::Postgres(pool) => sqlx::migrate!("../migrations/postgres")
+            Pool::Postgres(pool) => additive(sqlx::migrate!("../migrations/postgres"))
                 .run(pool)
                 .await
                 .map_err(mig_err)?,
@@ -381,6 +398,55 @@ impl Store {
             .fetch_all(pool)
             .await
             .map_err(q("list executions")))
+    }
+
+    /// Removes ended executions that finished before `before_ms`, with their stored output.
+    /// Only executions whose audit record exists and that no live lease points at are touched,
+    /// so the audit trail stays whole. With `dry_run` nothing is removed: the report says what
+    /// would be.
+    pub async fn prune_executions(&self, before_ms: i64, dry_run: bool) -> Result<PruneReport> {
+        const ELIGIBLE: &str = "SELECT e.id FROM executions e \
+             WHERE e.status IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
+               AND e.finished_at IS NOT NULL AND e.finished_at < $1 \
+               AND EXISTS (SELECT 1 FROM audit_log a WHERE a.execution_id = e.id) \
+               AND NOT EXISTS (SELECT 1 FROM leases l \
+                               WHERE l.execution_id = e.id AND l.state <> 'removed')";
+        let count_sql = format!(
+            "SELECT (SELECT COUNT(*) FROM ({ELIGIBLE}) x), \
+                    (SELECT COUNT(*) FROM output WHERE execution_id IN ({ELIGIBLE})), \
+                    (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM output \
+                     WHERE execution_id IN ({ELIGIBLE}))"
+        );
+        let delete_output = format!("DELETE FROM output WHERE execution_id IN ({ELIGIBLE})");
+        let delete_executions = format!("DELETE FROM executions WHERE id IN ({ELIGIBLE})");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("prune executions"))?;
+            let (executions, output_chunks, output_bytes): (i64, i64, i64) =
+                sqlx::query_as(&count_sql)
+                    .bind(before_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(q("count executions to prune"))?;
+            if !dry_run {
+                sqlx::query(&delete_output)
+                    .bind(before_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("prune output"))?;
+                sqlx::query(&delete_executions)
+                    .bind(before_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("prune executions"))?;
+            }
+            tx.commit().await.map_err(q("prune executions"))?;
+            Ok(PruneReport {
+                executions: executions as u64,
+                output_chunks: output_chunks as u64,
+                output_bytes: output_bytes as u64,
+                dry_run,
+            })
+        })
     }
 
     /// The environment values recorded for an execution (empty once it has ended).
