@@ -424,6 +424,7 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
         .with_context(|| format!("could not listen on {}", socket.display()))?;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
 
+    let shared_temporal = temporal.clone();
     let shared = Shared {
         cfg: Arc::new(cfg.clone()),
         store: store.clone(),
@@ -463,12 +464,19 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
     };
 
     // The worker future is not Send; it runs on this task beside the others.
+    let supervise = async {
+        match &shared_temporal {
+            Some(_) => keep_temporal_up(cfg).await,
+            None => std::future::pending().await,
+        }
+    };
     let worker_run = workers.run();
     tokio::pin!(worker_run);
     tokio::select! {
         result = &mut worker_run => result?,
         () = accept => {}
         () = upkeep => {}
+        () = supervise => {}
         () = metrics.serve(store.clone()) => {}
         () = async { signals.await; std::future::pending::<()>().await } => {}
     }
@@ -551,6 +559,40 @@ async fn upkeep(
     );
 }
 
+/// Keeps the managed Temporal dev server up: when it dies (killed, crashed, out of memory) it
+/// is started again on the same port and database file, and running executions carry on from
+/// its history; the workers reconnect by themselves.
+async fn keep_temporal_up(cfg: &Config) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_pid = temporal_server::recorded_server(cfg);
+    loop {
+        tick.tick().await;
+        if let Some(pid) = temporal_server::recorded_server(cfg) {
+            last_pid = Some(pid);
+            continue;
+        }
+        // Ours: reap it so it does not linger as a zombie (not ours: nothing to reap).
+        if let Some(pid) = last_pid.take() {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        eprintln!("stigmer: the managed Temporal server is gone; starting it again");
+        match temporal_server::ensure_running(cfg).await {
+            Ok(managed) => {
+                eprintln!(
+                    "stigmer: Temporal dev server running again (pid {})",
+                    managed.pid
+                );
+                last_pid = Some(managed.pid);
+            }
+            Err(e) => eprintln!("stigmer: could not start the Temporal server again: {e:#}"),
+        }
+    }
+}
+
 /// Reaps expired and orphaned sandbox containers at start and every 30 s, forever. A worker
 /// without a Docker engine skips quietly (local mode needs none).
 async fn reaper(store: Store, sandbox: SandboxBackend, cleanup: bool) {
@@ -621,7 +663,10 @@ async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()>
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 temporal_address: shared.cfg.temporal_target(),
                 temporal_ui: shared.temporal.as_ref().map(|t| t.ui_url.clone()),
-                temporal_pid: shared.temporal.as_ref().map(|t| t.pid),
+                // The server may have been started again since (keep_temporal_up).
+                temporal_pid: shared.temporal.as_ref().map(|t| {
+                    temporal_server::recorded_server(&shared.cfg).unwrap_or(t.pid)
+                }),
                 store: shared.store.display_url(),
                 task_queue: shared.cfg.task_queue.value.clone(),
                 worker_id: shared.worker_id.clone(),

@@ -579,3 +579,51 @@ fn run_whose_daemon_dies_mid_command_reports_the_loss_without_repeating_output()
         "the lost command was killed"
     );
 }
+
+#[test]
+fn a_temporal_server_killed_mid_run_is_started_again_and_the_run_completes_once() {
+    let env = Env::new();
+    env.start_daemon();
+    let old_temporal = env.temporal_pid().expect("managed Temporal pid file");
+    let marker = "3.3131";
+    let mut cmd = env.cmd();
+    cmd.args([
+        "run",
+        &format!("sleep {marker}; echo ran >> runs.txt; echo survived"),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let client = cmd.spawn().unwrap();
+    assert!(eventually(Duration::from_secs(20), || !processes_matching(
+        &format!("sleep {marker}")
+    )
+    .is_empty()));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_temporal),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let out = wait_output(client, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "survived\n");
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .temporal_pid()
+            .is_some_and(|p| p != old_temporal)),
+        "the daemon started Temporal again"
+    );
+    let record = env.last_execution();
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let runs = std::fs::read_to_string(env.dir.path().join("runs.txt")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the command ran exactly once");
+
+    // The daemon and its new server keep serving.
+    let out = env.stigmer(&["run", "echo again"]);
+    assert_eq!(text(&out.stdout), "again\n", "{}", text(&out.stderr));
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.stigmer(&["server", "status", "--output", "json"]).stdout)
+            .unwrap();
+    assert_eq!(status["running"], true);
+}
