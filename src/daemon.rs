@@ -664,9 +664,10 @@ async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()>
                 temporal_address: shared.cfg.temporal_target(),
                 temporal_ui: shared.temporal.as_ref().map(|t| t.ui_url.clone()),
                 // The server may have been started again since (keep_temporal_up).
-                temporal_pid: shared.temporal.as_ref().map(|t| {
-                    temporal_server::recorded_server(&shared.cfg).unwrap_or(t.pid)
-                }),
+                temporal_pid: shared
+                    .temporal
+                    .as_ref()
+                    .map(|t| temporal_server::recorded_server(&shared.cfg).unwrap_or(t.pid)),
                 store: shared.store.display_url(),
                 task_queue: shared.cfg.task_queue.value.clone(),
                 worker_id: shared.worker_id.clone(),

@@ -622,8 +622,10 @@ fn a_temporal_server_killed_mid_run_is_started_again_and_the_run_completes_once(
     // The daemon and its new server keep serving.
     let out = env.stigmer(&["run", "echo again"]);
     assert_eq!(text(&out.stdout), "again\n", "{}", text(&out.stderr));
-    let status: serde_json::Value =
-        serde_json::from_slice(&env.stigmer(&["server", "status", "--output", "json"]).stdout)
-            .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(
+        &env.stigmer(&["server", "status", "--output", "json"])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(status["running"], true);
 }

@@ -117,3 +117,96 @@ fn retry_exec_reruns_a_command_whose_worker_was_lost() {
     assert_eq!(attempts.lines().count(), 2);
     assert!(text(&env.stigmer(&["logs", &id]).stdout).contains("done"));
 }
+
+/// A worker killed with SIGKILL leaves a warm sandbox container behind, leased to it. Once its
+/// heartbeat is 30 s stale, another worker on the same Docker engine adopts the lease, and the
+/// next run reuses that container instead of leaking it or making a new one.
+#[test]
+fn a_lost_workers_idle_container_is_adopted_by_another_worker_and_reused() {
+    let Ok(image) = std::env::var("STIGMER_TEST_SANDBOX_IMAGE") else {
+        eprintln!("skipped: STIGMER_TEST_SANDBOX_IMAGE is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let mut env = remote_env();
+    env.extra.extend([
+        ("STIGMER_EXECUTION_MODE".to_string(), "sandbox".to_string()),
+        ("STIGMER_SANDBOX_IMAGE".to_string(), image),
+        ("STIGMER_SANDBOX_AUTO_PULL".to_string(), "false".to_string()),
+    ]);
+    let mut children = Children(vec![start_temporal(&env)]);
+    children.0.push(start_worker(&env));
+    let first_worker = children.0[1].id();
+    assert!(eventually(Duration::from_secs(30), || env
+        .stigmer(&["executions", "list"])
+        .status
+        .success()));
+    let leases = |env: &common::Env| -> Vec<serde_json::Value> {
+        let out = env.stigmer(&["leases", "list", "--output", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let cleanup = scopeguard_leases(&env);
+
+    let out = env.stigmer(&["run", "--output", "json", "echo warm"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = env.last_execution();
+    let container = first["container_id"].as_str().unwrap().to_string();
+    let lease = eventually(Duration::from_secs(10), || {
+        leases(&env).iter().any(|l| l["state"] == "idle")
+    });
+    assert!(lease, "an idle lease after the run: {:?}", leases(&env));
+    let owned = leases(&env);
+    assert!(
+        owned[0]["worker_id"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("-{first_worker}")),
+        "{owned:?}"
+    );
+
+    children.0[1].kill().unwrap();
+    children.0[1].wait().unwrap();
+    children.0.push(start_worker(&env));
+    let second_worker = children.0[2].id();
+
+    let adopted = eventually(Duration::from_secs(90), || {
+        leases(&env).iter().any(|l| {
+            l["state"] == "idle"
+                && l["container_id"] == container.as_str()
+                && l["worker_id"]
+                    .as_str()
+                    .is_some_and(|w| w.ends_with(&format!("-{second_worker}")))
+        })
+    });
+    assert!(adopted, "adopted by the new worker: {:?}", leases(&env));
+
+    let out = env.stigmer(&["run", "echo reused"]);
+    assert_eq!(text(&out.stdout), "reused\n", "{}", text(&out.stderr));
+    let second = env.last_execution();
+    assert_eq!(
+        second["container_id"], first["container_id"],
+        "the warm container was reused"
+    );
+    drop(cleanup);
+}
+
+/// Removes the containers of every lease this installation made, whatever the test's outcome.
+fn scopeguard_leases(env: &common::Env) -> impl Drop + '_ {
+    struct Guard<'a>(&'a common::Env);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            let out = self
+                .0
+                .stigmer(&["leases", "list", "--all", "--output", "json"]);
+            let leases: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for lease in leases {
+                if let Some(id) = lease["container_id"].as_str() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f", id])
+                        .output();
+                }
+            }
+        }
+    }
+    Guard(env)
+}
