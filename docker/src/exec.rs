@@ -664,6 +664,7 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(container = container_id, error = %e, "could not check the container after the command");
                 outcome.stray_processes = true;
+                outcome.pids_limit_hit = self.pids_full(container_id).await;
                 return;
             }
         };
@@ -676,6 +677,7 @@ impl Engine {
                 "unexpected answer from the post-command check"
             );
             outcome.stray_processes = true;
+            outcome.pids_limit_hit = self.pids_full(container_id).await;
             return;
         }
         let num = |s: &str| s.parse::<u64>().ok();
@@ -699,6 +701,28 @@ impl Engine {
         }
         if fields[4] == "1" {
             outcome.stray_processes = true;
+        }
+    }
+
+    /// Whether the container's processes fill its pids limit, seen from the engine's side
+    /// (its process list needs no fork inside the container). The explanation of last resort
+    /// when the post-command check could not even start: what a fork bomb's leftovers cause.
+    async fn pids_full(&self, container_id: &str) -> bool {
+        let limit = match self.docker.inspect_container(container_id, None).await {
+            Ok(info) => info.host_config.and_then(|h| h.pids_limit).unwrap_or(0),
+            Err(_) => return false,
+        };
+        if limit <= 0 {
+            return false;
+        }
+        match self
+            .docker
+            .top_processes(container_id, None::<bollard::query_parameters::TopOptions>)
+            .await
+        {
+            // One short of the limit counts: the command's own shell has just exited.
+            Ok(top) => top.processes.map_or(0, |p| p.len()) as i64 + 1 >= limit,
+            Err(_) => false,
         }
     }
 
