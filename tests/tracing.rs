@@ -205,6 +205,15 @@ fn an_execution_is_one_trace_from_its_span_through_the_workflow_to_each_activity
         "the execution and exec spans were not received within 30 s; received: {names:?}"
     );
 
+    for r in &received {
+        eprintln!(
+            "received {} trace={} span={} parent={}",
+            r.span.name,
+            hex(&r.span.trace_id),
+            hex(&r.span.span_id),
+            hex(&r.span.parent_span_id)
+        );
+    }
     let by_id: HashMap<Vec<u8>, &Span> = received
         .iter()
         .map(|r| (r.span.span_id.clone(), &r.span))
