@@ -422,7 +422,7 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
     let store = Store::open(&cfg.database_url.value, false).await?;
     let client = temporal_server::connect(cfg, "stigmer-client").await?;
     let id = daemon::new_execution_id();
-    let (_, started) = daemon::start_execution(
+    let (_, started, span) = daemon::start_execution(
         &store,
         &client,
         &cfg.task_queue.value,
@@ -432,6 +432,7 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
     )
     .await?;
     if !request.follow {
+        // Nobody here waits for the end: the execution's span ends with this process.
         print_started(&started, format);
         return Ok(0);
     }
@@ -473,6 +474,7 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
             _ => ExecutionResult::ended(&id, Status::Failed, &format!("the workflow failed: {e}")),
         },
     };
+    span.end(&result);
     Ok(finish_output(&result, format))
 }
 
@@ -568,7 +570,7 @@ fn rfc3339(ms: Option<i64>) -> Option<String> {
 /// An execution as `executions show --output json` prints it.
 #[must_use]
 pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "id": r.id,
         "status": r.status,
         "exit_code": r.exit_code,
@@ -596,7 +598,12 @@ pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
         "output_bytes": r.output_bytes,
         "output_dropped_bytes": r.output_dropped,
         "output_sha256": r.output_sha256,
-    })
+    });
+    // Only executions started with tracing on have a trace.
+    if let Some(trace_id) = &r.trace_id {
+        value["trace_id"] = json!(trace_id);
+    }
+    value
 }
 
 /// `stigmer executions show ID`.

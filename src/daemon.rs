@@ -10,6 +10,7 @@
 use crate::config::Config;
 use crate::metrics::MetricsServer;
 use crate::protocol::{self, DaemonStatus, RunRequest, Started, Tag};
+use crate::telemetry::{ExecutionAttributes, ExecutionSpan};
 use crate::temporal_server::{self, ManagedTemporal};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -694,7 +695,8 @@ pub fn new_execution_id() -> String {
     format!("aex-{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
-/// Records the execution, starts its workflow, and returns the input it was started with.
+/// Records the execution, starts its workflow, and returns the input it was started with and
+/// the execution's span (for the caller to end with the outcome; with tracing off, a no-op).
 pub async fn start_execution(
     store: &Store,
     client: &Client,
@@ -702,16 +704,24 @@ pub async fn start_execution(
     request: &RunRequest,
     eager: bool,
     id: String,
-) -> Result<(ExecutionInput, Started)> {
+) -> Result<(ExecutionInput, Started, ExecutionSpan)> {
     let wf_id = workflow_id(&id);
     let (command, argv) = match &request.command {
         stigmer_workflows::CommandSpec::Shell(cmd) => (cmd.clone(), None),
         spec @ stigmer_workflows::CommandSpec::Argv(argv) => (spec.display(), Some(argv.clone())),
     };
-    store
+    let span = ExecutionSpan::start(&ExecutionAttributes {
+        id: &id,
+        workflow_id: &wf_id,
+        command: &command,
+        requested_mode: &request.requested_mode.to_string(),
+        effective_mode: &request.effective_mode.to_string(),
+    });
+    let recorded = store
         .insert_execution(&NewExecution {
             id: id.clone(),
             workflow_id: wf_id.clone(),
+            trace_id: span.trace_id(),
             command,
             argv,
             workdir: request.workdir.clone(),
@@ -724,7 +734,15 @@ pub async fn start_execution(
             timeout_secs: request.timeout_secs,
             env: request.env.clone(),
         })
-        .await?;
+        .await;
+    if let Err(e) = recorded {
+        span.end(&ExecutionResult::ended(
+            &id,
+            Status::Failed,
+            &format!("could not record the execution: {e}"),
+        ));
+        return Err(e.into());
+    }
     let input = ExecutionInput {
         id: id.clone(),
         command: request.command.clone(),
@@ -745,10 +763,8 @@ pub async fn start_execution(
         .enable_eager_workflow_start(eager)
         .static_summary(input.display_command())
         .build();
-    let handle = match client
-        .start_workflow(AgentExecution::run, input.clone(), options)
-        .await
-    {
+    let start = client.start_workflow(AgentExecution::run, input.clone(), options);
+    let handle = match span.run_in(start).await {
         Ok(handle) => handle,
         Err(e) => {
             let failed = ExecutionResult::ended(
@@ -757,6 +773,7 @@ pub async fn start_execution(
                 &format!("could not start the workflow: {e}"),
             );
             let _ = store.finish(&failed, None).await;
+            span.end(&failed);
             return Err(
                 anyhow::Error::new(e).context("could not start the AgentExecution workflow")
             );
@@ -771,7 +788,37 @@ pub async fn start_execution(
             workflow_id: wf_id,
             run_id,
         },
+        span,
     ))
+}
+
+/// Ends the execution's span when its workflow ends, whether or not a client still follows.
+fn end_span_with_workflow(shared: &Shared, id: &str, workflow_id: &str, span: ExecutionSpan) {
+    if !span.is_recording() {
+        return;
+    }
+    let handle = shared
+        .client
+        .get_workflow_handle::<AgentExecution>(workflow_id.to_string());
+    let store = shared.store.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let result = match handle.get_result(WorkflowGetResultOptions::default()).await {
+            Ok(result) => result,
+            // A failed or cancelled workflow: the store has what its last step recorded.
+            Err(e) => match store.get_execution(&id).await {
+                Ok(Some(record)) if record.status().is_some_and(Status::is_terminal) => {
+                    record.result()
+                }
+                _ => ExecutionResult::ended(
+                    &id,
+                    Status::Failed,
+                    &format!("the workflow failed: {e}"),
+                ),
+            },
+        };
+        span.end(&result);
+    });
 }
 
 async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> Result<()> {
@@ -790,7 +837,10 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
     )
     .await;
     let started = match started {
-        Ok((_, started)) => started,
+        Ok((_, started, span)) => {
+            end_span_with_workflow(&shared, &id, &started.workflow_id, span);
+            started
+        }
         Err(e) => {
             shared.hub.unsubscribe(&id);
             let msg = format!("{e:#}");

@@ -12,4 +12,5 @@ pub mod daemon;
 pub mod metrics;
 pub mod protocol;
 pub mod sandbox_images;
+pub mod telemetry;
 pub mod temporal_server;

@@ -2,13 +2,13 @@ use clap::Parser;
 
 fn main() {
     let cli = stigmer::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = match stigmer::telemetry::Telemetry::init() {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("stigmer: error: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -17,10 +17,13 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stigmer: error: could not start the async runtime: {e}");
+            telemetry.shutdown();
             std::process::exit(1);
         }
     };
     let code = runtime.block_on(stigmer::cli::main(cli));
+    // `exit` runs no destructors: the last spans leave now or never.
+    telemetry.shutdown();
     // Leave at once: background tasks (pollers, timers) must not hold the process open.
     std::process::exit(code);
 }

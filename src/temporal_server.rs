@@ -279,7 +279,11 @@ pub async fn connect(cfg: &Config, identity: &str) -> Result<Client> {
         .with_context(|| format!("could not connect to Temporal at {target}"))?;
     let client = Client::new(
         connection,
-        ClientOptions::new(cfg.temporal_namespace.value.clone()).build(),
+        ClientOptions::new(cfg.temporal_namespace.value.clone())
+            // With tracing on, workflow starts, workflows and activities are traced and the
+            // context crosses processes in Temporal headers; workers inherit the plugin.
+            .plugins(crate::telemetry::temporal_plugin())
+            .build(),
     )
     .context("could not create a Temporal client")?;
     Ok(client)

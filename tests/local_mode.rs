@@ -174,7 +174,12 @@ fn json_output_and_no_follow() {
     // logs --follow waits for the end and prints the output.
     let logs = env.stigmer(&["logs", &id, "--follow"]);
     assert_eq!(text(&logs.stdout), "later\n");
-    assert_eq!(env.show(&id)["status"], "succeeded");
+    let shown = env.show(&id);
+    assert_eq!(shown["status"], "succeeded");
+    assert!(
+        shown.get("trace_id").is_none(),
+        "no trace without OTEL_EXPORTER_OTLP_ENDPOINT: {shown}"
+    );
 
     let out = env.stigmer(&["run", "--output", "json", "echo out; exit 4"]);
     assert_eq!(out.status.code(), Some(4));

@@ -15,9 +15,11 @@ pub mod output;
 pub mod reaper;
 pub mod sandbox;
 pub mod store;
+pub mod telemetry;
 
 use hub::{Hub, HubEvent};
 use local::{Ended, StopReason, Stopper};
+use opentelemetry::KeyValue;
 use output::OutputSink;
 use sandbox::{SandboxBackend, SandboxError};
 use std::sync::Arc;
@@ -126,6 +128,11 @@ impl Activities {
     ) -> Result<ExecutionResult, ActivityError> {
         let attempt = ctx.info().attempt;
         let id = input.id.clone();
+        telemetry::annotate([
+            KeyValue::new(telemetry::EXECUTION_ID, id.clone()),
+            KeyValue::new("stigmer.execution.mode", input.effective_mode.to_string()),
+            KeyValue::new("stigmer.exec.attempt", i64::from(attempt)),
+        ]);
         self.record_run_id(ctx, &id).await;
         match self
             .store
@@ -294,6 +301,7 @@ impl Activities {
             .finish(&result, summary.as_ref())
             .await
             .map_err(retryable)?;
+        annotate_result(&recorded);
         self.hub
             .publish(&id, HubEvent::Ended(recorded.clone()), &Default::default())
             .await;
@@ -322,6 +330,8 @@ impl Activities {
         spec: SandboxSpec,
     ) -> Result<ImageReady, ActivityError> {
         let execution = spec.execution_id.clone();
+        annotate_execution(execution.as_deref());
+        telemetry::annotate([KeyValue::new("stigmer.sandbox.image", spec.image.clone())]);
         let hub = self.hub.clone();
         let heartbeat_ctx = ctx.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -343,6 +353,12 @@ impl Activities {
         let ready = with_heartbeats(&heartbeat_ctx, ready).await;
         drop(progress);
         let _ = forward.await;
+        if let Ok(ready) = &ready {
+            telemetry::annotate([
+                KeyValue::new("stigmer.sandbox.image_id", ready.image_id.clone()),
+                KeyValue::new("stigmer.sandbox.image_source", ready.how.clone()),
+            ]);
+        }
         ready.map_err(sandbox_error)
     }
 
@@ -352,6 +368,7 @@ impl Activities {
         ctx: ActivityContext,
         request: AcquireRequest,
     ) -> Result<Placement, ActivityError> {
+        annotate_execution(Some(&request.execution_id));
         let placement = if request.spec.cloud {
             with_heartbeats(&ctx, self.cloud.acquire(&request))
                 .await
@@ -366,6 +383,14 @@ impl Activities {
         } else {
             "created"
         };
+        telemetry::annotate([
+            KeyValue::new(
+                "stigmer.sandbox.container_id",
+                placement.container_id.clone(),
+            ),
+            KeyValue::new("stigmer.sandbox.lease_id", placement.lease_id.clone()),
+            KeyValue::new("stigmer.sandbox.reused", placement.reused),
+        ]);
         let short: String = placement.container_id.chars().take(12).collect();
         self.hub
             .publish(
@@ -386,20 +411,33 @@ impl Activities {
         ctx: ActivityContext,
         request: ReleaseRequest,
     ) -> Result<String, ActivityError> {
-        if request.cloud {
+        annotate_execution(Some(&request.execution_id));
+        telemetry::annotate([
+            KeyValue::new(
+                "stigmer.sandbox.container_id",
+                request.placement.container_id.clone(),
+            ),
+            KeyValue::new("stigmer.sandbox.tainted", request.taint),
+        ]);
+        let outcome = if request.cloud {
             let release = self
                 .cloud
                 .release(&request.placement, request.taint, request.ttl_secs);
-            return with_heartbeats(&ctx, release).await.map_err(cloud_error);
+            with_heartbeats(&ctx, release).await.map_err(cloud_error)
+        } else {
+            let release = self.sandbox.release(
+                &request.execution_id,
+                &request.placement,
+                request.taint,
+                request.ttl_secs,
+                request.cleanup,
+            );
+            with_heartbeats(&ctx, release).await.map_err(sandbox_error)
+        };
+        if let Ok(outcome) = &outcome {
+            telemetry::annotate([KeyValue::new("stigmer.sandbox.release", outcome.clone())]);
         }
-        let release = self.sandbox.release(
-            &request.execution_id,
-            &request.placement,
-            request.taint,
-            request.ttl_secs,
-            request.cleanup,
-        );
-        with_heartbeats(&ctx, release).await.map_err(sandbox_error)
+        outcome
     }
 
     #[activity(definition = stigmer_workflows::activity_defs::Finish)]
@@ -408,8 +446,10 @@ impl Activities {
         ctx: ActivityContext,
         result: ExecutionResult,
     ) -> Result<ExecutionResult, ActivityError> {
+        annotate_execution(Some(&result.id));
         self.record_run_id(&ctx, &result.id).await;
         let recorded = self.store.finish(&result, None).await.map_err(retryable)?;
+        annotate_result(&recorded);
         self.hub
             .publish(
                 &result.id,
@@ -419,6 +459,30 @@ impl Activities {
             .await;
         Ok(recorded)
     }
+}
+
+/// Names the execution on the running activity's span.
+fn annotate_execution(id: Option<&str>) {
+    if let Some(id) = id {
+        telemetry::annotate([KeyValue::new(telemetry::EXECUTION_ID, id.to_string())]);
+    }
+}
+
+/// Puts the recorded outcome of the execution on the running activity's span.
+fn annotate_result(result: &ExecutionResult) {
+    telemetry::annotate(
+        [
+            Some(KeyValue::new(
+                "stigmer.execution.status",
+                result.status.to_string(),
+            )),
+            result
+                .exit_code
+                .map(|code| KeyValue::new("stigmer.execution.exit_code", i64::from(code))),
+        ]
+        .into_iter()
+        .flatten(),
+    );
 }
 
 /// Runs a step while heartbeating every second, so a worker that dies mid-step is noticed by

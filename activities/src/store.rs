@@ -102,6 +102,8 @@ pub struct NewExecution {
     pub client_host: Option<String>,
     pub timeout_secs: Option<u64>,
     pub env: Vec<(String, String)>,
+    /// The OpenTelemetry trace the execution's spans belong to (32 hex), when tracing is on.
+    pub trace_id: Option<String>,
 }
 
 /// An execution as stored: what `executions show` prints.
@@ -133,6 +135,7 @@ pub struct ExecutionRecord {
     pub output_bytes: i64,
     pub output_dropped: i64,
     pub output_sha256: Option<String>,
+    pub trace_id: Option<String>,
 }
 
 impl ExecutionRecord {
@@ -156,7 +159,7 @@ impl ExecutionRecord {
 pub(crate) const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
     effective_mode, reason, status, exit_code, error, os_user, ci_identity, client_host, \
     worker_id, attempt, timeout_secs, image, image_digest, container_id, created_at, started_at, \
-    finished_at, output_bytes, output_dropped, output_sha256";
+    finished_at, output_bytes, output_dropped, output_sha256, trace_id";
 
 /// What `mark_started` found.
 #[derive(Debug)]
@@ -346,7 +349,8 @@ impl Store {
         with_pool!(self, pool => sqlx::query(
             "INSERT INTO executions (id, workflow_id, command, argv, workdir, requested_mode, \
              effective_mode, reason, status, os_user, ci_identity, client_host, timeout_secs, env, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13, $14)",
+             created_at, trace_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&new.id)
         .bind(&new.workflow_id)
@@ -362,6 +366,7 @@ impl Store {
         .bind(new.timeout_secs.map(|t| t as i64))
         .bind(env)
         .bind(now_ms())
+        .bind(&new.trace_id)
         .execute(pool)
         .await
         .map_err(q("insert execution"))?.rows_affected());

@@ -78,6 +78,10 @@ impl Env {
             "DAYTONA_API_KEY",
             "DAYTONA_API_URL",
             "DAYTONA_DEV_TOOLS_SNAPSHOT_ID",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_SDK_DISABLED",
         ] {
             cmd.env_remove(var);
         }
