@@ -321,3 +321,88 @@ fn an_unparsable_endpoint_is_a_clear_error_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A sandbox execution: the image, container and release steps are spans of the same trace,
+/// with what they did (the image, the container, whether it was reused, what became of it).
+#[test]
+fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
+    let Ok(image) = std::env::var("STIGMER_TEST_SANDBOX_IMAGE") else {
+        eprintln!("skipped: STIGMER_TEST_SANDBOX_IMAGE is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let receiver = Receiver::start();
+    let mut env = Env::new();
+    env.extra.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            receiver.endpoint(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+        ("STIGMER_EXECUTION_MODE".to_string(), "sandbox".to_string()),
+        ("STIGMER_SANDBOX_IMAGE".to_string(), image.clone()),
+        ("STIGMER_SANDBOX_AUTO_PULL".to_string(), "false".to_string()),
+        // TTL 0: the container is removed by the release step, which then says so.
+        ("STIGMER_SANDBOX_TTL".to_string(), "0".to_string()),
+    ]);
+    env.start_daemon();
+    let out = env.stigmer(&["run", "--output", "json", "echo boxed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = env.last_execution();
+    let id = record["id"].as_str().unwrap().to_string();
+    let container = record["container_id"].as_str().unwrap().to_string();
+    let trace_id = env.show(&id)["trace_id"].as_str().unwrap().to_string();
+
+    let step = |spans: &[Received], name: &str| {
+        spans
+            .iter()
+            .find(|r| r.span.name == name && hex(&r.span.trace_id) == trace_id)
+            .map(|r| r.span.clone())
+    };
+    let names = [
+        "RunActivity:ensure_image",
+        "RunActivity:acquire_container",
+        "RunActivity:exec",
+        "RunActivity:release_container",
+    ];
+    let all = eventually(Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        names.iter().all(|n| step(&spans, n).is_some())
+    });
+    let spans = receiver.spans();
+    let seen: Vec<&str> = spans.iter().map(|r| r.span.name.as_str()).collect();
+    assert!(all, "missing sandbox step spans; received {seen:?}");
+
+    let ensure = step(&spans, "RunActivity:ensure_image").unwrap();
+    assert_eq!(attr(&ensure, "stigmer.sandbox.image"), Some(image));
+    assert_eq!(
+        attr(&ensure, "stigmer.sandbox.image_source").as_deref(),
+        Some("present")
+    );
+    let acquire = step(&spans, "RunActivity:acquire_container").unwrap();
+    assert_eq!(
+        attr(&acquire, "stigmer.sandbox.container_id"),
+        Some(container.clone())
+    );
+    assert_eq!(
+        attr(&acquire, "stigmer.sandbox.reused").as_deref(),
+        Some("false")
+    );
+    let release = step(&spans, "RunActivity:release_container").unwrap();
+    assert_eq!(
+        attr(&release, "stigmer.sandbox.container_id"),
+        Some(container)
+    );
+    for span in [&ensure, &acquire, &release] {
+        assert_eq!(
+            attr(span, "stigmer.execution.id").as_deref(),
+            Some(id.as_str()),
+            "{}",
+            span.name
+        );
+    }
+    eprintln!(
+        "release: {:?}, tainted: {:?}",
+        attr(&release, "stigmer.sandbox.release"),
+        attr(&release, "stigmer.sandbox.tainted")
+    );
+}
