@@ -61,6 +61,12 @@ fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
         &format!("sleep {marker}")
     )
     .is_empty()));
+    // The worker records the command's process group in the store just after starting it; a
+    // worker killed within those milliseconds leaves nothing to find (docs/durability.md).
+    assert!(eventually(Duration::from_secs(10), || common::exec_sql(
+        &env.database_url,
+        &format!("UPDATE executions SET pgid = pgid WHERE id = '{id}' AND pgid IS NOT NULL")
+    ) == 1));
 
     // The worker dies without a chance to clean up; a new one takes over.
     children.0[1].kill().unwrap();
@@ -106,6 +112,10 @@ fn retry_exec_reruns_a_command_whose_worker_was_lost() {
         "sleep 4646.4646"
     )
     .is_empty()));
+    assert!(eventually(Duration::from_secs(10), || common::exec_sql(
+        &env.database_url,
+        &format!("UPDATE executions SET pgid = pgid WHERE id = '{id}' AND pgid IS NOT NULL")
+    ) == 1));
     children.0[1].kill().unwrap();
     children.0[1].wait().unwrap();
     children.0.push(start_worker(&env));

@@ -448,6 +448,11 @@ impl Activities {
     ) -> Result<ExecutionResult, ActivityError> {
         annotate_execution(Some(&result.id));
         self.record_run_id(&ctx, &result.id).await;
+        // `exec` gave up (its worker lost, say): what that worker left running on this host
+        // must not outlive the execution.
+        if result.status != Status::Succeeded {
+            self.kill_leftover(&result.id).await;
+        }
         let recorded = self.store.finish(&result, None).await.map_err(retryable)?;
         annotate_result(&recorded);
         self.hub
