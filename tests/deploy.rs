@@ -176,21 +176,14 @@ impl Stack<'_> {
 
 impl Drop for Stack<'_> {
     fn drop(&mut self) {
-        let out = self
-            .env
-            .stigmer(&["leases", "list", "--all", "--output", "json"]);
-        let leases: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // Read before `down`: the store lives in the stack's Postgres.
+        let leases = common::leases(self.env, true);
         let logs = self.compose(&["logs", "--no-color", "--tail", "40", "worker"]);
         if std::thread::panicking() {
             eprintln!("worker logs:\n{}", text(&logs.stdout));
         }
         let _ = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
-        for lease in leases {
-            if let Some(id) = lease["container_id"].as_str() {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
+        common::remove_lease_containers(&leases);
     }
 }
 

@@ -6,11 +6,11 @@
 mod common;
 
 use common::{
-    Children, Env, eventually, free_port, remote_env, start_temporal, start_worker, text,
+    Children, Env, RemoveContainers, eventually, free_port, remote_env, start_temporal,
+    start_worker, text,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::Duration;
 
 /// One sample: metric name and labels.
@@ -85,24 +85,6 @@ fn run(env: &Env, args: &[&str], expected: i32) {
 fn sandbox_image() -> String {
     std::env::var("STIGMER_TEST_SANDBOX_IMAGE")
         .unwrap_or_else(|_| "stigmer-sandbox-basic:local".into())
-}
-
-/// Removes the containers this installation made, whatever the test did.
-struct RemoveContainers<'a>(&'a Env);
-
-impl Drop for RemoveContainers<'_> {
-    fn drop(&mut self) {
-        let out = self
-            .0
-            .stigmer(&["leases", "list", "--all", "--output", "json"]);
-        let leases: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).unwrap_or_default();
-        for lease in leases {
-            if let Some(id) = lease["container_id"].as_str() {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
-    }
 }
 
 #[test]

@@ -150,11 +150,8 @@ fn a_lost_workers_idle_container_is_adopted_by_another_worker_and_reused() {
         .stigmer(&["executions", "list"])
         .status
         .success()));
-    let leases = |env: &common::Env| -> Vec<serde_json::Value> {
-        let out = env.stigmer(&["leases", "list", "--output", "json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    };
-    let cleanup = scopeguard_leases(&env);
+    let leases = |env: &common::Env| common::leases(env, false);
+    let cleanup = common::RemoveContainers(&env);
 
     let out = env.stigmer(&["run", "--output", "json", "echo warm"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -197,26 +194,4 @@ fn a_lost_workers_idle_container_is_adopted_by_another_worker_and_reused() {
         "the warm container was reused"
     );
     drop(cleanup);
-}
-
-/// Removes the containers of every lease this installation made, whatever the test's outcome.
-fn scopeguard_leases(env: &common::Env) -> impl Drop + '_ {
-    struct Guard<'a>(&'a common::Env);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            let out = self
-                .0
-                .stigmer(&["leases", "list", "--all", "--output", "json"]);
-            let leases: Vec<serde_json::Value> =
-                serde_json::from_slice(&out.stdout).unwrap_or_default();
-            for lease in leases {
-                if let Some(id) = lease["container_id"].as_str() {
-                    let _ = std::process::Command::new("docker")
-                        .args(["rm", "-f", id])
-                        .output();
-                }
-            }
-        }
-    }
-    Guard(env)
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Env, eventually, text, wait_output};
+use common::{Env, RemoveContainers, eventually, text, wait_output};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -38,28 +38,10 @@ fn container_exists(id: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Removes every container of this installation's store, whatever the test did.
-struct Cleanup<'a>(&'a Env);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for lease in leases_quiet(self.0) {
-            if let Some(id) = lease["container_id"].as_str() {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
-    }
-}
-
-fn leases_quiet(env: &Env) -> Vec<serde_json::Value> {
-    let out = env.stigmer(&["leases", "list", "--all", "--output", "json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
 #[test]
 fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variables() {
     let env = sandbox_env();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     let mut cmd = env.cmd();
     cmd.env("STIGMER_TEST_HOST_SECRET", "must-not-leak").args([
         "run",
@@ -115,7 +97,7 @@ fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variable
 fn an_idle_container_is_reused_within_its_ttl_and_removed_after() {
     let mut env = sandbox_env();
     env.extra.push(("STIGMER_SANDBOX_TTL".into(), "3".into()));
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     let first = env.stigmer(&["run", "hostname; echo one > /tmp/state"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     let second = env.stigmer(&["run", "hostname; cat /tmp/state"]);
@@ -150,7 +132,7 @@ fn an_idle_container_is_reused_within_its_ttl_and_removed_after() {
 fn ttl_zero_never_reuses_and_removes_after_each_execution() {
     let mut env = sandbox_env();
     env.extra.push(("STIGMER_SANDBOX_TTL".into(), "0".into()));
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     let a = env.stigmer(&["run", "hostname"]);
     let b = env.stigmer(&["run", "hostname"]);
     assert!(a.status.success() && b.status.success());
@@ -163,7 +145,7 @@ fn ttl_zero_never_reuses_and_removes_after_each_execution() {
 #[test]
 fn timeouts_failures_and_cancellation_never_return_a_container_to_idle() {
     let env = sandbox_env();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     let out = env.stigmer(&["run", "--timeout", "2", "sleep 300"]);
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
     let timed_out = env.last_execution();
@@ -211,7 +193,7 @@ fn timeouts_failures_and_cancellation_never_return_a_container_to_idle() {
 #[test]
 fn memory_and_process_limits_are_enforced_and_reported() {
     let env = sandbox_env();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     let out = env.stigmer(&[
         "run",
         "--memory",
@@ -270,7 +252,7 @@ fn a_missing_image_with_auto_pull_off_is_a_clear_error() {
 fn the_sandbox_works_in_a_workspace_it_does_not_own_and_hands_the_files_back() {
     use std::os::unix::fs::MetadataExt;
     let env = sandbox_env();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     let ws = env.dir.path().join("project");
     std::fs::create_dir_all(&ws).unwrap();
     std::fs::write(ws.join("input.txt"), "from the host\n").unwrap();
@@ -334,7 +316,7 @@ fn sandbox_test_checks_an_image_the_way_stigmer_runs_it() {
 #[test]
 fn run_outlives_a_daemon_killed_before_the_container_exists() {
     let env = sandbox_env();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     // This daemon kills itself with SIGKILL when it is about to create a container.
     let mut start = env.cmd();
     start
@@ -362,7 +344,7 @@ fn run_outlives_a_daemon_killed_before_the_container_exists() {
 #[test]
 fn a_command_that_leaves_a_process_behind_taints_its_container() {
     let env = sandbox_env();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = RemoveContainers(&env);
     // Exits 0 at once, leaving a background job running in the container.
     let out = env.stigmer(&["run", "sleep 4747 >/dev/null 2>&1 & echo left"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

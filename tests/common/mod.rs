@@ -378,3 +378,31 @@ pub fn exec_sql(database_url: &str, statement: &str) -> u64 {
         }
     })
 }
+
+/// This installation's container leases (with `all`, removed ones too); none when its store
+/// cannot be read.
+pub fn leases(env: &Env, all: bool) -> Vec<serde_json::Value> {
+    let mut args = vec!["leases", "list", "--output", "json"];
+    if all {
+        args.push("--all");
+    }
+    serde_json::from_slice(&env.stigmer(&args).stdout).unwrap_or_default()
+}
+
+/// Removes the containers of `leases` (`docker rm -f`), quietly.
+pub fn remove_lease_containers(leases: &[serde_json::Value]) {
+    for lease in leases {
+        if let Some(id) = lease["container_id"].as_str() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+/// Removes every container this installation's store leased, whatever the test did.
+pub struct RemoveContainers<'a>(pub &'a Env);
+
+impl Drop for RemoveContainers<'_> {
+    fn drop(&mut self) {
+        remove_lease_containers(&leases(self.0, true));
+    }
+}
