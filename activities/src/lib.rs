@@ -201,6 +201,7 @@ impl Activities {
             })
         });
 
+        let mut release_early = false;
         let ended = match input.effective_mode {
             Mode::Local => {
                 let store = self.store.clone();
@@ -242,12 +243,7 @@ impl Activities {
                         .map_err(BackendFailure::from);
                     let clean = matches!(&outcome, Ok((Ended::Exited(_), false)));
                     let ended = self.settle(placement, outcome).await;
-                    if clean && spec.ttl_secs > 0 && ended.is_ok() {
-                        // Reusable now: the next command need not wait for the workflow.
-                        if let Err(e) = self.sandbox.release_clean(&id, placement).await {
-                            tracing::warn!("could not give container back early: {e}");
-                        }
-                    }
+                    release_early = clean && spec.ttl_secs > 0 && ended.is_ok();
                     ended
                 }
                 _ => Ok(Ended::Failed {
@@ -301,6 +297,14 @@ impl Activities {
             .finish(&result, summary.as_ref())
             .await
             .map_err(retryable)?;
+        // Reusable now, the next command need not wait for the workflow. Only once the result
+        // is recorded: a worker lost in between must not leave this execution open in the store
+        // while its container already serves the next one.
+        if let (true, Some(placement)) = (release_early, &input.placement)
+            && let Err(e) = self.sandbox.release_clean(&id, placement).await
+        {
+            tracing::warn!("could not give container back early: {e}");
+        }
         annotate_result(&recorded);
         self.hub
             .publish(&id, HubEvent::Ended(recorded.clone()), &Default::default())
