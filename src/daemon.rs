@@ -758,6 +758,11 @@ pub async fn start_execution(
             spec
         }),
         placement: None,
+        warm_host: None,
+    };
+    let input = ExecutionInput {
+        warm_host: warm_host(store, task_queue, &input).await,
+        ..input
     };
     let options = WorkflowStartOptions::new(task_queue.to_string(), wf_id.clone())
         .enable_eager_workflow_start(eager)
@@ -790,6 +795,33 @@ pub async fn start_execution(
         },
         span,
     ))
+}
+
+/// The task queue of a Docker host with an idle container fit for this sandbox execution, if
+/// the store knows one: the workflow then sends `exec` straight there (the warm path). Only a
+/// hint: `exec` claims the container, and goes the long way when someone else was faster.
+async fn warm_host(store: &Store, task_queue: &str, input: &ExecutionInput) -> Option<String> {
+    let spec = input.sandbox.as_ref()?;
+    if input.effective_mode != Mode::Sandbox
+        || spec.cloud
+        || spec.requirements.is_some()
+        || spec.ttl_secs == 0
+    {
+        return None;
+    }
+    let hash = SandboxBackend::container_spec(spec, &spec.image)
+        .ok()?
+        .spec_hash();
+    match store
+        .idle_engine(stigmer_activities::sandbox::BACKEND, &hash)
+        .await
+    {
+        Ok(engine) => engine.map(|engine| host_task_queue(task_queue, &engine)),
+        Err(e) => {
+            tracing::debug!("no warm-path hint: {e}");
+            None
+        }
+    }
 }
 
 /// Ends the execution's span when its workflow ends, whether or not a client still follows.

@@ -120,11 +120,61 @@ impl Activities {
         }
     }
 
+    /// Says in the client's terminal which container the command runs in.
+    async fn announce_container(&self, id: &str, placement: &Placement, image: &str) {
+        let how = if placement.reused {
+            "reusing"
+        } else {
+            "created"
+        };
+        let short: String = placement.container_id.chars().take(12).collect();
+        self.hub
+            .publish(
+                id,
+                HubEvent::Notice(format!("sandbox: {how} container {short} ({image})")),
+                &Default::default(),
+            )
+            .await;
+    }
+
+    /// A warm-path `exec` found no idle container: nothing ran, and the workflow goes the long
+    /// way. Unless an earlier attempt already ran the command to its end (its worker lost
+    /// before answering): then that recorded result is the answer.
+    async fn no_idle_container(&self, id: &str) -> Result<ExecutionResult, ActivityError> {
+        if let Some(record) = self.store.get_execution(id).await.map_err(retryable)?
+            && record.status().is_some_and(Status::is_terminal)
+        {
+            audit::append(&self.store, id).await.map_err(retryable)?;
+            return Ok(record.result());
+        }
+        Err(ActivityError::application(
+            ApplicationFailure::builder(anyhow::anyhow!(
+                "no idle container with this spec on this host"
+            ))
+            .type_name(stigmer_workflows::NO_IDLE_CONTAINER.to_string())
+            .non_retryable(true)
+            .build(),
+        ))
+    }
+
+    /// A sandbox command whose worker was lost may still run in its container: kill what is
+    /// left of it there and taint the lease, so the container is removed, never reused.
+    async fn abandon_container(&self, id: &str, input: &ExecutionInput) {
+        if input.effective_mode != Mode::Sandbox {
+            return;
+        }
+        if let Some(placement) = &input.placement
+            && let Err(e) = self.sandbox.abandon(id, placement).await
+        {
+            tracing::warn!("could not stop what the lost worker left in its container: {e}");
+        }
+    }
+
     /// Runs the command of `input` to its end and records the result.
     async fn run_exec(
         &self,
         ctx: &ActivityContext,
-        input: ExecutionInput,
+        mut input: ExecutionInput,
     ) -> Result<ExecutionResult, ActivityError> {
         let attempt = ctx.info().attempt;
         let id = input.id.clone();
@@ -134,6 +184,22 @@ impl Activities {
             KeyValue::new("stigmer.exec.attempt", i64::from(attempt)),
         ]);
         self.record_run_id(ctx, &id).await;
+        if input.effective_mode == Mode::Sandbox
+            && input.placement.is_none()
+            && input.warm_host.is_some()
+            && let Some(spec) = &input.sandbox
+        {
+            // The warm path: take the idle container before claiming the execution, so that
+            // finding none leaves the execution queued for the long way.
+            match self.sandbox.claim_warm(&id, spec).await {
+                Ok(Some(placement)) => {
+                    self.announce_container(&id, &placement, &spec.image).await;
+                    input.placement = Some(placement);
+                }
+                Ok(None) => return self.no_idle_container(&id).await,
+                Err(e) => return Err(sandbox_error(e)),
+            }
+        }
         match self
             .store
             .mark_started(&id, &self.worker_id, attempt)
@@ -155,6 +221,7 @@ impl Activities {
             }
             StartClaim::AlreadyStarted { worker_id } if !input.retry_exec => {
                 self.kill_leftover(&id).await;
+                self.abandon_container(&id, &input).await;
                 let who = worker_id.unwrap_or_else(|| "unknown".into());
                 let lost = ExecutionResult::ended(
                     &id,
@@ -168,6 +235,7 @@ impl Activities {
             }
             StartClaim::AlreadyStarted { .. } => {
                 self.kill_leftover(&id).await;
+                self.abandon_container(&id, &input).await;
                 self.store
                     .mark_restarted(&id, &self.worker_id, attempt)
                     .await
@@ -382,11 +450,6 @@ impl Activities {
                 .await
                 .map_err(sandbox_error)?
         };
-        let how = if placement.reused {
-            "reusing"
-        } else {
-            "created"
-        };
         telemetry::annotate([
             KeyValue::new(
                 "stigmer.sandbox.container_id",
@@ -395,16 +458,7 @@ impl Activities {
             KeyValue::new("stigmer.sandbox.lease_id", placement.lease_id.clone()),
             KeyValue::new("stigmer.sandbox.reused", placement.reused),
         ]);
-        let short: String = placement.container_id.chars().take(12).collect();
-        self.hub
-            .publish(
-                &request.execution_id,
-                HubEvent::Notice(format!(
-                    "sandbox: {how} container {short} ({})",
-                    request.image.image
-                )),
-                &Default::default(),
-            )
+        self.announce_container(&request.execution_id, &placement, &request.image.image)
             .await;
         Ok(placement)
     }
@@ -416,22 +470,36 @@ impl Activities {
         request: ReleaseRequest,
     ) -> Result<String, ActivityError> {
         annotate_execution(Some(&request.execution_id));
+        let placement = match request.placement {
+            Some(placement) => placement,
+            // After the warm path: whatever the execution still holds on this host.
+            None if !request.cloud => match self
+                .sandbox
+                .held_by(&request.execution_id)
+                .await
+                .map_err(sandbox_error)?
+            {
+                Some(placement) => placement,
+                None => return Ok("nothing held".into()),
+            },
+            None => return Ok("nothing held".into()),
+        };
         telemetry::annotate([
             KeyValue::new(
                 "stigmer.sandbox.container_id",
-                request.placement.container_id.clone(),
+                placement.container_id.clone(),
             ),
             KeyValue::new("stigmer.sandbox.tainted", request.taint),
         ]);
         let outcome = if request.cloud {
             let release = self
                 .cloud
-                .release(&request.placement, request.taint, request.ttl_secs);
+                .release(&placement, request.taint, request.ttl_secs);
             with_heartbeats(&ctx, release).await.map_err(cloud_error)
         } else {
             let release = self.sandbox.release(
                 &request.execution_id,
-                &request.placement,
+                &placement,
                 request.taint,
                 request.ttl_secs,
                 request.cleanup,

@@ -233,51 +233,24 @@ impl SandboxBackend {
         let (engine, engine_id) = self.engine().await?;
         let container = Self::container_spec(&req.spec, &req.image.image)?;
         let spec_hash = container.spec_hash();
-        if let Some(placement) = self.resume_acquire(engine, engine_id, req).await? {
+        if let Some(placement) = self
+            .resume_acquire(engine, engine_id, &req.execution_id)
+            .await?
+        {
             return Ok(placement);
         }
-        if req.spec.ttl_secs > 0 {
-            while let Some(lease) = self
-                .store
-                .acquire_idle(
-                    BACKEND,
-                    &spec_hash,
-                    Some(engine_id),
+        if req.spec.ttl_secs > 0
+            && let Some(placement) = self
+                .reuse_idle(
+                    engine,
+                    engine_id,
                     &req.execution_id,
-                    &self.worker_id,
+                    &spec_hash,
+                    Some(&req.image),
                 )
                 .await?
-            {
-                let Some(container_id) = lease.container_id.clone() else {
-                    self.store.lease_removed(&lease.id).await?;
-                    continue;
-                };
-                // Docker is the truth about what exists: an idle lease whose container died is
-                // dropped, and the next one tried.
-                match engine.container_state(&container_id).await? {
-                    Some(state) if state.running => {
-                        self.store
-                            .set_placement(
-                                &req.execution_id,
-                                Some(&req.image.image),
-                                req.image.digest.as_deref().or(Some(&req.image.image_id)),
-                                Some(&container_id),
-                                Some(&lease.id),
-                            )
-                            .await?;
-                        return Ok(Placement {
-                            lease_id: lease.id,
-                            container_id,
-                            reused: true,
-                            task_queue: self.host_queue(),
-                        });
-                    }
-                    _ => {
-                        let _ = engine.remove_container(&container_id).await;
-                        self.store.lease_removed(&lease.id).await?;
-                    }
-                }
-            }
+        {
+            return Ok(placement);
         }
         let lease = self
             .store
@@ -329,6 +302,132 @@ impl SandboxBackend {
         })
     }
 
+    /// The warm path: `exec` takes an idle container with the execution's spec itself, without
+    /// the ensure-image and acquire steps (a running container proves its image is here). A
+    /// retried attempt finds the container it already holds. `None`: no idle container with
+    /// this spec on this host (another execution took it, or its TTL ran out); the workflow
+    /// then goes the long way.
+    pub async fn claim_warm(
+        &self,
+        execution_id: &str,
+        spec: &SandboxSpec,
+    ) -> Result<Option<Placement>, SandboxError> {
+        let (engine, engine_id) = self.engine().await?;
+        if let Some(placement) = self.resume_acquire(engine, engine_id, execution_id).await? {
+            return Ok(Some(placement));
+        }
+        let spec_hash = Self::container_spec(spec, &spec.image)?.spec_hash();
+        self.reuse_idle(engine, engine_id, execution_id, &spec_hash, None)
+            .await
+    }
+
+    /// The container an execution still holds on this worker's host, if any (busy, or being
+    /// made).
+    pub async fn held_by(&self, execution_id: &str) -> Result<Option<Placement>, SandboxError> {
+        let (_, engine_id) = self.engine().await?;
+        let Some(lease) = self
+            .store
+            .lease_of_execution(BACKEND, execution_id, Some(engine_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let container_id = lease
+            .container_id
+            .clone()
+            .unwrap_or_else(|| container_name(&lease.id));
+        Ok(Some(Placement {
+            lease_id: lease.id,
+            container_id,
+            reused: true,
+            task_queue: self.host_queue(),
+        }))
+    }
+
+    /// What a lost worker's command left in its container: killed (its whole process group),
+    /// and the lease tainted so the container is removed rather than reused.
+    pub async fn abandon(
+        &self,
+        execution_id: &str,
+        placement: &Placement,
+    ) -> Result<(), SandboxError> {
+        self.store
+            .taint_lease(
+                &placement.lease_id,
+                "the worker running its command was lost",
+            )
+            .await?;
+        let (engine, _) = self.engine().await?;
+        engine
+            .kill_exec(
+                &placement.container_id,
+                &ExecRequest::pid_file_for(execution_id),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Claims the most recently used idle container with this spec inside its TTL, if any, and
+    /// records it as the execution's placement. Docker is the truth about what exists: an idle
+    /// lease whose container died is dropped, and the next one tried.
+    async fn reuse_idle(
+        &self,
+        engine: &Engine,
+        engine_id: &str,
+        execution_id: &str,
+        spec_hash: &str,
+        image: Option<&ImageReady>,
+    ) -> Result<Option<Placement>, SandboxError> {
+        while let Some(lease) = self
+            .store
+            .acquire_idle(
+                BACKEND,
+                spec_hash,
+                Some(engine_id),
+                execution_id,
+                &self.worker_id,
+            )
+            .await?
+        {
+            let Some(container_id) = lease.container_id.clone() else {
+                self.store.lease_removed(&lease.id).await?;
+                continue;
+            };
+            match engine.container_state(&container_id).await? {
+                Some(state) if state.running => {
+                    // From `ensure_image` when it ran; else what the container was made from.
+                    let (name, digest) = match image {
+                        Some(i) => (
+                            i.image.clone(),
+                            i.digest.clone().unwrap_or_else(|| i.image_id.clone()),
+                        ),
+                        None => (lease.image.clone(), state.image_id.unwrap_or_default()),
+                    };
+                    self.store
+                        .set_placement(
+                            execution_id,
+                            Some(&name),
+                            Some(digest.as_str()).filter(|d| !d.is_empty()),
+                            Some(&container_id),
+                            Some(&lease.id),
+                        )
+                        .await?;
+                    return Ok(Some(Placement {
+                        lease_id: lease.id,
+                        container_id,
+                        reused: true,
+                        task_queue: self.host_queue(),
+                    }));
+                }
+                _ => {
+                    let _ = engine.remove_container(&container_id).await;
+                    self.store.lease_removed(&lease.id).await?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// A retried acquire (its worker died, or the store failed after Docker answered) finds the
     /// lease its execution already holds: a busy one with a live container is handed back; a
     /// half-made one is undone, so one execution never ends up with two containers.
@@ -336,11 +435,11 @@ impl SandboxBackend {
         &self,
         engine: &Engine,
         engine_id: &str,
-        req: &AcquireRequest,
+        execution_id: &str,
     ) -> Result<Option<Placement>, SandboxError> {
         let Some(held) = self
             .store
-            .lease_of_execution(BACKEND, &req.execution_id, Some(engine_id))
+            .lease_of_execution(BACKEND, execution_id, Some(engine_id))
             .await?
         else {
             return Ok(None);

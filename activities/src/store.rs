@@ -830,6 +830,24 @@ impl Store {
         })
     }
 
+    /// The Docker engine of the most recently used idle container with this spec that is still
+    /// inside its TTL, without claiming it: where a new execution will probably find a warm
+    /// container. Only a hint; [`Store::acquire_idle`] is what claims.
+    pub async fn idle_engine(&self, backend: &str, spec_hash: &str) -> Result<Option<String>> {
+        let now = self.db_now();
+        let sql = format!(
+            "SELECT engine_id FROM leases WHERE state = 'idle' AND backend = $1 AND spec_hash = $2 \
+             AND engine_id IS NOT NULL AND expires_at > {now} AND tainted = 0 \
+             ORDER BY last_used_at DESC LIMIT 1"
+        );
+        with_pool!(self, pool => sqlx::query_scalar::<_, String>(&sql)
+            .bind(backend)
+            .bind(spec_hash)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("look for an idle container")))
+    }
+
     /// Gives a busy container back: `idle` until TTL seconds from now (reuse), or `removing`
     /// (cleanup, tainted, or no reuse). Returns the new state.
     ///

@@ -79,6 +79,8 @@ pub struct ContainerState {
     pub finished_at: Option<String>,
     /// All labels of the container.
     pub labels: BTreeMap<String, String>,
+    /// The id (`sha256:…`) of the image it was created from.
+    pub image_id: Option<String>,
 }
 
 /// One process of a container, as the engine's `top` reports it (host pids).
@@ -336,6 +338,7 @@ impl Engine {
         };
         let state = inspect.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
+        let image_id = inspect.image;
         Ok(Some(ContainerState {
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             running,
@@ -349,6 +352,7 @@ impl Engine {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+            image_id,
         }))
     }
 

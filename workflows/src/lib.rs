@@ -32,6 +32,14 @@ pub fn workflow_id(execution_id: &str) -> String {
     format!("{WORKFLOW_ID_PREFIX}{execution_id}")
 }
 
+/// The failure type of a warm-path `exec` that found no idle container on its host: nothing
+/// ran, and the workflow goes the long way (ensure image, acquire, exec).
+pub const NO_IDLE_CONTAINER: &str = "NoIdleContainer";
+
+/// How long a warm-path `exec` waits for its host to pick it up before the workflow goes the
+/// long way instead (nothing has run until it is picked up).
+const WARM_SCHEDULE_TO_START: Duration = Duration::from_secs(10);
+
 /// How long a worker may go without heartbeating from `exec` before Temporal declares it lost.
 pub const EXEC_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -141,6 +149,36 @@ async fn run_exec(
     ctx: &mut WorkflowContext<AgentExecution>,
     input: &ExecutionInput,
 ) -> Result<ExecutionResult, ExecutionResult> {
+    let outcome = exec_activity(ctx, input, None).await;
+    exec_outcome(input, outcome)
+}
+
+/// What `exec` returned, as the execution's result or the terminal result to record.
+fn exec_outcome(
+    input: &ExecutionInput,
+    outcome: Result<ExecutionResult, ActivityExecutionError>,
+) -> Result<ExecutionResult, ExecutionResult> {
+    match outcome {
+        Ok(result) => Ok(result),
+        Err(ActivityExecutionError::Cancelled(_)) => Err(ExecutionResult::ended(
+            &input.id,
+            Status::Cancelled,
+            "cancelled by request",
+        )),
+        Err(err) => Err(ExecutionResult::ended(
+            &input.id,
+            Status::Failed,
+            &describe_failure(&err),
+        )),
+    }
+}
+
+/// Schedules `exec` on the placement's host queue, or on `queue` when given (the warm path).
+async fn exec_activity(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    input: &ExecutionInput,
+    queue: Option<&str>,
+) -> Result<ExecutionResult, ActivityExecutionError> {
     // `exec` must not run a command twice unless asked. The activity itself refuses to
     // re-spawn a command whose start is recorded, so retries here only cover failures
     // before the spawn (store unavailable, worker crashed before starting).
@@ -156,26 +194,107 @@ async fn run_exec(
         )
         .summary(format!("exec {}", input.display_command()))
         .build();
-    if let Some(queue) = input.placement.as_ref().and_then(|p| p.task_queue.clone()) {
+    if let Some(queue) = queue {
+        exec_options.task_queue = Some(queue.to_string());
+        exec_options.schedule_to_start_timeout = Some(WARM_SCHEDULE_TO_START);
+    } else if let Some(queue) = input.placement.as_ref().and_then(|p| p.task_queue.clone()) {
         exec_options.task_queue = Some(queue);
         exec_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
     }
-    match ctx
-        .execute_activity(StigmerActivities::exec, input.clone(), exec_options)
+    ctx.execute_activity(StigmerActivities::exec, input.clone(), exec_options)
         .await
-    {
-        Ok(result) => Ok(result),
-        Err(ActivityExecutionError::Cancelled(_)) => Err(ExecutionResult::ended(
-            &input.id,
-            Status::Cancelled,
-            "cancelled by request",
-        )),
-        Err(err) => Err(ExecutionResult::ended(
-            &input.id,
-            Status::Failed,
-            &describe_failure(&err),
-        )),
+}
+
+/// The warm path: when the execution was started with an idle container of its spec in
+/// sight, `exec` goes straight to that container's host and takes the container itself: one
+/// step instead of three. `None` when it found none there (taken meanwhile, expired) or its host
+/// did not pick the step up in time: nothing ran, and the workflow goes the long way.
+async fn run_warm(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    input: &ExecutionInput,
+    spec: &SandboxSpec,
+) -> Option<Result<ExecutionResult, ExecutionResult>> {
+    let queue = input.warm_host.clone()?;
+    if spec.cloud || spec.requirements.is_some() || spec.ttl_secs == 0 {
+        return None;
     }
+    let outcome = exec_activity(ctx, input, Some(&queue)).await;
+    if let Err(err) = &outcome
+        && never_started(err)
+    {
+        return None;
+    }
+    let outcome = exec_outcome(input, outcome);
+    // The container may still run the command unless exec ended it and said how.
+    let taint = match &outcome {
+        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
+        Err(_) => true,
+    };
+    release(ctx, &input.id, None, Some(queue), taint, spec).await;
+    Some(outcome)
+}
+
+/// A warm-path `exec` that found no idle container, or was never picked up by its host.
+fn never_started(err: &ActivityExecutionError) -> bool {
+    use temporalio_common::protos::temporal::api::failure::v1::failure::FailureInfo;
+    let mut next = err.failure();
+    while let Some(f) = next {
+        match &f.failure_info {
+            Some(FailureInfo::ApplicationFailureInfo(a)) if a.r#type == NO_IDLE_CONTAINER => {
+                return true;
+            }
+            Some(FailureInfo::TimeoutFailureInfo(t))
+                if t.timeout_type() == TimeoutType::ScheduleToStart =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+        next = f.cause.as_deref();
+    }
+    false
+}
+
+/// Gives the container back on every path (a release that cannot run, its host gone, is left
+/// to the reaper; the outcome stands).
+async fn release(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    id: &str,
+    placement: Option<Placement>,
+    queue: Option<String>,
+    taint: bool,
+    spec: &SandboxSpec,
+) {
+    let mut release_options =
+        ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+            .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
+            .cancellation_token(WorkflowCancellationToken::new())
+            .retry_policy(
+                RetryPolicy::builder()
+                    .initial_interval(Duration::from_secs(1))
+                    .maximum_attempts(10)
+                    .build(),
+            )
+            .build();
+    if let Some(queue) = queue {
+        release_options.task_queue = Some(queue);
+        release_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
+    }
+    let request = ReleaseRequest {
+        execution_id: id.to_string(),
+        placement,
+        taint,
+        ttl_secs: spec.ttl_secs,
+        cleanup: spec.cleanup,
+        cloud: spec.cloud,
+    };
+    let _ = ctx
+        .execute_activity(
+            StigmerActivities::release_container,
+            request,
+            release_options,
+        )
+        .await;
 }
 
 /// ensure_image → acquire_container → exec → release_container. Release runs on every path.
@@ -201,6 +320,9 @@ async fn run_in_sandbox(
             &format!("{what}: {}", failure_message(other)),
         ),
     };
+    if let Some(outcome) = run_warm(ctx, input, &spec).await {
+        return outcome;
+    }
     let image_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
         .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
         .retry_policy(
@@ -265,37 +387,8 @@ async fn run_in_sandbox(
         Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
         Err(_) => true,
     };
-    let mut release_options =
-        ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
-            .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
-            .cancellation_token(WorkflowCancellationToken::new())
-            .retry_policy(
-                RetryPolicy::builder()
-                    .initial_interval(Duration::from_secs(1))
-                    .maximum_attempts(10)
-                    .build(),
-            )
-            .build();
-    if let Some(queue) = placement.task_queue.clone() {
-        release_options.task_queue = Some(queue);
-        release_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
-    }
-    let release = ReleaseRequest {
-        execution_id: id.clone(),
-        placement,
-        taint,
-        ttl_secs: spec.ttl_secs,
-        cleanup: spec.cleanup,
-        cloud: spec.cloud,
-    };
-    // A release that cannot run (host gone) is left to the reaper; the outcome stands.
-    let _ = ctx
-        .execute_activity(
-            StigmerActivities::release_container,
-            release,
-            release_options,
-        )
-        .await;
+    let queue = placement.task_queue.clone();
+    release(ctx, &id, Some(placement), queue, taint, &spec).await;
     outcome
 }
 

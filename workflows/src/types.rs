@@ -174,6 +174,10 @@ pub struct ExecutionInput {
     /// Where a sandbox command runs; filled in by the workflow after `acquire_container`.
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// The task queue of a Docker host that had an idle container with this spec when the
+    /// execution was started (the warm path: `exec` goes there and takes the container itself).
+    #[serde(default)]
+    pub warm_host: Option<String>,
 }
 
 /// The image a sandbox execution runs in, as `ensure_image` found or made it.
@@ -213,7 +217,9 @@ pub struct Placement {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRequest {
     pub execution_id: String,
-    pub placement: Placement,
+    /// The container to give back; `None` after the warm path, where `exec` took it: whatever
+    /// lease the execution still holds on the worker's host.
+    pub placement: Option<Placement>,
     /// The command may still be running (cancelled, lost, timed out): never reuse the container.
     pub taint: bool,
     pub ttl_secs: u64,
