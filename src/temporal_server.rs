@@ -23,6 +23,10 @@ pub const LATENCY_TUNING: &[&str] = &[
     "history.transferProcessorMaxPollRPS=10000",
     "--dynamic-config-value",
     "history.timerProcessorMaxPollRPS=10000",
+    // An activity on the workflow's own task queue (local mode's `exec`, `ensure_image`) comes
+    // back in the response to the workflow task that scheduled it, not through a poll.
+    "--dynamic-config-value",
+    "system.enableActivityEagerExecution=true",
     "--sqlite-pragma",
     "journal_mode=wal",
     "--sqlite-pragma",

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Env, RemoveContainers, eventually, text, wait_output};
+use common::{Env, RemoveContainers, activity_steps, eventually, text, wait_output};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -126,6 +126,74 @@ fn an_idle_container_is_reused_within_its_ttl_and_removed_after() {
         "expired container still exists"
     );
     assert!(leases(&env).is_empty(), "the lease is removed");
+}
+
+/// A run that finds an idle container of its spec takes it in one step (`exec` claims it: no
+/// image or acquire step), and an idle container that vanished behind stigmer's back sends the
+/// run the long way, to a new container, instead of failing it.
+#[test]
+fn a_warm_run_takes_its_container_in_one_step_and_goes_the_long_way_when_it_is_gone() {
+    let env = sandbox_env();
+    let _cleanup = RemoveContainers(&env);
+    let first = env.stigmer(&["run", "hostname"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let cold = env.last_execution();
+    assert_eq!(
+        activity_steps(&env, cold["workflow_id"].as_str().unwrap()),
+        [
+            "ensure_image",
+            "acquire_container",
+            "exec",
+            "release_container"
+        ]
+    );
+
+    let second = env.stigmer(&["run", "hostname"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(text(&first.stdout), text(&second.stdout), "same container");
+    let warm = env.last_execution();
+    assert_eq!(warm["container_id"], cold["container_id"]);
+    assert_eq!(
+        activity_steps(&env, warm["workflow_id"].as_str().unwrap()),
+        ["exec", "release_container"],
+        "a warm run is one step (release finds nothing left to do)"
+    );
+    let shown = env.show(warm["id"].as_str().unwrap());
+    assert_eq!(shown["image"], image(), "{shown}");
+    assert!(
+        shown["image_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "the warm run records the image it ran in: {shown}"
+    );
+
+    // The idle container disappears; the store still lists it as idle.
+    let gone = warm["container_id"].as_str().unwrap().to_string();
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &gone])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    let third = env.stigmer(&["run", "echo after"]);
+    assert!(third.status.success(), "{}", text(&third.stderr));
+    assert_eq!(text(&third.stdout), "after\n");
+    let after = env.last_execution();
+    assert_ne!(after["container_id"].as_str(), Some(gone.as_str()));
+    assert_eq!(
+        activity_steps(&env, after["workflow_id"].as_str().unwrap()),
+        [
+            "exec",
+            "ensure_image",
+            "acquire_container",
+            "exec",
+            "release_container"
+        ],
+        "the warm attempt found nothing and the long way ran"
+    );
+    let list = leases(&env);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["container_id"], after["container_id"]);
+    assert_eq!(list[0]["state"], "idle");
 }
 
 #[test]

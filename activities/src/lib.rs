@@ -191,7 +191,7 @@ impl Activities {
         {
             // The warm path: take the idle container before claiming the execution, so that
             // finding none leaves the execution queued for the long way.
-            match self.sandbox.claim_warm(&id, spec).await {
+            match self.sandbox.claim_warm(&id, spec, attempt > 1).await {
                 Ok(Some(placement)) => {
                     self.announce_container(&id, &placement, &spec.image).await;
                     input.placement = Some(placement);

@@ -239,6 +239,14 @@ impl SandboxBackend {
         {
             return Ok(placement);
         }
+        if self.started_elsewhere(&req.execution_id).await? {
+            // A warm-path attempt ran it and its answer was lost: placing it again would
+            // record a container it never ran in. The workflow then reports what was recorded.
+            return Err(SandboxError::Invalid(format!(
+                "execution {} already started in another container",
+                req.execution_id
+            )));
+        }
         if req.spec.ttl_secs > 0
             && let Some(placement) = self
                 .reuse_idle(
@@ -311,10 +319,14 @@ impl SandboxBackend {
         &self,
         execution_id: &str,
         spec: &SandboxSpec,
+        retried: bool,
     ) -> Result<Option<Placement>, SandboxError> {
         let (engine, engine_id) = self.engine().await?;
         if let Some(placement) = self.resume_acquire(engine, engine_id, execution_id).await? {
             return Ok(Some(placement));
+        }
+        if retried && self.started_elsewhere(execution_id).await? {
+            return Ok(None);
         }
         let spec_hash = Self::container_spec(spec, &spec.image)?.spec_hash();
         self.reuse_idle(engine, engine_id, execution_id, &spec_hash, None)
@@ -365,6 +377,19 @@ impl SandboxBackend {
             )
             .await?;
         Ok(())
+    }
+
+    /// Whether the execution got past `queued` although it holds no container here: an earlier
+    /// attempt ran it (and gave its container back) but could not answer.
+    async fn started_elsewhere(&self, execution_id: &str) -> Result<bool, SandboxError> {
+        Ok(self
+            .store
+            .get_execution(execution_id)
+            .await?
+            .is_some_and(|r| {
+                r.status()
+                    .is_some_and(|s| s != stigmer_workflows::Status::Queued)
+            }))
     }
 
     /// Claims the most recently used idle container with this spec inside its TTL, if any, and

@@ -406,3 +406,36 @@ impl Drop for RemoveContainers<'_> {
         remove_lease_containers(&leases(self.0, true));
     }
 }
+
+/// The activities a workflow scheduled, in order, once it has closed (what `temporal workflow
+/// show` lists as its steps).
+#[allow(dead_code)]
+pub fn activity_steps(env: &Env, workflow_id: &str) -> Vec<String> {
+    let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
+    let mut steps = Vec::new();
+    let closed = eventually(Duration::from_secs(30), || {
+        let out = Command::new(&temporal)
+            .args(["workflow", "show", "--output", "json", "--address"])
+            .arg(format!("127.0.0.1:{}", env.port))
+            .args(["--workflow-id", workflow_id])
+            .output()
+            .expect("run the temporal CLI");
+        let Ok(history) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        let events = history["events"].as_array().cloned().unwrap_or_default();
+        steps = events
+            .iter()
+            .filter_map(|e| {
+                e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        events
+            .iter()
+            .any(|e| e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED")
+    });
+    assert!(closed, "workflow {workflow_id} did not complete");
+    steps
+}
