@@ -13,13 +13,7 @@ use std::time::Duration;
 #[test]
 fn run_against_a_remote_cluster_follows_output_through_the_store() {
     let env = remote_env();
-    let mut children = Children(vec![start_temporal(&env)]);
-    children.0.push(start_worker(&env));
-    // The worker creates the store; wait for it before the client opens it.
-    assert!(eventually(Duration::from_secs(30), || env
-        .stigmer(&["executions", "list"])
-        .status
-        .success()));
+    let _cluster = cluster(&env);
 
     let out = env.stigmer(&["run", "echo remote; echo err >&2; exit 5"]);
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
@@ -43,12 +37,7 @@ fn run_against_a_remote_cluster_follows_output_through_the_store() {
 #[test]
 fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
     let env = remote_env();
-    let mut children = Children(vec![start_temporal(&env)]);
-    children.0.push(start_worker(&env));
-    assert!(eventually(Duration::from_secs(30), || env
-        .stigmer(&["executions", "list"])
-        .status
-        .success()));
+    let mut children = cluster(&env);
 
     let marker = "4545.4545";
     let out = env.stigmer(&[
@@ -68,18 +57,8 @@ fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
         &format!("UPDATE executions SET pgid = pgid WHERE id = '{id}' AND pgid IS NOT NULL")
     ) == 1));
 
-    // The worker dies without a chance to clean up; a new one takes over.
-    children.0[1].kill().unwrap();
-    children.0[1].wait().unwrap();
-    children.0.push(start_worker(&env));
-
-    let record = wait_terminal(&env, &id, Duration::from_secs(60));
-    assert_eq!(record["status"], "failed", "{record}");
-    let error = record["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("lost") && error.contains("--retry-exec"),
-        "{error}"
-    );
+    let error = replace_worker_and_wait_lost(&env, &mut children, &id);
+    assert!(error.contains("--retry-exec"), "{error}");
     let runs = std::fs::read_to_string(env.dir.path().join("runs.txt")).unwrap();
     assert_eq!(runs.lines().count(), 1, "the command ran exactly once");
     assert!(
@@ -94,12 +73,7 @@ fn a_command_whose_worker_is_killed_is_not_rerun_and_ends_failed() {
 #[test]
 fn retry_exec_reruns_a_command_whose_worker_was_lost() {
     let env = remote_env();
-    let mut children = Children(vec![start_temporal(&env)]);
-    children.0.push(start_worker(&env));
-    assert!(eventually(Duration::from_secs(30), || env
-        .stigmer(&["executions", "list"])
-        .status
-        .success()));
+    let mut children = cluster(&env);
 
     let out = env.stigmer(&[
         "run",
@@ -133,23 +107,10 @@ fn retry_exec_reruns_a_command_whose_worker_was_lost() {
 /// next run reuses that container instead of leaking it or making a new one.
 #[test]
 fn a_lost_workers_idle_container_is_adopted_by_another_worker_and_reused() {
-    let Ok(image) = std::env::var("STIGMER_TEST_SANDBOX_IMAGE") else {
-        eprintln!("skipped: STIGMER_TEST_SANDBOX_IMAGE is not set (scripts/test.sh sets it)");
+    let Some((env, mut children)) = sandbox_cluster() else {
         return;
     };
-    let mut env = remote_env();
-    env.extra.extend([
-        ("STIGMER_EXECUTION_MODE".to_string(), "sandbox".to_string()),
-        ("STIGMER_SANDBOX_IMAGE".to_string(), image),
-        ("STIGMER_SANDBOX_AUTO_PULL".to_string(), "false".to_string()),
-    ]);
-    let mut children = Children(vec![start_temporal(&env)]);
-    children.0.push(start_worker(&env));
     let first_worker = children.0[1].id();
-    assert!(eventually(Duration::from_secs(30), || env
-        .stigmer(&["executions", "list"])
-        .status
-        .success()));
     let leases = |env: &common::Env| common::leases(env, false);
     let cleanup = common::RemoveContainers(&env);
 
@@ -194,4 +155,91 @@ fn a_lost_workers_idle_container_is_adopted_by_another_worker_and_reused() {
         "the warm container was reused"
     );
     drop(cleanup);
+}
+
+/// A worker killed with SIGKILL while its sandbox command runs: the command is not re-run, what
+/// is left of it in the container is killed, and the container is removed rather than handed to
+/// the next execution (which gets a fresh one).
+#[test]
+fn a_sandbox_command_whose_worker_is_killed_is_stopped_in_its_container_and_not_reused() {
+    let Some((env, mut children)) = sandbox_cluster() else {
+        return;
+    };
+    let _cleanup = common::RemoveContainers(&env);
+
+    // A warm container first, so the command below takes the warm path.
+    let out = env.stigmer(&["run", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let marker = "4646.4646";
+    let out = env.stigmer(&["run", "--no-follow", &format!("sleep {marker}")]);
+    let id = text(&out.stdout).trim().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || !processes_matching(&format!(
+            "sleep {marker}"
+        ))
+        .is_empty()),
+        "the command started in its container"
+    );
+    let container = env.show(&id)["container_id"].as_str().unwrap().to_string();
+
+    replace_worker_and_wait_lost(&env, &mut children, &id);
+    assert!(
+        eventually(Duration::from_secs(20), || processes_matching(&format!(
+            "sleep {marker}"
+        ))
+        .is_empty()),
+        "the lost command was left running in its container"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || !common::leases(&env, false)
+            .iter()
+            .any(|l| l["container_id"] == container.as_str())),
+        "its container was kept: {:?}",
+        common::leases(&env, false)
+    );
+
+    let out = env.stigmer(&["run", "echo next"]);
+    assert_eq!(text(&out.stdout), "next\n", "{}", text(&out.stderr));
+    assert_ne!(env.last_execution()["container_id"], container.as_str());
+}
+
+/// A Temporal server and one worker in sandbox mode, once the worker has made the store; `None`
+/// (the test skipped) without a sandbox image.
+fn sandbox_cluster() -> Option<(common::Env, Children)> {
+    let Ok(image) = std::env::var("STIGMER_TEST_SANDBOX_IMAGE") else {
+        eprintln!("skipped: STIGMER_TEST_SANDBOX_IMAGE is not set (scripts/test.sh sets it)");
+        return None;
+    };
+    let mut env = remote_env();
+    env.extra.extend([
+        ("STIGMER_EXECUTION_MODE".to_string(), "sandbox".to_string()),
+        ("STIGMER_SANDBOX_IMAGE".to_string(), image),
+        ("STIGMER_SANDBOX_AUTO_PULL".to_string(), "false".to_string()),
+    ]);
+    let children = cluster(&env);
+    Some((env, children))
+}
+
+/// Kills the worker (SIGKILL: no chance to clean up), starts another, and waits for the
+/// execution to end `failed` saying its worker was lost; returns that error.
+fn replace_worker_and_wait_lost(env: &common::Env, children: &mut Children, id: &str) -> String {
+    children.0[1].kill().unwrap();
+    children.0[1].wait().unwrap();
+    children.0.push(start_worker(env));
+    let record = wait_terminal(env, id, Duration::from_secs(60));
+    assert_eq!(record["status"], "failed", "{record}");
+    let error = record["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("lost"), "{error}");
+    error
+}
+
+/// A Temporal server and one worker, once the worker has made the store (the client opens it).
+fn cluster(env: &common::Env) -> Children {
+    let mut children = Children(vec![start_temporal(env)]);
+    children.0.push(start_worker(env));
+    assert!(eventually(Duration::from_secs(30), || env
+        .stigmer(&["executions", "list"])
+        .status
+        .success()));
+    children
 }
