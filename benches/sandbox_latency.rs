@@ -1,7 +1,7 @@
 //! Benchmark (not a test): sandbox-mode latency beside the Docker baselines measured in the
-//! same run. Warm: `stigmer run --mode sandbox true` reusing its container vs `docker exec` into
-//! that same container. Cold (TTL 0: create + start + exec + remove) vs `docker run --rm`.
-//! Run with `cargo bench --bench sandbox_latency` (or `make bench`); the image is
+//! same run, alternating with them. Warm: `stigmer run --mode sandbox true` reusing its
+//! container vs `docker exec` into that same container. Cold (TTL 0: create + start + exec +
+//! remove) vs `docker run --rm`. Run with `cargo bench --bench sandbox_latency` (or `make bench`); the image is
 //! `STIGMER_BENCH_SANDBOX_IMAGE` (default `stigmer-sandbox-basic:local`).
 
 use std::process::{Command, Stdio};
@@ -9,23 +9,36 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 20;
 
+/// The pause before each sample.
+const SETTLE: Duration = Duration::from_millis(300);
+
 fn stigmer() -> String {
     let exe = std::env::current_exe().expect("bench path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     dir.join("stigmer").display().to_string()
 }
 
-fn measure(mut f: impl FnMut()) -> Vec<Duration> {
-    f();
-    let mut samples: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    samples.sort();
-    samples
+/// Times `a` and `b` alternately, `RUNS` each after one warm-up of each, so that a machine
+/// getting busier or quieter during the bench moves both figures alike. Each sample starts after
+/// a pause, so neither is timed while the other's background work (a workflow finishing after
+/// its client returned, a container being removed) still runs.
+fn measure_pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (Vec<Duration>, Vec<Duration>) {
+    a();
+    b();
+    let time = |f: &mut dyn FnMut()| {
+        std::thread::sleep(SETTLE);
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    };
+    let (mut sa, mut sb) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
+    for _ in 0..RUNS {
+        sa.push(time(&mut a));
+        sb.push(time(&mut b));
+    }
+    sa.sort();
+    sb.sort();
+    (sa, sb)
 }
 
 fn median(s: &[Duration]) -> f64 {
@@ -73,7 +86,7 @@ fn main() {
     println!("sandbox latency ({RUNS} runs each, image {image})");
 
     // Warm: stigmer reusing its container, vs docker exec into that same container.
-    let warm = measure(|| ok(cmd("3600").args(["run", "--mode", "sandbox", "true"])));
+    ok(cmd("3600").args(["run", "--mode", "sandbox", "true"]));
     let out = cmd("3600")
         .args(["leases", "list", "--output", "json"])
         .output()
@@ -83,9 +96,10 @@ fn main() {
         .as_str()
         .expect("a leased container")
         .to_string();
-    let docker_exec = measure(|| {
-        ok(Command::new("docker").args(["exec", "-u", "1000:1000", &container, "true"]))
-    });
+    let (warm, docker_exec) = measure_pair(
+        || ok(cmd("3600").args(["run", "--mode", "sandbox", "true"])),
+        || ok(Command::new("docker").args(["exec", "-u", "1000:1000", &container, "true"])),
+    );
     report("baseline: docker exec CONTAINER true", &docker_exec);
     report("stigmer run --mode sandbox true (warm, reused)", &warm);
     println!(
@@ -95,25 +109,27 @@ fn main() {
     );
 
     // Cold: a container per run.
-    let docker_run = measure(|| {
-        ok(Command::new("docker").args([
-            "run",
-            "--rm",
-            "--user",
-            "1000:1000",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--pids-limit",
-            "512",
-            "--memory",
-            "2g",
-            &image,
-            "true",
-        ]))
-    });
-    let cold = measure(|| ok(cmd("0").args(["run", "--mode", "sandbox", "true"])));
+    let (docker_run, cold) = measure_pair(
+        || {
+            ok(Command::new("docker").args([
+                "run",
+                "--rm",
+                "--user",
+                "1000:1000",
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges",
+                "--pids-limit",
+                "512",
+                "--memory",
+                "2g",
+                &image,
+                "true",
+            ]))
+        },
+        || ok(cmd("0").args(["run", "--mode", "sandbox", "true"])),
+    );
     report("baseline: docker run --rm IMAGE true", &docker_run);
     report("stigmer run --mode sandbox true (cold, TTL 0)", &cold);
     println!(
