@@ -173,3 +173,78 @@ async fn a_client_never_creates_or_migrates_the_store() {
     let again = Store::open(&env.database_url, true).await.unwrap();
     assert_eq!(again.store_id(), id, "the store id is stable across opens");
 }
+
+/// A container passes from one execution to the next through `idle`; a late step of the first
+/// (its release, say, deciding to taint) must not taint what the second now holds, and the
+/// starter's warm-path hint sees only idle, untainted containers inside their TTL.
+#[tokio::test]
+async fn a_late_taint_never_reaches_the_next_holder_and_the_warm_hint_sees_only_idle_containers() {
+    let env = common::Env::new();
+    let store = open(&env).await;
+    let (spec, engine) = ("spec-hash-1", "ENGINE-A");
+    let lease = store
+        .create_lease(&stigmer_activities::store::NewLease {
+            backend: "docker",
+            worker_id: "host-1",
+            engine_id: Some(engine),
+            image: "img",
+            spec_hash: spec,
+            ttl_secs: 600,
+            execution_id: "aex-first",
+        })
+        .await
+        .unwrap();
+    store
+        .lease_created(&lease.id, &"c".repeat(64))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.idle_engine("docker", spec).await.unwrap(),
+        None,
+        "busy"
+    );
+
+    let state = store
+        .release_lease(&lease.id, true, None, Some("aex-first"))
+        .await
+        .unwrap();
+    assert_eq!(state, "idle");
+    assert_eq!(
+        store.idle_engine("docker", spec).await.unwrap().as_deref(),
+        Some(engine)
+    );
+    assert_eq!(
+        store.idle_engine("docker", "other-spec").await.unwrap(),
+        None
+    );
+
+    let taken = store
+        .acquire_idle("docker", spec, Some(engine), "aex-second", "host-1")
+        .await
+        .unwrap()
+        .expect("the idle container is taken");
+    assert_eq!(taken.id, lease.id);
+
+    store
+        .taint_lease(&lease.id, "late", Some("aex-first"))
+        .await
+        .unwrap();
+    let now = store.get_lease(&lease.id).await.unwrap().unwrap();
+    assert_eq!(
+        now.tainted, 0,
+        "the first execution's late taint is ignored"
+    );
+    store
+        .taint_lease(&lease.id, "stray process", Some("aex-second"))
+        .await
+        .unwrap();
+    let now = store.get_lease(&lease.id).await.unwrap().unwrap();
+    assert_eq!(now.tainted, 1, "its holder taints it");
+
+    let state = store
+        .release_lease(&lease.id, true, None, Some("aex-second"))
+        .await
+        .unwrap();
+    assert_ne!(state, "idle", "a tainted container never goes back to idle");
+    assert_eq!(store.idle_engine("docker", spec).await.unwrap(), None);
+}

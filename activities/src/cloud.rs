@@ -298,6 +298,7 @@ impl CloudBackend {
                 .taint_lease(
                     &placement.lease_id,
                     "the command may still have been running",
+                    None,
                 )
                 .await?;
         }

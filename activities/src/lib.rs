@@ -83,7 +83,11 @@ impl Activities {
                 if taint {
                     let _ = self
                         .store
-                        .taint_lease(&placement.lease_id, "the command may still be running")
+                        .taint_lease(
+                            &placement.lease_id,
+                            "the command may still be running",
+                            None,
+                        )
                         .await;
                 }
                 Ok(ended)

@@ -367,6 +367,7 @@ impl SandboxBackend {
             .taint_lease(
                 &placement.lease_id,
                 "the worker running its command was lost",
+                Some(execution_id),
             )
             .await?;
         let (engine, _) = self.engine().await?;
@@ -639,6 +640,7 @@ impl SandboxBackend {
                 .taint_lease(
                     &placement.lease_id,
                     "the command may still have been running",
+                    Some(execution_id),
                 )
                 .await?;
         }

@@ -890,12 +890,20 @@ impl Store {
     }
 
     /// Marks a lease's container as one that may still be running a command: never reused.
-    pub async fn taint_lease(&self, lease_id: &str, note: &str) -> Result<()> {
+    /// With `holder`, only while that execution still holds the lease: a late step of an
+    /// execution must not taint a container that has since passed to another.
+    pub async fn taint_lease(
+        &self,
+        lease_id: &str,
+        note: &str,
+        holder: Option<&str>,
+    ) -> Result<()> {
         with_pool!(self, pool => sqlx::query(
-            "UPDATE leases SET tainted = 1, note = $1 WHERE id = $2",
+            "UPDATE leases SET tainted = 1, note = $1 WHERE id = $2 AND ($3 IS NULL OR execution_id = $3)",
         )
         .bind(note)
         .bind(lease_id)
+        .bind(holder)
         .execute(pool)
         .await
         .map_err(q("taint lease"))?.rows_affected());
