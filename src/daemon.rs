@@ -802,11 +802,7 @@ pub async fn start_execution(
 /// hint: `exec` claims the container, and goes the long way when someone else was faster.
 async fn warm_host(store: &Store, task_queue: &str, input: &ExecutionInput) -> Option<String> {
     let spec = input.sandbox.as_ref()?;
-    if input.effective_mode != Mode::Sandbox
-        || spec.cloud
-        || spec.requirements.is_some()
-        || spec.ttl_secs == 0
-    {
+    if input.effective_mode != Mode::Sandbox || !spec.allows_warm_path() {
         return None;
     }
     let hash = SandboxBackend::container_spec(spec, &spec.image)

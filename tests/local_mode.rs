@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Env, eventually, processes_matching, text, wait_output};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -90,13 +90,7 @@ fn runs_in_the_callers_directory_with_the_callers_environment_and_keeps_values_o
     // The workflow history (what Temporal stores and shows) must not contain the value.
     let record = env.last_execution();
     let wf = record["workflow_id"].as_str().unwrap().to_string();
-    let temporal = which_temporal();
-    let history = Command::new(temporal)
-        .args(["workflow", "show", "--output", "json", "--address"])
-        .arg(format!("127.0.0.1:{}", env.port))
-        .args(["--workflow-id", &wf])
-        .output()
-        .unwrap();
+    let history = common::workflow_history(&env, &wf);
     assert!(
         history.status.success(),
         "temporal workflow show: {}",
@@ -143,10 +137,6 @@ fn decoded_history(json: &[u8]) -> String {
     let mut out = String::new();
     walk(&value, &mut out);
     out
-}
-
-fn which_temporal() -> String {
-    std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into())
 }
 
 #[test]

@@ -425,15 +425,15 @@ impl SandboxBackend {
                     let (name, digest) = match image {
                         Some(i) => (
                             i.image.clone(),
-                            i.digest.clone().unwrap_or_else(|| i.image_id.clone()),
+                            Some(i.digest.clone().unwrap_or_else(|| i.image_id.clone())),
                         ),
-                        None => (lease.image.clone(), state.image_id.unwrap_or_default()),
+                        None => (lease.image.clone(), state.image_id),
                     };
                     self.store
                         .set_placement(
                             execution_id,
                             Some(&name),
-                            Some(digest.as_str()).filter(|d| !d.is_empty()),
+                            digest.as_deref(),
                             Some(&container_id),
                             Some(&lease.id),
                         )

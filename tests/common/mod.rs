@@ -407,19 +407,26 @@ impl Drop for RemoveContainers<'_> {
     }
 }
 
+/// `temporal workflow show --output json` of a workflow on the environment's Temporal server
+/// (the CLI is `STIGMER_TEMPORAL_BIN`, else `temporal` on PATH).
+#[allow(dead_code)]
+pub fn workflow_history(env: &Env, workflow_id: &str) -> Output {
+    let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
+    Command::new(temporal)
+        .args(["workflow", "show", "--output", "json", "--address"])
+        .arg(format!("127.0.0.1:{}", env.port))
+        .args(["--workflow-id", workflow_id])
+        .output()
+        .expect("run the temporal CLI")
+}
+
 /// The activities a workflow scheduled, in order, once it has closed (what `temporal workflow
 /// show` lists as its steps).
 #[allow(dead_code)]
 pub fn activity_steps(env: &Env, workflow_id: &str) -> Vec<String> {
-    let temporal = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
     let mut steps = Vec::new();
     let closed = eventually(Duration::from_secs(30), || {
-        let out = Command::new(&temporal)
-            .args(["workflow", "show", "--output", "json", "--address"])
-            .arg(format!("127.0.0.1:{}", env.port))
-            .args(["--workflow-id", workflow_id])
-            .output()
-            .expect("run the temporal CLI");
+        let out = workflow_history(env, workflow_id);
         let Ok(history) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
             return false;
         };

@@ -215,7 +215,7 @@ async fn run_warm(
     spec: &SandboxSpec,
 ) -> Option<Result<ExecutionResult, ExecutionResult>> {
     let queue = input.warm_host.clone()?;
-    if spec.cloud || spec.requirements.is_some() || spec.ttl_secs == 0 {
+    if !spec.allows_warm_path() {
         return None;
     }
     let outcome = exec_activity(ctx, input, Some(&queue)).await;

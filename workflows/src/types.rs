@@ -155,6 +155,16 @@ pub struct SandboxSpec {
     pub cloud: bool,
 }
 
+impl SandboxSpec {
+    /// Whether an execution with this spec may take an idle container straight from `exec`
+    /// (the warm path): a reusable Docker container whose image needs no ensuring. Not with
+    /// `--requirements` (the derived image must be ensured), TTL 0 (no reuse), or in the cloud.
+    #[must_use]
+    pub fn allows_warm_path(&self) -> bool {
+        !self.cloud && self.requirements.is_none() && self.ttl_secs > 0
+    }
+}
+
 /// The workflow's input: everything needed to run the command, minus environment values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionInput {
