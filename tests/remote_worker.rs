@@ -237,9 +237,14 @@ fn replace_worker_and_wait_lost(env: &common::Env, children: &mut Children, id: 
 fn cluster(env: &common::Env) -> Children {
     let mut children = Children(vec![start_temporal(env)]);
     children.0.push(start_worker(env));
-    assert!(eventually(Duration::from_secs(30), || env
-        .stigmer(&["executions", "list"])
-        .status
-        .success()));
+    // A loaded machine (CI runs two such tests at once) can take a while to start both.
+    assert!(
+        eventually(Duration::from_secs(90), || env
+            .stigmer(&["executions", "list"])
+            .status
+            .success()),
+        "the worker did not make the store; its stderr:\n{}",
+        common::worker_log(env)
+    );
     children
 }

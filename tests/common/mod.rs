@@ -317,12 +317,23 @@ pub fn start_temporal(env: &Env) -> Child {
     child
 }
 
+/// Starts `stigmer worker`; its stderr goes to `worker.log` in the test's directory (appended,
+/// one file for every worker of the test), for [`worker_log`] to show when a test fails.
 pub fn start_worker(env: &Env) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.dir.path().join("worker.log"))
+        .expect("worker log");
     let mut cmd = env.cmd();
-    cmd.arg("worker")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.arg("worker").stdout(Stdio::null()).stderr(log);
     cmd.spawn().expect("stigmer worker")
+}
+
+/// What the test's workers wrote to stderr.
+#[allow(dead_code)]
+pub fn worker_log(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.path().join("worker.log")).unwrap_or_default()
 }
 
 pub fn remote_env() -> Env {
