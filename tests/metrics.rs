@@ -265,6 +265,16 @@ fn a_worker_serves_metrics_from_the_environment_and_bad_addresses_are_refused() 
         .is_ok()),
         "the worker serves metrics"
     );
+    // The metrics port is bound before the store is made (a taken port fails fast); wait for
+    // the store too before a client opens it.
+    assert!(
+        eventually(Duration::from_secs(60), || env
+            .stigmer(&["executions", "list"])
+            .status
+            .success()),
+        "the worker did not make the store; its stderr:\n{}",
+        common::worker_log(&env)
+    );
     let out = env.stigmer(&["run", "echo from-worker"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (_, samples) = scrape(port);
