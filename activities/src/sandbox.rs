@@ -565,7 +565,7 @@ impl SandboxBackend {
         };
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            Err(e @ EngineError::ExecInterrupted { .. }) => {
+            Err(e @ (EngineError::ExecInterrupted { .. } | EngineError::AgentLost { .. })) => {
                 let pid_file = ExecRequest::pid_file_for(execution_id);
                 let (engine, _) = self.engine().await?;
                 let _ = engine.kill_exec(&placement.container_id, &pid_file).await;

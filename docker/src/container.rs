@@ -1,8 +1,9 @@
 //! Sandbox containers: create (hardened, labelled, kept alive), inspect, list, stop, remove.
 //!
 //! A sandbox container runs nothing of its own: `docker-init` as pid 1 reaping orphans, and a
-//! `sleep infinity` keeping the container up between executions so that it can be reused within
-//! its TTL. Commands arrive later as execs ([`crate::exec`]). Every container carries the
+//! keep-alive holding the container up between executions so that it can be reused within its
+//! TTL: the agent (module `agent`), which also runs the commands, or `sleep infinity` where the
+//! agent cannot run, with commands as execs ([`crate::exec`]). Every container carries the
 //! `io.stigmer.*` labels, so that a crash at any instant leaves something the reaper can find,
 //! and a reaper only ever lists (and so only ever removes) its own store's containers.
 //!
@@ -12,12 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
 
+use crate::agent::{AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT};
 use crate::error::status_of;
 use crate::spec::WORKSPACE_DIR;
 use crate::{ContainerSpec, Engine, EngineError};
@@ -120,29 +122,24 @@ impl Engine {
         all_labels.insert(LABEL_MANAGED.into(), "true".into());
         all_labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
 
-        let body = container_body(spec, all_labels.clone());
-        let options = CreateContainerOptionsBuilder::new().name(name).build();
-        let id = match self.docker.create_container(Some(options), body).await {
-            Ok(created) => created.id,
-            Err(e) if status_of(&e) == Some(409) => {
-                return self.adopt_existing(name, &all_labels, e).await;
-            }
-            Err(e) if status_of(&e) == Some(404) => {
-                return Err(EngineError::ImageMissing {
-                    image: spec.image.clone(),
-                    detail: format!(" (creating container {name}: {e})"),
-                });
-            }
-            Err(e) => {
-                return Err(EngineError::api(
-                    format!(
-                        "could not create container {name} from image {}",
-                        spec.image
-                    ),
-                    e,
-                ))
-            }
+        let mut agent = !spec.readonly_rootfs && self.agent_fits(&spec.image).await;
+        let mut id = match self.create_stopped(spec, &all_labels, name, agent).await? {
+            Created::New(id) => id,
+            Created::Adopted(id) => return Ok(id),
         };
+        if agent {
+            if let Err(e) = self.install_agent(&id).await {
+                // This container cannot hold the agent: make it again without.
+                tracing::warn!(container = %id, error = %e, "could not install the agent; commands go through docker exec");
+                self.remove_container(&id).await?;
+                agent = false;
+                id = match self.create_stopped(spec, &all_labels, name, false).await? {
+                    Created::New(id) => id,
+                    Created::Adopted(id) => return Ok(id),
+                };
+            }
+        }
+        self.note_agent(&id, agent);
         if let Err(e) = self.docker.start_container(&id, None).await {
             let err = EngineError::api(
                 format!(
@@ -156,8 +153,42 @@ impl Engine {
             }
             return Err(err);
         }
-        tracing::debug!(container = %id, name, spec_hash, "sandbox container started");
+        tracing::debug!(container = %id, name, spec_hash, agent, "sandbox container started");
         Ok(id)
+    }
+
+    /// Creates the container (not started), or adopts an existing one of that name that is ours.
+    async fn create_stopped(
+        &self,
+        spec: &ContainerSpec,
+        all_labels: &HashMap<String, String>,
+        name: &str,
+        agent: bool,
+    ) -> Result<Created, EngineError> {
+        let mut labels = all_labels.clone();
+        if agent {
+            labels.insert(LABEL_AGENT.into(), AGENT_PROTOCOL.into());
+        }
+        let body = container_body(spec, labels, agent);
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(created) => Ok(Created::New(created.id)),
+            Err(e) if status_of(&e) == Some(409) => self
+                .adopt_existing(name, all_labels, e)
+                .await
+                .map(Created::Adopted),
+            Err(e) if status_of(&e) == Some(404) => Err(EngineError::ImageMissing {
+                image: spec.image.clone(),
+                detail: format!(" (creating container {name}: {e})"),
+            }),
+            Err(e) => Err(EngineError::api(
+                format!(
+                    "could not create container {name} from image {}",
+                    spec.image
+                ),
+                e,
+            )),
+        }
     }
 
     /// A create hit a name conflict: take over the existing container if it is ours (same
@@ -195,7 +226,12 @@ impl Engine {
             .as_ref()
             .and_then(|s| s.running)
             .unwrap_or(false);
+        let agent = existing_labels.get(LABEL_AGENT).map(String::as_str) == Some(AGENT_PROTOCOL);
         if !running {
+            if agent {
+                // It may have been made but not yet given its agent when its creator died.
+                self.install_agent(&id).await?;
+            }
             self.docker.start_container(&id, None).await.map_err(|e| {
                 EngineError::api(
                     format!("could not start existing container {name} ({id})"),
@@ -203,6 +239,7 @@ impl Engine {
                 )
             })?;
         }
+        self.note_agent(&id, agent);
         Ok(id)
     }
 
@@ -244,8 +281,8 @@ impl Engine {
         }
     }
 
-    /// How many processes run in the container besides its init and the `sleep infinity` that
-    /// keeps it up: anything else after a command ended is a leftover of that command. One
+    /// How many processes run in the container besides its init and the keep-alive (the agent
+    /// or `sleep infinity`) that holds it up: anything else after a command ended is a leftover of that command. One
     /// Engine API call (the engine lists the container's processes itself), about half the cost
     /// of an exec that looks from inside.
     ///
@@ -273,7 +310,11 @@ impl Engine {
             .unwrap_or_default()
             .iter()
             .filter_map(|row| row.get(cmd))
-            .filter(|c| !(c.starts_with("/sbin/docker-init") || c.as_str() == "sleep infinity"))
+            .filter(|c| {
+                !(c.starts_with("/sbin/docker-init")
+                    || c.as_str() == "sleep infinity"
+                    || c.as_str() == AGENT_PATH)
+            })
             .count())
     }
 
@@ -386,8 +427,21 @@ impl Engine {
     }
 }
 
-/// The create request: the hardened defaults plus what the spec chooses.
-fn container_body(spec: &ContainerSpec, labels: HashMap<String, String>) -> ContainerCreateBody {
+/// What [`Engine::create_stopped`] found or made.
+enum Created {
+    New(String),
+    /// A container of that name and labels existed (a retried create), now running.
+    Adopted(String),
+}
+
+/// The create request: the hardened defaults plus what the spec chooses. With `agent`, the
+/// keep-alive is the agent, reading requests from the container's stdin; its stdout carries the
+/// commands' output, which no log driver keeps.
+fn container_body(
+    spec: &ContainerSpec,
+    labels: HashMap<String, String>,
+    agent: bool,
+) -> ContainerCreateBody {
     let mut mounts = Vec::new();
     if let Some(ws) = &spec.workspace {
         mounts.push(bind(ws, WORKSPACE_DIR, false));
@@ -418,19 +472,29 @@ fn container_body(spec: &ContainerSpec, labels: HashMap<String, String>) -> Cont
         tmpfs,
         mounts: Some(mounts),
         auto_remove: Some(false),
+        log_config: agent.then(|| HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
         ..Default::default()
+    };
+    let keepalive = if agent {
+        vec![AGENT_PATH.to_string()]
+    } else {
+        vec!["sleep".into(), "infinity".into()]
     };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
-        // docker-init (Init: true) is pid 1 and reaps orphans; sleep keeps the container up.
-        cmd: Some(vec!["sleep".into(), "infinity".into()]),
+        // docker-init (Init: true) is pid 1 and reaps orphans; the keep-alive holds it up.
+        cmd: Some(keepalive),
         entrypoint: Some(vec![]),
         env: Some(vec![]),
         working_dir: Some(WORKSPACE_DIR.into()),
         labels: Some(labels),
         tty: Some(false),
-        open_stdin: Some(false),
+        open_stdin: Some(agent),
+        stdin_once: Some(false),
         attach_stdin: Some(false),
         attach_stdout: Some(false),
         attach_stderr: Some(false),

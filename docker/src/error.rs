@@ -100,6 +100,20 @@ pub enum EngineError {
         source: bollard::errors::Error,
     },
 
+    /// The connection to a container's agent broke while it ran a command, so the command may
+    /// still be running; as for [`EngineError::ExecInterrupted`], kill it through its pid file
+    /// and taint the container.
+    #[error(
+        "lost the connection to the command running in container {container}; it may still be \
+         running: {reason}"
+    )]
+    AgentLost {
+        /// The container the command runs in.
+        container: String,
+        /// What broke.
+        reason: String,
+    },
+
     /// The engine answered, but not in a way this crate understands (a missing field, …).
     #[error("unexpected answer from the Docker engine: {0}")]
     Unexpected(String),
@@ -138,6 +152,7 @@ impl EngineError {
             | EngineError::InvalidSpec(_)
             | EngineError::Unexpected(_)
             | EngineError::ExecInterrupted { .. }
+            | EngineError::AgentLost { .. }
             | EngineError::KillFailed { .. } => false,
         }
     }

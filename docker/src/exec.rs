@@ -125,7 +125,8 @@ pub struct ExecRequest {
     pub kill_grace: Duration,
     /// Run the post-command check (OOM, pids limit, leftover processes) even when the command
     /// exited 0. On by default. Turning it off saves one exec (≈ 50 ms) on the success path; the
-    /// caller must then call [`Engine::check_leftovers`] before reusing the container.
+    /// caller must then call [`Engine::check_leftovers`] before reusing the container, unless
+    /// [`ExecOutcome::checked`] says the check ran anyway (a container's agent always checks).
     pub check_on_success: bool,
 }
 
@@ -326,7 +327,7 @@ pub struct OutputChunk {
 }
 
 /// Where [`Engine::run_exec`] hands output.
-enum Sink<'a> {
+pub(crate) enum Sink<'a> {
     Callback(&'a mut (dyn FnMut(StreamKind, &[u8]) + Send)),
     Channel(tokio::sync::mpsc::Sender<OutputChunk>),
 }
@@ -396,6 +397,11 @@ impl Engine {
                 checked: true,
                 duration: Duration::ZERO,
             });
+        }
+        if self.uses_agent(container_id).await {
+            return self
+                .run_agent_exec(container_id, &req, &mut sink, cancel)
+                .await;
         }
         let env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let options = CreateExecOptions::<String> {

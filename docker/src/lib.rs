@@ -11,7 +11,8 @@
 //! - [`Engine::create_container`] and friends (module `container`) — a hardened, labelled,
 //!   long-lived container that executions reuse.
 //! - [`Engine::exec`] / [`Engine::kill_exec`] (module `exec`) — a command with streamed output,
-//!   timeout, cancellation, and OOM / pids-limit detection.
+//!   timeout, cancellation, and OOM / pids-limit detection; through the container's agent
+//!   (module `agent`) where it has one, else as a `docker exec`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), stigmer_docker::EngineError> {
@@ -32,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod agent;
 mod container;
 mod error;
 mod exec;
@@ -42,6 +44,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 
+pub use agent::{agent_available, AGENT_PATH, LABEL_AGENT};
 pub use container::{
     ContainerState, ManagedContainer, ProcessInfo, LABEL_LEASE, LABEL_MANAGED, LABEL_SPEC_HASH,
     LABEL_STORE, LABEL_WORKER,
@@ -68,6 +71,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Engine {
     docker: Docker,
     endpoint: String,
+    /// Whether new containers get the in-container agent (module `agent`), and commands go
+    /// through it in containers that have one.
+    agent_enabled: bool,
+    agent_cache: std::sync::Arc<agent::AgentCache>,
 }
 
 impl Engine {
@@ -107,7 +114,24 @@ impl Engine {
         Ok(Engine {
             docker,
             endpoint: endpoint.to_string(),
+            agent_enabled: true,
+            agent_cache: std::sync::Arc::default(),
         })
+    }
+
+    /// Turns the in-container agent on (the default) or off. Off, new containers keep
+    /// `sleep infinity` and every command is a `docker exec`: slower, for an engine or image
+    /// where the agent cannot run.
+    #[must_use]
+    pub fn with_agent(mut self, enabled: bool) -> Self {
+        self.agent_enabled = enabled;
+        self
+    }
+
+    /// Whether new containers get the agent: turned on, and this build carries it.
+    #[must_use]
+    pub fn agent_enabled(&self) -> bool {
+        self.agent_enabled && agent::agent_available()
     }
 
     /// The endpoint this engine was reached at.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{sh, status_field, unique, Harness};
 use stigmer_docker::{
-    CancellationToken, EngineError, ExecEnd, ExecRequest, Network, LABEL_LEASE, LABEL_MANAGED,
-    LABEL_SPEC_HASH, LABEL_STORE, LABEL_WORKER,
+    CancellationToken, EngineError, ExecEnd, ExecRequest, Network, AGENT_PATH, LABEL_AGENT,
+    LABEL_LEASE, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_STORE, LABEL_WORKER,
 };
 
 macro_rules! harness {
@@ -29,7 +29,7 @@ async fn leftover_processes(h: &Harness, id: &str) -> Vec<String> {
         .expect("processes")
         .into_iter()
         .map(|p| p.command)
-        .filter(|c| !c.contains("docker-init") && c != "sleep infinity")
+        .filter(|c| !c.contains("docker-init") && c != "sleep infinity" && c != AGENT_PATH)
         .collect()
 }
 
@@ -360,12 +360,23 @@ async fn background_job_left_running_is_reported_and_kill_exec_ends_it() {
         .await
         .expect("kill again"));
 
-    // With the check skipped on success, the caller checks before reuse.
+    // With the check skipped on success, the caller checks before reuse. (The agent checks
+    // every command itself, at no cost: then the outcome says so.)
     let req = sh("sleep 300 >/dev/null 2>&1 & echo bg").skip_check_on_success();
     let pid_file = req.pid_file.clone();
     let r = h.run(&id, req).await;
     assert_eq!(r.outcome.exit_code, Some(0));
-    assert!(!r.outcome.checked && !r.outcome.stray_processes);
+    assert_eq!(
+        r.outcome.checked, r.outcome.stray_processes,
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(
+        r.outcome.checked,
+        h.engine.agent_enabled(),
+        "{:?}",
+        r.outcome
+    );
     assert!(h
         .engine
         .check_leftovers(&id, &pid_file)
@@ -699,4 +710,60 @@ async fn read_only_root_keeps_tmp_writable_and_exec_working() {
     assert_ne!(r.outcome.exit_code, Some(0));
     assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
     assert!(r.outcome.checked && !r.outcome.stray_processes);
+}
+
+#[tokio::test]
+async fn the_agent_keeps_the_container_and_commands_cannot_touch_it() {
+    let h = harness!();
+    if !h.engine.agent_enabled() {
+        eprintln!("SKIPPED: the agent is off in this run");
+        return;
+    }
+    let id = h.container(&h.spec()).await;
+    let inspect = h
+        .engine
+        .docker()
+        .inspect_container(&id, None)
+        .await
+        .expect("inspect");
+    let config = inspect.config.expect("config");
+    assert_eq!(config.cmd, Some(vec![AGENT_PATH.to_string()]));
+    assert_eq!(
+        config
+            .labels
+            .expect("labels")
+            .get(LABEL_AGENT)
+            .map(String::as_str),
+        Some("1")
+    );
+    // Its output (the commands' output) is kept by no log driver.
+    let log = inspect
+        .host_config
+        .and_then(|c| c.log_config)
+        .and_then(|l| l.typ);
+    assert_eq!(log.as_deref(), Some("none"));
+    // Root-owned and not writable: no command replaces what runs the next one; not dumpable:
+    // no command reads its memory (where the next request's environment passes) or its stdio.
+    let r = h
+        .sh(
+            &id,
+            "stat -c '%u %a' /.stigmer/agent; echo x >> /.stigmer/agent && echo WROTE; \
+             p=$(pgrep -x agent); cat /proc/$p/environ >/dev/null && echo READ; \
+             ls -l /proc/$p/fd/ >/dev/null 2>&1 && echo FDS; echo $p",
+        )
+        .await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"0 755"), "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("WROTE"), "{}", r.stdout);
+    assert!(!r.stdout.contains("READ"), "{}", r.stdout);
+    assert!(!r.stdout.contains("FDS"), "{}", r.stdout);
+    assert!(
+        lines.last().is_some_and(|p| p.parse::<u32>().is_ok()),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    // Idle, the container holds docker-init and the agent and nothing else.
+    assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
+    assert_eq!(h.engine.processes(&id).await.expect("top").len(), 2);
 }

@@ -44,8 +44,10 @@ impl Harness {
     /// Connects, or prints why the test is skipped and returns `None` when no engine answers.
     /// A missing test image is a failure, not a skip.
     pub async fn new() -> Option<Harness> {
+        // STIGMER_TEST_EXEC_PATH=1 runs the suite with the agent off: every command a docker exec.
+        let exec_path = std::env::var("STIGMER_TEST_EXEC_PATH").is_ok_and(|v| v == "1");
         let engine = match Engine::connect().await {
-            Ok(e) => e,
+            Ok(e) => e.with_agent(!exec_path),
             Err(e) => {
                 eprintln!("SKIPPED: {e}");
                 return None;
