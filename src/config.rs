@@ -65,6 +65,7 @@ pub struct Config {
     pub sandbox_image: Setting<String>,
     pub sandbox_auto_pull: Setting<bool>,
     pub sandbox_cleanup: Setting<bool>,
+    pub sandbox_agent: Setting<bool>,
     pub sandbox_ttl: Setting<u64>,
     pub sandbox_network: Setting<SandboxNetwork>,
     pub temporal_address: Setting<Option<String>>,
@@ -186,6 +187,7 @@ const FILE_KEYS: &[&str] = &[
     "sandbox_image",
     "sandbox_auto_pull",
     "sandbox_cleanup",
+    "sandbox_agent",
     "sandbox_ttl",
     "sandbox_network",
     "temporal_address",
@@ -328,6 +330,12 @@ impl Config {
                 || true,
                 parse_bool,
             )?,
+            sandbox_agent: layers.get(
+                "sandbox_agent",
+                &["STIGMER_SANDBOX_AGENT"],
+                || true,
+                parse_bool,
+            )?,
             sandbox_ttl: layers.get("sandbox_ttl", &["STIGMER_SANDBOX_TTL"], || 3600, parse_u64)?,
             sandbox_network: layers.get(
                 "sandbox_network",
@@ -445,6 +453,7 @@ impl Config {
                 bool::to_string,
             ),
             row("sandbox_cleanup", &self.sandbox_cleanup, bool::to_string),
+            row("sandbox_agent", &self.sandbox_agent, bool::to_string),
             row("sandbox_ttl", &self.sandbox_ttl, u64::to_string),
             row("sandbox_network", &self.sandbox_network, |v| {
                 v.as_str().into()

@@ -223,7 +223,8 @@ impl Workers {
         worker_id: &str,
         engine_id: Option<String>,
     ) -> Result<Self> {
-        let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string());
+        let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string())
+            .with_agent(cfg.sandbox_agent.value, cfg.data_dir.value.join("agent"));
         let activities = Activities::new(
             store,
             hub,

@@ -59,6 +59,9 @@ impl SandboxError {
 #[derive(Clone)]
 pub struct SandboxBackend {
     engine: std::sync::Arc<OnceCell<(Engine, String)>>,
+    /// Whether containers get the in-container agent, and where this host keeps its binary.
+    agent: bool,
+    agent_dir: Option<PathBuf>,
     host_queue: std::sync::Arc<std::sync::OnceLock<String>>,
     store: Store,
     worker_id: String,
@@ -76,10 +79,21 @@ impl SandboxBackend {
     pub fn new(store: Store, worker_id: String) -> Self {
         Self {
             engine: std::sync::Arc::new(OnceCell::new()),
+            agent: true,
+            agent_dir: None,
             host_queue: std::sync::Arc::new(std::sync::OnceLock::new()),
             store,
             worker_id,
         }
+    }
+
+    /// Sets whether new containers get the agent (`STIGMER_SANDBOX_AGENT`), and the directory
+    /// (under the data dir) where the agent's binary is kept for bind-mounting. Before first use.
+    #[must_use]
+    pub fn with_agent(mut self, enabled: bool, dir: PathBuf) -> Self {
+        self.agent = enabled;
+        self.agent_dir = Some(dir);
+        self
     }
 
     /// The worker this backend acts for (its leases carry this id).
@@ -105,7 +119,10 @@ impl SandboxBackend {
         Ok(self
             .engine
             .get_or_try_init(|| async {
-                let engine = Engine::connect().await?;
+                let mut engine = Engine::connect().await?.with_agent(self.agent);
+                if let Some(dir) = &self.agent_dir {
+                    engine = engine.with_agent_dir(dir.clone());
+                }
                 let id = engine.engine_id().await?;
                 Ok::<_, EngineError>((engine, id))
             })

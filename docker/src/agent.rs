@@ -17,7 +17,8 @@
 //! turned off keep `sleep infinity` and the exec path ([`crate::exec`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,11 +56,18 @@ const FIRST_ANSWER_CHECK: Duration = Duration::from_secs(1);
 /// After a timeout, how much longer than the agent's own kill the worker waits for its answer.
 const BACKSTOP_AFTER_KILL: Duration = Duration::from_secs(10);
 
-/// Which containers and images the agent serves, learnt once per engine connection.
+/// Which containers and images the agent serves, and how it gets into containers, learnt once
+/// per engine connection.
 #[derive(Debug, Default)]
 pub(crate) struct AgentCache {
     containers: Mutex<HashMap<String, bool>>,
     images: Mutex<HashMap<String, bool>>,
+    /// The agent's binary on this host, for a read-only bind mount (`None`: no directory was
+    /// given, or it could not be written).
+    host_file: OnceLock<Option<PathBuf>>,
+    /// The engine could not bind-mount it (a remote engine, or a worker in a container whose
+    /// files the engine does not see): the agent is copied into each container instead.
+    bind_refused: AtomicBool,
 }
 
 /// At most this many containers and images are remembered (then the memory starts afresh).
@@ -119,6 +127,28 @@ fn agent_archive() -> &'static [u8] {
         // Writing into a Vec cannot fail; an empty archive only makes the install fail loudly.
         appended.unwrap_or_default()
     })
+}
+
+/// Writes the embedded agent into `dir` (unless an identical file is there) and returns its
+/// path.
+fn write_host_file(dir: &Path) -> std::io::Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let hash = hex::encode(Sha256::digest(AGENT_BINARY));
+    let path = dir.join(format!("stigmer-agent-{}", &hash[..16]));
+    if std::fs::read(&path).is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == hash) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".stigmer-agent-{}.{}",
+        std::process::id(),
+        next_nonce()
+    ));
+    std::fs::write(&tmp, AGENT_BINARY)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
 }
 
 /// A nonce per request: unique enough that a worker never takes another request's frames.
@@ -265,6 +295,35 @@ impl Engine {
         }
         remember(&self.agent_cache.images, image, fits);
         fits
+    }
+
+    /// The agent's binary on this host, to bind-mount read-only into new containers, which
+    /// costs nothing at create (copying it in costs the engine an extraction helper, ≈ 50 ms).
+    /// Written once into the agent directory, named by its content hash, and checked against
+    /// the embedded binary before it is trusted. `None` where the engine does not see this
+    /// host's files (learnt from its first refusal) or no directory was given.
+    pub(crate) fn agent_mount_source(&self) -> Option<PathBuf> {
+        if self.agent_cache.bind_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        let dir = self.agent_dir.as_ref()?;
+        self.agent_cache
+            .host_file
+            .get_or_init(|| match write_host_file(dir) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    tracing::info!(dir = %dir.display(), error = %e, "could not keep the agent on this host; copying it into each container");
+                    None
+                }
+            })
+            .clone()
+    }
+
+    /// The engine refused the bind mount: copy the agent in from now on.
+    pub(crate) fn agent_bind_refused(&self, why: &str) {
+        if !self.agent_cache.bind_refused.swap(true, Ordering::Relaxed) {
+            tracing::info!("the Docker engine cannot bind-mount the agent from this host ({why}); copying it into each container");
+        }
     }
 
     /// Copies the agent into a created (not yet started) container.

@@ -123,17 +123,40 @@ impl Engine {
         all_labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
 
         let mut agent = !spec.readonly_rootfs && self.agent_fits(&spec.image).await;
-        let mut id = match self.create_stopped(spec, &all_labels, name, agent).await? {
+        let mut mount = if agent {
+            self.agent_mount_source()
+        } else {
+            None
+        };
+        let made = match self
+            .create_stopped(spec, &all_labels, name, agent, mount.as_deref())
+            .await
+        {
+            Err(EngineError::Api { source, .. })
+                if mount.is_some() && status_of(&source) == Some(400) =>
+            {
+                // The engine does not see this host's files: copy the agent in instead.
+                self.agent_bind_refused(&source.to_string());
+                mount = None;
+                self.create_stopped(spec, &all_labels, name, agent, None)
+                    .await?
+            }
+            other => other?,
+        };
+        let mut id = match made {
             Created::New(id) => id,
             Created::Adopted(id) => return Ok(id),
         };
-        if agent {
+        if agent && mount.is_none() {
             if let Err(e) = self.install_agent(&id).await {
                 // This container cannot hold the agent: make it again without.
                 tracing::warn!(container = %id, error = %e, "could not install the agent; commands go through docker exec");
                 self.remove_container(&id).await?;
                 agent = false;
-                id = match self.create_stopped(spec, &all_labels, name, false).await? {
+                id = match self
+                    .create_stopped(spec, &all_labels, name, false, None)
+                    .await?
+                {
                     Created::New(id) => id,
                     Created::Adopted(id) => return Ok(id),
                 };
@@ -164,12 +187,13 @@ impl Engine {
         all_labels: &HashMap<String, String>,
         name: &str,
         agent: bool,
+        agent_mount: Option<&std::path::Path>,
     ) -> Result<Created, EngineError> {
         let mut labels = all_labels.clone();
         if agent {
             labels.insert(LABEL_AGENT.into(), AGENT_PROTOCOL.into());
         }
-        let body = container_body(spec, labels, agent);
+        let body = container_body(spec, labels, agent, agent_mount);
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(Created::New(created.id)),
@@ -228,7 +252,12 @@ impl Engine {
             .unwrap_or(false);
         let agent = existing_labels.get(LABEL_AGENT).map(String::as_str) == Some(AGENT_PROTOCOL);
         if !running {
-            if agent {
+            let mounted = existing
+                .mounts
+                .iter()
+                .flatten()
+                .any(|m| m.destination.as_deref() == Some(AGENT_PATH));
+            if agent && !mounted {
                 // It may have been made but not yet given its agent when its creator died.
                 self.install_agent(&id).await?;
             }
@@ -441,8 +470,12 @@ fn container_body(
     spec: &ContainerSpec,
     labels: HashMap<String, String>,
     agent: bool,
+    agent_mount: Option<&std::path::Path>,
 ) -> ContainerCreateBody {
     let mut mounts = Vec::new();
+    if let Some(source) = agent_mount {
+        mounts.push(bind(source, AGENT_PATH, true));
+    }
     if let Some(ws) = &spec.workspace {
         mounts.push(bind(ws, WORKSPACE_DIR, false));
     }

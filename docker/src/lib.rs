@@ -74,6 +74,7 @@ pub struct Engine {
     /// Whether new containers get the in-container agent (module `agent`), and commands go
     /// through it in containers that have one.
     agent_enabled: bool,
+    agent_dir: Option<std::path::PathBuf>,
     agent_cache: std::sync::Arc<agent::AgentCache>,
 }
 
@@ -115,6 +116,7 @@ impl Engine {
             docker,
             endpoint: endpoint.to_string(),
             agent_enabled: true,
+            agent_dir: None,
             agent_cache: std::sync::Arc::default(),
         })
     }
@@ -125,6 +127,15 @@ impl Engine {
     #[must_use]
     pub fn with_agent(mut self, enabled: bool) -> Self {
         self.agent_enabled = enabled;
+        self
+    }
+
+    /// A directory of this host (private to the worker) where the agent's binary is kept, so
+    /// that new containers bind-mount it read-only instead of having it copied in. Without one,
+    /// or where the engine does not see this host's files, it is copied into each container.
+    #[must_use]
+    pub fn with_agent_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.agent_dir = Some(dir.into());
         self
     }
 

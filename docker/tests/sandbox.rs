@@ -753,7 +753,12 @@ async fn the_agent_keeps_the_container_and_commands_cannot_touch_it() {
         )
         .await;
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.first(), Some(&"0 755"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        lines.first().is_some_and(|l| l.ends_with(" 755")),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
     assert!(!r.stdout.contains("WROTE"), "{}", r.stdout);
     assert!(!r.stdout.contains("READ"), "{}", r.stdout);
     assert!(!r.stdout.contains("FDS"), "{}", r.stdout);
@@ -766,4 +771,62 @@ async fn the_agent_keeps_the_container_and_commands_cannot_touch_it() {
     // Idle, the container holds docker-init and the agent and nothing else.
     assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
     assert_eq!(h.engine.processes(&id).await.expect("top").len(), 2);
+    // Bind-mounted read-only from this host, not copied in.
+    let mount = inspect
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.destination.as_deref() == Some(AGENT_PATH))
+        .expect("the agent is bind-mounted");
+    assert_eq!(mount.rw, Some(false));
+}
+
+#[tokio::test]
+async fn without_an_agent_dir_the_agent_is_copied_in_and_serves_alike() {
+    let h = harness!();
+    if !h.engine.agent_enabled() {
+        eprintln!("SKIPPED: the agent is off in this run");
+        return;
+    }
+    let engine = stigmer_docker::Engine::connect().await.expect("engine");
+    let lease = common::unique("lease");
+    let id = engine
+        .create_container(
+            &h.spec(),
+            &h.labels(&lease),
+            &format!("stigmer-test-{lease}"),
+        )
+        .await
+        .expect("create");
+    let inspect = engine
+        .docker()
+        .inspect_container(&id, None)
+        .await
+        .expect("inspect");
+    assert_eq!(
+        inspect.config.and_then(|c| c.cmd),
+        Some(vec![AGENT_PATH.to_string()])
+    );
+    assert!(!inspect
+        .mounts
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.destination.as_deref() == Some(AGENT_PATH)));
+    let mut out = Vec::new();
+    let outcome = engine
+        .exec(
+            &id,
+            sh("stat -c %u /.stigmer/agent; echo x >> /.stigmer/agent || echo refused; exit 4"),
+            &mut |kind, b| {
+                if kind == stigmer_docker::StreamKind::Stdout {
+                    out.extend_from_slice(b);
+                }
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(outcome.exit_code, Some(4));
+    assert!(outcome.exec_id.starts_with("agent:"), "{outcome:?}");
+    assert_eq!(String::from_utf8_lossy(&out), "0\nrefused\n");
 }

@@ -47,7 +47,9 @@ impl Harness {
         // STIGMER_TEST_EXEC_PATH=1 runs the suite with the agent off: every command a docker exec.
         let exec_path = std::env::var("STIGMER_TEST_EXEC_PATH").is_ok_and(|v| v == "1");
         let engine = match Engine::connect().await {
-            Ok(e) => e.with_agent(!exec_path),
+            Ok(e) => e
+                .with_agent(!exec_path)
+                .with_agent_dir(std::env::temp_dir().join("stigmer-test-agent")),
             Err(e) => {
                 eprintln!("SKIPPED: {e}");
                 return None;
