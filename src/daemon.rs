@@ -313,9 +313,7 @@ fn answer_at_end(request: &RunRequest, result: &ExecutionResult) -> bool {
         result.error.is_none() && matches!(result.status, Status::Succeeded | Status::Failed);
     match request.effective_mode {
         Mode::Local => true,
-        Mode::Sandbox => {
-            ended_by_itself && request.sandbox.as_ref().is_some_and(|s| s.ttl_secs > 0)
-        }
+        Mode::Sandbox => ended_by_itself,
         Mode::Cloud => false,
     }
 }
@@ -910,8 +908,10 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
                 }
                 // The result is final once recorded. A sandbox container that may be reused was
                 // already given back by `exec` when its command ended cleanly, so the next run
-                // finds it idle; otherwise (TTL 0, a tainted or cancelled run, cloud) the client
-                // waits for the release so what it sees afterwards is settled.
+                // finds it idle; one that is not reused (TTL 0, tainted) is removed by the
+                // workflow's release after the answer, as an expired one is by the reaper. A
+                // timed-out or cancelled run, and cloud, wait for the release: their command is
+                // stopped only once it has run.
                 Some(HubEvent::Ended(result)) if answer_at_end(&request, &result) => {
                     let _ = protocol::write_json(&mut writer, Tag::Result, &result).await;
                     break;
