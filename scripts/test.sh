@@ -84,6 +84,9 @@ cargo build --workspace --all-targets
 log "tests (SQLite store)"
 STIGMER_TEST_POSTGRES_URL= cargo test --workspace -- --test-threads "$THREADS" --skip the_daemon_killed
 
+log "the Docker layer again with the sandbox agent off (every command a docker exec)"
+STIGMER_TEST_EXEC_PATH=1 cargo test -p stigmer-docker --test sandbox -- --test-threads "$THREADS"
+
 log "chaos: the daemon killed with SIGKILL at random points (figures printed)"
 STIGMER_TEST_POSTGRES_URL= cargo test --test chaos the_daemon_killed -- --nocapture
 
