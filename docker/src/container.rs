@@ -133,7 +133,10 @@ impl Engine {
             .await
         {
             Err(EngineError::Api { source, .. })
-                if mount.is_some() && status_of(&source) == Some(400) =>
+                if status_of(&source) == Some(400)
+                    && mount
+                        .as_deref()
+                        .is_some_and(|m| source.to_string().contains(&*m.to_string_lossy())) =>
             {
                 // The engine does not see this host's files: copy the agent in instead.
                 self.agent_bind_refused(&source.to_string());
