@@ -444,3 +444,61 @@ fn a_command_that_leaves_a_process_behind_taints_its_container() {
     assert!(out.status.success());
     assert_eq!(env.last_execution()["container_id"], clean.as_str());
 }
+
+/// The container's keep-alive command, as the engine reports it.
+fn container_command(id: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{json .Config.Cmd}}", id])
+        .output()
+        .expect("docker inspect");
+    text(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn commands_run_through_the_agent_and_through_docker_exec_when_it_is_turned_off() {
+    let run = |env: &Env| {
+        let out = env.stigmer(&[
+            "run",
+            "--env",
+            "WHO=me",
+            "--timeout",
+            "30",
+            "echo $WHO; id -u; exit 3",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "me\n1000\n");
+        let record = env.last_execution();
+        record["container_id"]
+            .as_str()
+            .expect("container")
+            .to_string()
+    };
+    let env = sandbox_env();
+    let _cleanup = RemoveContainers(&env);
+    let container = run(&env);
+    assert_eq!(container_command(&container), r#"["/.stigmer/agent"]"#);
+    let out = env.stigmer(&["config", "show"]);
+    assert!(
+        text(&out.stdout).contains("sandbox_agent"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let mut off = sandbox_env();
+    off.extra
+        .push(("STIGMER_SANDBOX_AGENT".into(), "false".into()));
+    let _cleanup_off = RemoveContainers(&off);
+    let container = run(&off);
+    assert_eq!(container_command(&container), r#"["sleep","infinity"]"#);
+
+    let mut bad = sandbox_env();
+    bad.extra
+        .push(("STIGMER_SANDBOX_AGENT".into(), "sometimes".into()));
+    let out = bad.stigmer(&["config", "show"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("STIGMER_SANDBOX_AGENT"),
+        "{}",
+        text(&out.stderr)
+    );
+}
