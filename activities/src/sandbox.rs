@@ -542,10 +542,15 @@ impl SandboxBackend {
         };
         // A clean exit is checked for leftovers through the engine's process list below, which
         // is cheaper than the in-container check (needed only to explain a failure).
-        let req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
+        let mut req = ExecRequest::new(argv, ExecRequest::pid_file_for(execution_id))
             .skip_check_on_success()
             .with_envs(env.iter().cloned())
             .with_workdir(stigmer_docker::WORKSPACE_DIR);
+        if spec.ttl_secs == 0 {
+            // Never reused: the container stops by itself once the command is done, so the
+            // release's removal does not wait for its teardown.
+            req = req.last_command();
+        }
         // Output comes through a bounded channel: a full channel holds the command's output
         // back (memory stays bounded) without holding back its timeout or cancellation.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<stigmer_docker::OutputChunk>(16);

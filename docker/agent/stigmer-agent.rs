@@ -9,7 +9,9 @@
 //! system (it works with a remote engine).
 //!
 //! Requests (one line each; variable fields are hex, so no byte of a value can break a line):
-//!   `RUN <nonce> <timeout_ms|0> <grace_ms> <pid_file> <workdir> <argc> <arg>… <envc> <K=V>…`
+//!   `RUN <nonce> <timeout_ms|0> <grace_ms> <last:0|1> <pid_file> <workdir> <argc> <arg>… <envc> <K=V>…`
+//!   (`last`: the container's last command; the agent exits after its exit frame, so the
+//!   container stops by itself while the worker records the result, and its removal is quick)
 //!   `STOP <nonce>` — SIGTERM to the command's process group, SIGKILL after the grace period.
 //! Frames: `[kind: u8][nonce: u64 BE][len: u32 BE][payload]`; kinds: 1 stdout, 2 stderr,
 //! 3 started (payload: pid), 4 exit (`<how> <code> <pids_max_before> <oom_before>
@@ -117,6 +119,8 @@ struct Running {
     kill_at: Option<Instant>,
     /// The exit code, and until when output is still drained.
     exited: Option<(i32, Instant)>,
+    /// Exit after this command.
+    last: bool,
 }
 
 struct Agent<'a> {
@@ -257,8 +261,12 @@ impl Agent<'_> {
             u8::from(alive)
         );
         let nonce = r.nonce;
+        let last = r.last;
         self.running = None;
         self.frame(FRAME_EXIT, nonce, payload.as_bytes());
+        if last {
+            std::process::exit(0);
+        }
     }
 
     fn request(&mut self, line: &[u8]) {
@@ -348,6 +356,7 @@ impl Agent<'_> {
             how: How::Exited,
             kill_at: None,
             exited: None,
+            last: run.last,
         });
         self.frame(FRAME_STARTED, nonce, pid.to_string().as_bytes());
     }
@@ -364,6 +373,7 @@ impl Agent<'_> {
 }
 
 struct Run {
+    last: bool,
     timeout: Option<Duration>,
     grace: Duration,
     pid_file: String,
@@ -381,6 +391,7 @@ fn parse_run<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<Run, Strin
     };
     let timeout_ms = num("timeout")?;
     let grace_ms = num("grace")?;
+    let last = num("last")? == 1;
     let mut field = |what: &str| {
         words
             .next()
@@ -405,6 +416,7 @@ fn parse_run<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<Run, Strin
         return Err("bad request: empty command".into());
     }
     Ok(Run {
+        last,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
         grace: Duration::from_millis(grace_ms),
         pid_file,

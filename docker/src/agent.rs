@@ -167,8 +167,9 @@ fn next_nonce() -> u64 {
 fn request_line(nonce: u64, req: &ExecRequest) -> Vec<u8> {
     let timeout_ms = req.timeout.map_or(0, |t| t.as_millis().max(1) as u64);
     let mut line = format!(
-        "\nRUN {nonce} {timeout_ms} {} {} {} {}",
+        "\nRUN {nonce} {timeout_ms} {} {} {} {} {}",
         req.kill_grace.as_millis(),
+        u8::from(req.last_command),
         hex::encode(&req.pid_file),
         hex::encode(&req.workdir),
         req.argv.len()
@@ -698,11 +699,14 @@ mod tests {
             .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\n'));
         let text = String::from_utf8(line).expect("ascii");
         let words: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(&words[..4], ["RUN", "42", "3000", "2000"]);
-        assert_eq!(words[6], "3");
-        assert_eq!(hex::decode(words[9]).expect("hex"), b"echo 'a b'\n\x10\x11");
-        assert_eq!(words[10], "1");
-        assert_eq!(hex::decode(words[11]).expect("hex"), b"K=v\nw");
+        assert_eq!(&words[..5], ["RUN", "42", "3000", "2000", "0"]);
+        assert_eq!(words[7], "3");
+        assert_eq!(
+            hex::decode(words[10]).expect("hex"),
+            b"echo 'a b'\n\x10\x11"
+        );
+        assert_eq!(words[11], "1");
+        assert_eq!(hex::decode(words[12]).expect("hex"), b"K=v\nw");
     }
 
     #[test]

@@ -128,6 +128,10 @@ pub struct ExecRequest {
     /// caller must then call [`Engine::check_leftovers`] before reusing the container, unless
     /// [`ExecOutcome::checked`] says the check ran anyway (a container's agent always checks).
     pub check_on_success: bool,
+    /// The container's last command (it is not reused): its agent exits after the command, so
+    /// the container stops by itself and its removal afterwards is quick. No effect where
+    /// commands are `docker exec`s.
+    pub last_command: bool,
 }
 
 impl ExecRequest {
@@ -147,6 +151,7 @@ impl ExecRequest {
             pid_file: pid_file.into(),
             kill_grace: DEFAULT_KILL_GRACE,
             check_on_success: true,
+            last_command: false,
         }
     }
 
@@ -213,6 +218,13 @@ impl ExecRequest {
     #[must_use]
     pub fn skip_check_on_success(mut self) -> Self {
         self.check_on_success = false;
+        self
+    }
+
+    /// Marks the request as the container's last command (see [`ExecRequest::last_command`]).
+    #[must_use]
+    pub fn last_command(mut self) -> Self {
+        self.last_command = true;
         self
     }
 

@@ -830,3 +830,35 @@ async fn without_an_agent_dir_the_agent_is_copied_in_and_serves_alike() {
     assert!(outcome.exec_id.starts_with("agent:"), "{outcome:?}");
     assert_eq!(String::from_utf8_lossy(&out), "0\nrefused\n");
 }
+
+#[tokio::test]
+async fn after_its_last_command_the_container_stops_by_itself() {
+    let h = harness!();
+    let id = h.container(&h.spec()).await;
+    let r = h.run(&id, sh("echo bye; exit 5").last_command()).await;
+    assert_eq!(r.outcome.exit_code, Some(5), "{:?}", r.outcome);
+    assert_eq!(r.stdout, "bye\n");
+    if !h.engine.agent_enabled() {
+        // docker exec cannot end the container's keep-alive: it keeps running.
+        let state = h
+            .engine
+            .container_state(&id)
+            .await
+            .expect("state")
+            .expect("exists");
+        assert!(state.running);
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h
+        .engine
+        .container_state(&id)
+        .await
+        .expect("state")
+        .is_some_and(|s| s.running)
+    {
+        assert!(Instant::now() < deadline, "the container kept running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.engine.remove_container(&id).await.expect("remove");
+}
