@@ -429,6 +429,7 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
         &request,
         false,
         id.clone(),
+        None,
     )
     .await?;
     if !request.follow {

@@ -201,6 +201,8 @@ struct Shared {
     client: Client,
     worker_id: String,
     temporal: Option<ManagedTemporal>,
+    /// The Docker side of this daemon's worker, when it serves its host's queue.
+    sandbox: Option<SandboxBackend>,
 }
 
 /// The Temporal workers of one stigmer process: the shared task queue (the workflow and every
@@ -432,6 +434,7 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
         client,
         worker_id: worker_id.clone(),
         temporal,
+        sandbox: workers.host.is_some().then(|| workers.sandbox.clone()),
     };
     eprintln!(
         "stigmer: daemon {} ready on {} (store {}, task queue {})",
@@ -703,6 +706,7 @@ pub async fn start_execution(
     request: &RunRequest,
     eager: bool,
     id: String,
+    host: Option<&SandboxBackend>,
 ) -> Result<(ExecutionInput, Started, ExecutionSpan)> {
     let wf_id = workflow_id(&id);
     let (command, argv) = match &request.command {
@@ -758,9 +762,20 @@ pub async fn start_execution(
         }),
         placement: None,
         warm_host: None,
+        image_ready: None,
+    };
+    let warm_host = warm_host(store, task_queue, &input).await;
+    // On the Docker host it serves, the daemon sees whether the image is there: the workflow
+    // then needs no ensure-image step. Not with a warm hint, whose fallback ensures the image.
+    let image_ready = match (&warm_host, host, &input.sandbox) {
+        (None, Some(host), Some(spec)) if input.effective_mode == Mode::Sandbox => {
+            host.present_image(spec).await
+        }
+        _ => None,
     };
     let input = ExecutionInput {
-        warm_host: warm_host(store, task_queue, &input).await,
+        warm_host,
+        image_ready,
         ..input
     };
     let options = WorkflowStartOptions::new(task_queue.to_string(), wf_id.clone())
@@ -861,6 +876,7 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
         &request,
         true,
         id.clone(),
+        shared.sandbox.as_ref(),
     )
     .await;
     let started = match started {

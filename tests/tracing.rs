@@ -358,8 +358,9 @@ fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
             .find(|r| r.span.name == name && hex(&r.span.trace_id) == trace_id)
             .map(|r| r.span.clone())
     };
+    // The daemon saw the image on its host, so there is no ensure-image step: the image and
+    // where it came from are on the acquire step.
     let names = [
-        "RunActivity:ensure_image",
         "RunActivity:acquire_container",
         "RunActivity:exec",
         "RunActivity:release_container",
@@ -372,13 +373,16 @@ fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
     let seen: Vec<&str> = spans.iter().map(|r| r.span.name.as_str()).collect();
     assert!(all, "missing sandbox step spans; received {seen:?}");
 
-    let ensure = step(&spans, "RunActivity:ensure_image").unwrap();
-    assert_eq!(attr(&ensure, "stigmer.sandbox.image"), Some(image));
-    assert_eq!(
-        attr(&ensure, "stigmer.sandbox.image_source").as_deref(),
-        Some("present")
+    assert!(
+        step(&spans, "RunActivity:ensure_image").is_none(),
+        "{seen:?}"
     );
     let acquire = step(&spans, "RunActivity:acquire_container").unwrap();
+    assert_eq!(attr(&acquire, "stigmer.sandbox.image"), Some(image));
+    assert_eq!(
+        attr(&acquire, "stigmer.sandbox.image_source").as_deref(),
+        Some("present")
+    );
     assert_eq!(
         attr(&acquire, "stigmer.sandbox.container_id"),
         Some(container.clone())
@@ -392,7 +396,7 @@ fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
         attr(&release, "stigmer.sandbox.container_id"),
         Some(container)
     );
-    for span in [&ensure, &acquire, &release] {
+    for span in [&acquire, &release] {
         assert_eq!(
             attr(span, "stigmer.execution.id").as_deref(),
             Some(id.as_str()),

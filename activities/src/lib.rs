@@ -461,6 +461,8 @@ impl Activities {
             ),
             KeyValue::new("stigmer.sandbox.lease_id", placement.lease_id.clone()),
             KeyValue::new("stigmer.sandbox.reused", placement.reused),
+            KeyValue::new("stigmer.sandbox.image", request.image.image.clone()),
+            KeyValue::new("stigmer.sandbox.image_source", request.image.how.clone()),
         ]);
         self.announce_container(&request.execution_id, &placement, &request.image.image)
             .await;

@@ -245,6 +245,26 @@ impl SandboxBackend {
         Ok(ready)
     }
 
+    /// The image of `spec` when it is on the Docker host whose queue this worker serves, as
+    /// `ensure_image` would report it: the starter on that host (the daemon) passes it in, and
+    /// the workflow goes straight to acquire. `None` when anything is to be done first (pull,
+    /// build, `--requirements`) or this worker serves no host queue.
+    pub async fn present_image(&self, spec: &SandboxSpec) -> Option<ImageReady> {
+        if spec.cloud || spec.requirements.is_some() {
+            return None;
+        }
+        let queue = self.host_queue()?;
+        let (engine, _) = self.engine().await.ok()?;
+        let info = engine.image_present(&spec.image).await.ok()??;
+        Some(ImageReady {
+            image: spec.image.clone(),
+            image_id: info.id,
+            digest: info.repo_digest,
+            how: "present".into(),
+            task_queue: Some(queue),
+        })
+    }
+
     /// Reuses an idle container with the same spec inside its TTL, or creates one.
     pub async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, SandboxError> {
         let (engine, engine_id) = self.engine().await?;

@@ -163,6 +163,11 @@ impl Engine {
         }
     }
 
+    /// The image's id and digest when it is on this host (nothing is pulled or built).
+    pub async fn image_present(&self, image: &str) -> Result<Option<ImageInfo>, EngineError> {
+        self.inspect_image(image, ImageHow::Present).await
+    }
+
     /// The image's id and digest, or `None` when it is not on this host.
     async fn inspect_image(
         &self,

@@ -297,7 +297,9 @@ async fn release(
         .await;
 }
 
-/// ensure_image → acquire_container → exec → release_container. Release runs on every path.
+/// ensure_image → acquire_container → exec → release_container (no ensure_image when the
+/// starter saw the image on its host; exec → release on the warm path). Release runs on every
+/// path.
 async fn run_in_sandbox(
     ctx: &mut WorkflowContext<AgentExecution>,
     input: &mut ExecutionInput,
@@ -342,6 +344,13 @@ async fn run_in_sandbox(
             how: "snapshot".into(),
             task_queue: None,
         }
+    } else if let Some(ready) = input
+        .image_ready
+        .clone()
+        .filter(|r| spec.requirements.is_none() && r.task_queue.is_some())
+    {
+        // The starter saw the image on the Docker host it serves: one step less.
+        ready
     } else {
         ctx.execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
             .await

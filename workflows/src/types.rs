@@ -188,6 +188,10 @@ pub struct ExecutionInput {
     /// execution was started (the warm path: `exec` goes there and takes the container itself).
     #[serde(default)]
     pub warm_host: Option<String>,
+    /// The image as the starter found it present on its own Docker host (the daemon, which
+    /// serves that host's queue): the workflow then skips `ensure_image` and acquires there.
+    #[serde(default)]
+    pub image_ready: Option<ImageReady>,
 }
 
 /// The image a sandbox execution runs in, as `ensure_image` found or made it.
