@@ -274,7 +274,6 @@ impl Activities {
         });
 
         let mut release_early = false;
-        let mut remove_early = false;
         let ended = match input.effective_mode {
             Mode::Local => {
                 let store = self.store.clone();
@@ -317,8 +316,6 @@ impl Activities {
                     let clean = matches!(&outcome, Ok((Ended::Exited(_), false)));
                     let ended = self.settle(placement, outcome).await;
                     release_early = clean && spec.ttl_secs > 0 && ended.is_ok();
-                    remove_early = spec.ttl_secs == 0
-                        && matches!(&ended, Ok(Ended::Exited(_) | Ended::Failed { .. }));
                     ended
                 }
                 _ => Ok(Ended::Failed {
@@ -384,33 +381,12 @@ impl Activities {
         self.hub
             .publish(&id, HubEvent::Ended(recorded.clone()), &Default::default())
             .await;
-        // Never reused (TTL 0), and its command ended by itself: removed now, after the answer,
-        // rather than one more Temporal step later. The workflow's release then finds nothing
-        // left to do; if this takes long or fails, that release removes it.
-        if let (true, Some(placement), Some(spec)) =
-            (remove_early, &input.placement, &input.sandbox)
-        {
-            let release = self.sandbox.release(&id, placement, false, 0, spec.cleanup);
-            match tokio::time::timeout(EARLY_REMOVAL_LIMIT, release).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(
-                    "could not remove the container at once ({e}); the release step will"
-                ),
-                Err(_) => {
-                    tracing::warn!("removing the container is slow; the release step finishes it")
-                }
-            }
-        }
         if ended == Ended::Cancelled {
             return Err(ActivityError::cancelled());
         }
         Ok(recorded)
     }
 }
-
-/// How long `exec` spends removing a TTL-0 container before leaving it to the release step
-/// (well inside the heartbeat timeout: no heartbeat is sent meanwhile).
-const EARLY_REMOVAL_LIMIT: Duration = Duration::from_secs(3);
 
 #[activities]
 impl Activities {
