@@ -10,6 +10,7 @@ use std::process::Command;
 fn main() {
     let src = "agent/stigmer-agent.rs";
     println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-changed=agent/protocol.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dest = out.join("stigmer-agent");
     let target = std::env::var("TARGET").unwrap_or_default();

@@ -13,9 +13,9 @@
 //!   (`last`: the container's last command; the agent exits after its exit frame, so the
 //!   container stops by itself while the worker records the result, and its removal is quick)
 //!   `STOP <nonce>` — SIGTERM to the command's process group, SIGKILL after the grace period.
-//! Frames: `[kind: u8][nonce: u64 BE][len: u32 BE][payload]`; kinds: 1 stdout, 2 stderr,
-//! 3 started (payload: pid), 4 exit (`<how> <code> <pids_max_before> <oom_before>
-//! <pids_max_after> <oom_after> <left_running>`), 5 refused (payload: why; nothing ran).
+//! Frames (`protocol.rs`): `[kind: u8][nonce: u64 BE][len: u32 BE][payload]`; kinds: stdout,
+//! stderr, started (payload: pid), exit (`<how> <code> <pids_max_before> <oom_before>
+//! <pids_max_after> <oom_after> <left_running>`), refused (payload: why; nothing ran).
 //! Every frame names its request, so a worker that attaches while an older request's tail is
 //! still being written ignores what is not its own.
 //!
@@ -33,6 +33,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod protocol;
+use protocol::{encode_frame, FRAME_EXIT, FRAME_REFUSED, FRAME_STARTED, FRAME_STDERR, FRAME_STDOUT};
 
 #[repr(C)]
 struct PollFd {
@@ -55,11 +58,6 @@ const PR_SET_DUMPABLE: c_int = 4;
 /// pidfd_open(2): the same number on every architecture (Linux 5.3+).
 const SYS_PIDFD_OPEN: c_long = 434;
 
-const FRAME_STDOUT: u8 = 1;
-const FRAME_STDERR: u8 = 2;
-const FRAME_STARTED: u8 = 3;
-const FRAME_EXIT: u8 = 4;
-const FRAME_REFUSED: u8 = 5;
 
 /// After the command exits, how long output still held open by something it left behind is
 /// waited for (that something makes the container unfit for reuse anyway).
@@ -362,11 +360,7 @@ impl Agent<'_> {
     }
 
     fn frame(&mut self, kind: u8, nonce: u64, payload: &[u8]) {
-        let mut f = Vec::with_capacity(13 + payload.len());
-        f.push(kind);
-        f.extend_from_slice(&nonce.to_be_bytes());
-        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        f.extend_from_slice(payload);
+        let f = encode_frame(kind, nonce, payload);
         // Nobody attached: the engine discards it. A broken stdout: nothing can be told anyway.
         let _ = self.out.write_all(&f);
     }

@@ -42,12 +42,14 @@ pub(crate) const AGENT_PROTOCOL: &str = "1";
 /// The agent binary built for this crate's target, empty where it could not be built.
 static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stigmer-agent"));
 
-const FRAME_STDOUT: u8 = 1;
-const FRAME_STDERR: u8 = 2;
-const FRAME_STARTED: u8 = 3;
-const FRAME_EXIT: u8 = 4;
-const FRAME_REFUSED: u8 = 5;
-const FRAME_HEADER: usize = 13;
+// The encoder serves the agent, and this side's tests.
+#[allow(dead_code)]
+#[path = "../agent/protocol.rs"]
+mod protocol;
+use protocol::{
+    FRAME_EXIT, FRAME_HEADER, FRAME_REFUSED, FRAME_STARTED, FRAME_STDERR, FRAME_STDOUT,
+};
+
 /// The agent sends at most 64 KiB per frame; anything far larger is a broken stream.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
 
@@ -659,14 +661,12 @@ mod tests {
     fn frames_are_reassembled_whatever_the_split() {
         let mut bytes = Vec::new();
         for (kind, nonce, payload) in [
-            (1u8, 7u64, &b"hello"[..]),
-            (2, 9, b""),
-            (4, 7, b"exited 0 1 2 1 2 0"),
+            (FRAME_STDOUT, 7u64, &b"hello"[..]),
+            (FRAME_STDERR, 9, b""),
+            (FRAME_EXIT, 7, b"exited 0 1 2 1 2 0"),
         ] {
-            bytes.push(kind);
-            bytes.extend_from_slice(&nonce.to_be_bytes());
-            bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(payload);
+            // Encoded as the agent encodes them.
+            bytes.extend(protocol::encode_frame(kind, nonce, payload));
         }
         for split in 1..bytes.len() {
             let mut frames = Frames::default();
