@@ -113,14 +113,59 @@ fn wait_all_terminal(env: &Env, ids: &[String], limit: Duration) -> Vec<serde_js
                 records.push(record);
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "execution {id} is still {status} after {limit:?}: {record}"
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "execution {id} is still {status} after {limit:?}: {record}\n{}",
+                    why_stuck(env, id, &record)
+                );
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
     records
+}
+
+/// What Temporal and the daemon's log say about an execution that did not end: printed with
+/// the failure, so that a run in CI explains itself.
+fn why_stuck(env: &Env, id: &str, record: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(wf) = record["workflow_id"].as_str() {
+        let described = Command::new("temporal")
+            .args(["workflow", "describe", "--workflow-id", wf, "--address"])
+            .arg(format!("127.0.0.1:{}", env.port))
+            .output();
+        let history = Command::new("temporal")
+            .args(["workflow", "show", "--workflow-id", wf, "--address"])
+            .arg(format!("127.0.0.1:{}", env.port))
+            .output();
+        for (what, o) in [("describe", described), ("history", history)] {
+            match o {
+                Ok(o) => out.push_str(&format!(
+                    "== temporal workflow {what}\n{}{}\n",
+                    text(&o.stdout),
+                    text(&o.stderr)
+                )),
+                Err(e) => out.push_str(&format!("== temporal workflow {what}: {e}\n")),
+            }
+        }
+    }
+    let log = std::fs::read_to_string(env.data_dir().join("daemon.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
+    out.push_str(&format!(
+        "== daemon.log lines naming {id} (last 60 of {})\n",
+        lines.len()
+    ));
+    for l in lines.iter().rev().take(60).rev() {
+        out.push_str(l);
+        out.push('\n');
+    }
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    out.push_str("== daemon.log, last 40 lines\n");
+    for l in tail.iter().rev() {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 /// What the test found after the storm: the figures it prints and asserts on.
