@@ -150,9 +150,14 @@ fn why_stuck(env: &Env, id: &str, record: &serde_json::Value) -> String {
         }
     }
     let log = std::fs::read_to_string(env.data_dir().join("daemon.log")).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
+    // The SDK's own lines (a failing workflow task) name the run, not the execution.
+    let run_id = record["run_id"].as_str().filter(|r| !r.is_empty());
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(id) || run_id.is_some_and(|r| l.contains(r)))
+        .collect();
     out.push_str(&format!(
-        "== daemon.log lines naming {id} (last 60 of {})\n",
+        "== daemon.log lines naming {id} or its run (last 60 of {})\n",
         lines.len()
     ));
     for l in lines.iter().rev().take(60).rev() {

@@ -128,7 +128,8 @@ fn an_idle_container_is_reused_within_its_ttl_and_removed_after() {
     assert!(leases(&env).is_empty(), "the lease is removed");
 }
 
-/// A first run whose image the daemon sees on its host skips the image step; a run that finds
+/// A first run whose image the daemon sees on its host is one step (`exec` acquires the
+/// container there; no image or acquire step); a run that finds
 /// an idle container of its spec takes it in one step (`exec` claims it: no image or acquire
 /// step), and an idle container that vanished behind stigmer's back sends the
 /// run the long way, to a new container, instead of failing it.
@@ -141,8 +142,8 @@ fn a_warm_run_takes_its_container_in_one_step_and_goes_the_long_way_when_it_is_g
     let cold = env.last_execution();
     assert_eq!(
         activity_steps(&env, cold["workflow_id"].as_str().unwrap()),
-        ["acquire_container", "exec", "release_container"],
-        "the daemon saw the image on its host: no ensure-image step"
+        ["exec", "release_container"],
+        "the daemon saw the image on its host: exec acquires the container there"
     );
     let shown = env.show(cold["id"].as_str().unwrap());
     assert!(

@@ -358,13 +358,10 @@ fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
             .find(|r| r.span.name == name && hex(&r.span.trace_id) == trace_id)
             .map(|r| r.span.clone())
     };
-    // The daemon saw the image on its host, so there is no ensure-image step: the image and
-    // where it came from are on the acquire step.
-    let names = [
-        "RunActivity:acquire_container",
-        "RunActivity:exec",
-        "RunActivity:release_container",
-    ];
+    // The daemon saw the image on its host, so exec acquired the container itself: no
+    // ensure-image or acquire step, and the image, where it came from and the container are on
+    // the exec step.
+    let names = ["RunActivity:exec", "RunActivity:release_container"];
     let all = eventually(Duration::from_secs(30), || {
         let spans = receiver.spans();
         names.iter().all(|n| step(&spans, n).is_some())
@@ -373,22 +370,21 @@ fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
     let seen: Vec<&str> = spans.iter().map(|r| r.span.name.as_str()).collect();
     assert!(all, "missing sandbox step spans; received {seen:?}");
 
-    assert!(
-        step(&spans, "RunActivity:ensure_image").is_none(),
-        "{seen:?}"
-    );
-    let acquire = step(&spans, "RunActivity:acquire_container").unwrap();
-    assert_eq!(attr(&acquire, "stigmer.sandbox.image"), Some(image));
+    for skipped in ["RunActivity:ensure_image", "RunActivity:acquire_container"] {
+        assert!(step(&spans, skipped).is_none(), "{seen:?}");
+    }
+    let exec = step(&spans, "RunActivity:exec").unwrap();
+    assert_eq!(attr(&exec, "stigmer.sandbox.image"), Some(image));
     assert_eq!(
-        attr(&acquire, "stigmer.sandbox.image_source").as_deref(),
+        attr(&exec, "stigmer.sandbox.image_source").as_deref(),
         Some("present")
     );
     assert_eq!(
-        attr(&acquire, "stigmer.sandbox.container_id"),
+        attr(&exec, "stigmer.sandbox.container_id"),
         Some(container.clone())
     );
     assert_eq!(
-        attr(&acquire, "stigmer.sandbox.reused").as_deref(),
+        attr(&exec, "stigmer.sandbox.reused").as_deref(),
         Some("false")
     );
     let release = step(&spans, "RunActivity:release_container").unwrap();
@@ -396,7 +392,7 @@ fn a_sandbox_execution_traces_its_image_container_and_release_steps() {
         attr(&release, "stigmer.sandbox.container_id"),
         Some(container)
     );
-    for span in [&acquire, &release] {
+    for span in [&exec, &release] {
         assert_eq!(
             attr(span, "stigmer.execution.id").as_deref(),
             Some(id.as_str()),

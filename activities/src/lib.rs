@@ -204,6 +204,29 @@ impl Activities {
                 Err(e) => return Err(sandbox_error(e)),
             }
         }
+        if input.effective_mode == Mode::Sandbox
+            && input.placement.is_none()
+            && input.warm_host.is_none()
+            && let (Some(spec), Some(image)) = (&input.sandbox, &input.image_ready)
+            && !spec.cloud
+        {
+            // The starter saw the image on this host: acquire here, then run. A retried
+            // attempt finds the lease it holds; one whose command already started goes on to
+            // the claim below, which says how it ended.
+            let request = AcquireRequest {
+                execution_id: id.clone(),
+                spec: spec.clone(),
+                image: image.clone(),
+            };
+            let placement = with_heartbeats(ctx, self.sandbox.acquire_unless_started(&request))
+                .await
+                .map_err(sandbox_error)?;
+            if let Some(placement) = placement {
+                annotate_placement(&placement, image);
+                self.announce_container(&id, &placement, &image.image).await;
+                input.placement = Some(placement);
+            }
+        }
         match self
             .store
             .mark_started(&id, &self.worker_id, attempt)
@@ -454,16 +477,7 @@ impl Activities {
                 .await
                 .map_err(sandbox_error)?
         };
-        telemetry::annotate([
-            KeyValue::new(
-                "stigmer.sandbox.container_id",
-                placement.container_id.clone(),
-            ),
-            KeyValue::new("stigmer.sandbox.lease_id", placement.lease_id.clone()),
-            KeyValue::new("stigmer.sandbox.reused", placement.reused),
-            KeyValue::new("stigmer.sandbox.image", request.image.image.clone()),
-            KeyValue::new("stigmer.sandbox.image_source", request.image.how.clone()),
-        ]);
+        annotate_placement(&placement, &request.image);
         self.announce_container(&request.execution_id, &placement, &request.image.image)
             .await;
         Ok(placement)
@@ -570,6 +584,20 @@ fn annotate_result(result: &ExecutionResult) {
 
 /// Runs a step while heartbeating every second, so a worker that dies mid-step is noticed by
 /// the step's heartbeat timeout instead of its start-to-close timeout.
+/// The container a step placed its execution in, and the image, on the step's span.
+fn annotate_placement(placement: &Placement, image: &ImageReady) {
+    telemetry::annotate([
+        KeyValue::new(
+            "stigmer.sandbox.container_id",
+            placement.container_id.clone(),
+        ),
+        KeyValue::new("stigmer.sandbox.lease_id", placement.lease_id.clone()),
+        KeyValue::new("stigmer.sandbox.reused", placement.reused),
+        KeyValue::new("stigmer.sandbox.image", image.image.clone()),
+        KeyValue::new("stigmer.sandbox.image_source", image.how.clone()),
+    ]);
+}
+
 async fn with_heartbeats<T>(ctx: &ActivityContext, step: impl Future<Output = T>) -> T {
     tokio::pin!(step);
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);

@@ -267,6 +267,23 @@ impl SandboxBackend {
 
     /// Reuses an idle container with the same spec inside its TTL, or creates one.
     pub async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, SandboxError> {
+        // A warm-path attempt ran it and its answer was lost: placing it again would record a
+        // container it never ran in. The workflow then reports what was recorded.
+        self.acquire_unless_started(req).await?.ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "execution {} already started in another container",
+                req.execution_id
+            ))
+        })
+    }
+
+    /// [`Self::acquire`], or `None` when the execution holds no container here although it got
+    /// past `queued`: an earlier attempt ran it and lost its container (its record says how
+    /// it ended, or that its worker was lost).
+    pub async fn acquire_unless_started(
+        &self,
+        req: &AcquireRequest,
+    ) -> Result<Option<Placement>, SandboxError> {
         let (engine, engine_id) = self.engine().await?;
         let container = Self::container_spec(&req.spec, &req.image.image)?;
         let spec_hash = container.spec_hash();
@@ -274,15 +291,10 @@ impl SandboxBackend {
             .resume_acquire(engine, engine_id, &req.execution_id)
             .await?
         {
-            return Ok(placement);
+            return Ok(Some(placement));
         }
         if self.started_elsewhere(&req.execution_id).await? {
-            // A warm-path attempt ran it and its answer was lost: placing it again would
-            // record a container it never ran in. The workflow then reports what was recorded.
-            return Err(SandboxError::Invalid(format!(
-                "execution {} already started in another container",
-                req.execution_id
-            )));
+            return Ok(None);
         }
         if req.spec.ttl_secs > 0
             && let Some(placement) = self
@@ -295,7 +307,7 @@ impl SandboxBackend {
                 )
                 .await?
         {
-            return Ok(placement);
+            return Ok(Some(placement));
         }
         let lease = self
             .store
@@ -339,12 +351,12 @@ impl SandboxBackend {
                 Some(&lease.id),
             )
             .await?;
-        Ok(Placement {
+        Ok(Some(Placement {
             lease_id: lease.id,
             container_id,
             reused: false,
             task_queue: self.host_queue(),
-        })
+        }))
     }
 
     /// The warm path: `exec` takes an idle container with the execution's spec itself, without

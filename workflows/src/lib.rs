@@ -173,11 +173,20 @@ fn exec_outcome(
     }
 }
 
-/// Schedules `exec` on the placement's host queue, or on `queue` when given (the warm path).
+/// Where `exec` is sent when the workflow holds no placement yet.
+#[derive(Clone, Copy)]
+enum ExecQueue<'a> {
+    /// A host that had an idle container of the spec (the warm path).
+    Warm(&'a str),
+    /// The host the starter saw the image on: `exec` acquires the container there.
+    ReadyHost(&'a str),
+}
+
+/// Schedules `exec` on the placement's host queue, or on `queue` when given.
 async fn exec_activity(
     ctx: &mut WorkflowContext<AgentExecution>,
     input: &ExecutionInput,
-    queue: Option<&str>,
+    queue: Option<ExecQueue<'_>>,
 ) -> Result<ExecutionResult, ActivityExecutionError> {
     // `exec` must not run a command twice unless asked. The activity itself refuses to
     // re-spawn a command whose start is recorded, so retries here only cover failures
@@ -189,14 +198,23 @@ async fn exec_activity(
             RetryPolicy::builder()
                 .initial_interval(Duration::from_millis(500))
                 .maximum_interval(Duration::from_secs(10))
-                .maximum_attempts(10)
+                // Acquiring in exec, attempts lost with their worker before the command
+                // started must not use up the retries (as for acquire_container).
+                .maximum_attempts(if matches!(queue, Some(ExecQueue::ReadyHost(_))) {
+                    ACQUIRE_ATTEMPTS
+                } else {
+                    10
+                })
                 .build(),
         )
         .summary(format!("exec {}", input.display_command()))
         .build();
-    if let Some(queue) = queue {
+    if let Some(ExecQueue::Warm(queue)) = queue {
         exec_options.task_queue = Some(queue.to_string());
         exec_options.schedule_to_start_timeout = Some(WARM_SCHEDULE_TO_START);
+    } else if let Some(ExecQueue::ReadyHost(queue)) = queue {
+        exec_options.task_queue = Some(queue.to_string());
+        exec_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
     } else if let Some(queue) = input.placement.as_ref().and_then(|p| p.task_queue.clone()) {
         exec_options.task_queue = Some(queue);
         exec_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
@@ -218,7 +236,7 @@ async fn run_warm(
     if !spec.allows_warm_path() {
         return None;
     }
-    let outcome = exec_activity(ctx, input, Some(&queue)).await;
+    let outcome = exec_activity(ctx, input, Some(ExecQueue::Warm(&queue))).await;
     if let Err(err) = &outcome
         && never_started(err)
     {
@@ -226,6 +244,33 @@ async fn run_warm(
     }
     let outcome = exec_outcome(input, outcome);
     // The container may still run the command unless exec ended it and said how.
+    let taint = match &outcome {
+        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
+        Err(_) => true,
+    };
+    release(ctx, &input.id, None, Some(queue), taint, spec).await;
+    Some(outcome)
+}
+
+/// The cold path when the starter saw the image on the Docker host it serves (the daemon):
+/// `exec` goes to that host and acquires the container itself (reusing an idle one inside its
+/// TTL, else creating one), then runs the command: one step instead of ensure-image, acquire
+/// and exec. Acquiring is idempotent per execution (a retry finds its lease), and the command
+/// is claimed in the store only once the container is held, so a lost attempt is retried like
+/// a lost acquire until the command has started. `None` when the input carries no such image.
+async fn run_on_ready_host(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    input: &ExecutionInput,
+    spec: &SandboxSpec,
+) -> Option<Result<ExecutionResult, ExecutionResult>> {
+    let queue = input
+        .image_ready
+        .as_ref()
+        .filter(|_| !spec.cloud && spec.requirements.is_none())?
+        .task_queue
+        .clone()?;
+    let outcome = exec_activity(ctx, input, Some(ExecQueue::ReadyHost(&queue))).await;
+    let outcome = exec_outcome(input, outcome);
     let taint = match &outcome {
         Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
         Err(_) => true,
@@ -297,9 +342,9 @@ async fn release(
         .await;
 }
 
-/// ensure_image → acquire_container → exec → release_container (no ensure_image when the
-/// starter saw the image on its host; exec → release on the warm path). Release runs on every
-/// path.
+/// ensure_image → acquire_container → exec → release_container; exec → release on the warm
+/// path and when the starter saw the image on its host (exec acquires there). Release runs on
+/// every path.
 async fn run_in_sandbox(
     ctx: &mut WorkflowContext<AgentExecution>,
     input: &mut ExecutionInput,
@@ -325,6 +370,9 @@ async fn run_in_sandbox(
     if let Some(outcome) = run_warm(ctx, input, &spec).await {
         return outcome;
     }
+    if let Some(outcome) = run_on_ready_host(ctx, input, &spec).await {
+        return outcome;
+    }
     let image_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
         .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
         .retry_policy(
@@ -344,13 +392,6 @@ async fn run_in_sandbox(
             how: "snapshot".into(),
             task_queue: None,
         }
-    } else if let Some(ready) = input
-        .image_ready
-        .clone()
-        .filter(|r| spec.requirements.is_none() && r.task_queue.is_some())
-    {
-        // The starter saw the image on the Docker host it serves: one step less.
-        ready
     } else {
         ctx.execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
             .await
@@ -364,9 +405,7 @@ async fn run_in_sandbox(
                 RetryPolicy::builder()
                     .initial_interval(Duration::from_millis(500))
                     .maximum_interval(Duration::from_secs(5))
-                    // Attempts lost with their worker must not use up the retries: a storm of
-                    // crashes (tests/chaos.rs) ended executions here with 5.
-                    .maximum_attempts(50)
+                    .maximum_attempts(ACQUIRE_ATTEMPTS)
                     .build(),
             )
             .build();
@@ -400,6 +439,10 @@ async fn run_in_sandbox(
     release(ctx, &id, Some(placement), queue, taint, &spec).await;
     outcome
 }
+
+/// Attempts of a step that acquires a container. Attempts lost with their worker must not use
+/// up the retries: a storm of crashes (tests/chaos.rs) ended executions with 5.
+const ACQUIRE_ATTEMPTS: u32 = 50;
 
 /// How long exec/release wait for the container's host to pick them up before giving up (the
 /// host is gone; its leases are reconciled by the reaper).
