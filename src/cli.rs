@@ -790,17 +790,14 @@ async fn run(args: RunArgs) -> Result<i32> {
             request.effective_mode, request.reason
         );
     }
-    if request.effective_mode == Mode::Sandbox
+    // Against a remote cluster the workers' Docker hosts run the command, but this client
+    // checks its own engine as before; the daemon checks its host itself (it holds the
+    // connection already, so a run does not pay for a second one here).
+    if cfg.is_remote()
+        && request.effective_mode == Mode::Sandbox
         && let Err(e) = stigmer_docker::Engine::connect().await
     {
-        let why = if request.requested_mode == RequestedMode::Auto {
-            "auto mode decided this command must be isolated, so it is not run on the host"
-        } else {
-            "nothing was run"
-        };
-        bail!(
-            "sandbox mode needs a Docker engine and none answered ({e}); {why}. Start Docker, or use --mode local to run it on the host anyway"
-        );
+        bail!("{}", daemon::no_docker_message(&request, &e));
     }
 
     client::run(&cfg, request, args.output).await

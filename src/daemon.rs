@@ -25,7 +25,7 @@ use stigmer_activities::output::StreamKind;
 use stigmer_activities::sandbox::{SandboxBackend, host_task_queue};
 use stigmer_activities::store::{NewExecution, Store};
 use stigmer_workflows::{
-    AgentExecution, ExecutionInput, ExecutionResult, Mode, Status, workflow_id,
+    AgentExecution, ExecutionInput, ExecutionResult, Mode, RequestedMode, Status, workflow_id,
 };
 use temporalio_client::{
     Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions,
@@ -863,8 +863,41 @@ fn end_span_with_workflow(shared: &Shared, id: &str, workflow_id: &str, span: Ex
     });
 }
 
+/// What `run` says when a sandbox command finds no Docker engine: nothing ran.
+pub fn no_docker_message(request: &RunRequest, e: &dyn std::fmt::Display) -> String {
+    let why = if request.requested_mode == RequestedMode::Auto {
+        "auto mode decided this command must be isolated, so it is not run on the host"
+    } else {
+        "nothing was run"
+    };
+    format!(
+        "sandbox mode needs a Docker engine and none answered ({e}); {why}. Start Docker, or use --mode local to run it on the host anyway"
+    )
+}
+
+/// A sandbox run needs this host's Docker engine: the daemon's own connection when it serves
+/// the host (its steps report an engine that went away since), else a fresh one.
+async fn docker_missing(shared: &Shared, request: &RunRequest) -> Option<String> {
+    let local_sandbox = request.effective_mode == Mode::Sandbox
+        && request.sandbox.as_ref().is_some_and(|s| !s.cloud);
+    if !local_sandbox {
+        return None;
+    }
+    let answered = match &shared.sandbox {
+        Some(host) => host.engine().await.map(|_| ()).map_err(|e| e.to_string()),
+        None => stigmer_docker::Engine::connect()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    answered.err().map(|e| no_docker_message(request, &e))
+}
+
 async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> Result<()> {
     let (mut reader, mut writer) = stream.into_split();
+    if let Some(msg) = docker_missing(&shared, &request).await {
+        return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
+    }
     // With eager start the exec activity can print before start_workflow returns, so the
     // subscription exists before the workflow does.
     let id = new_execution_id();

