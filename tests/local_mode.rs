@@ -501,7 +501,10 @@ fn auto_mode_explains_itself_runs_safe_commands_locally_and_never_runs_isolated_
     assert_eq!(record["effective_mode"], "local");
     assert!(record["reason"].as_str().unwrap().contains("default:local"));
 
-    // Sandbox decisions are never run on the host when no sandbox is available.
+    // Sandbox decisions are never run on the host when no sandbox is available: the daemon
+    // that runs them (started again here by `run`, with this environment) has no Docker.
+    let stop = env.stigmer(&["server", "stop"]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
     let mut cmd = env.cmd();
     cmd.env("STIGMER_EXECUTION_MODE", "auto")
         .env(
