@@ -128,7 +128,11 @@ fn wait_all_terminal(env: &Env, ids: &[String], limit: Duration) -> Vec<serde_js
 /// What Temporal and the daemon's log say about an execution that did not end: printed with
 /// the failure, so that a run in CI explains itself.
 fn why_stuck(env: &Env, id: &str, record: &serde_json::Value) -> String {
-    let mut out = String::new();
+    let mut out = match env.daemon_pid() {
+        Some(pid) if alive(pid) => format!("== the daemon (pid {pid}) is running\n"),
+        Some(pid) => format!("== the daemon (pid {pid}) is NOT running\n"),
+        None => "== no daemon pid file\n".to_string(),
+    };
     if let Some(wf) = record["workflow_id"].as_str() {
         let described = Command::new("temporal")
             .args(["workflow", "describe", "--workflow-id", wf, "--address"])
