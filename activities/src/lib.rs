@@ -582,8 +582,6 @@ fn annotate_result(result: &ExecutionResult) {
     );
 }
 
-/// Runs a step while heartbeating every second, so a worker that dies mid-step is noticed by
-/// the step's heartbeat timeout instead of its start-to-close timeout.
 /// The container a step placed its execution in, and the image, on the step's span.
 fn annotate_placement(placement: &Placement, image: &ImageReady) {
     telemetry::annotate([
@@ -598,6 +596,8 @@ fn annotate_placement(placement: &Placement, image: &ImageReady) {
     ]);
 }
 
+/// Runs a step while heartbeating every second, so a worker that dies mid-step is noticed by
+/// the step's heartbeat timeout instead of its start-to-close timeout.
 async fn with_heartbeats<T>(ctx: &ActivityContext, step: impl Future<Output = T>) -> T {
     tokio::pin!(step);
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
