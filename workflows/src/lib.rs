@@ -243,12 +243,7 @@ async fn run_warm(
         return None;
     }
     let outcome = exec_outcome(input, outcome);
-    // The container may still run the command unless exec ended it and said how.
-    let taint = match &outcome {
-        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
-        Err(_) => true,
-    };
-    release(ctx, &input.id, None, Some(queue), taint, spec).await;
+    release_after(ctx, &input.id, &outcome, None, Some(queue), spec).await;
     Some(outcome)
 }
 
@@ -271,11 +266,7 @@ async fn run_on_ready_host(
         .clone()?;
     let outcome = exec_activity(ctx, input, Some(ExecQueue::ReadyHost(&queue))).await;
     let outcome = exec_outcome(input, outcome);
-    let taint = match &outcome {
-        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
-        Err(_) => true,
-    };
-    release(ctx, &input.id, None, Some(queue), taint, spec).await;
+    release_after(ctx, &input.id, &outcome, None, Some(queue), spec).await;
     Some(outcome)
 }
 
@@ -298,6 +289,24 @@ fn never_started(err: &ActivityExecutionError) -> bool {
         next = f.cause.as_deref();
     }
     false
+}
+
+/// Releases after `exec` ended with `outcome`. The container is tainted unless the command
+/// ended by itself: when `exec` failed, the command may still run; when it was cancelled or
+/// timed out, what it started may.
+async fn release_after(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    id: &str,
+    outcome: &Result<ExecutionResult, ExecutionResult>,
+    placement: Option<Placement>,
+    queue: Option<String>,
+    spec: &SandboxSpec,
+) {
+    let taint = match outcome {
+        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
+        Err(_) => true,
+    };
+    release(ctx, id, placement, queue, taint, spec).await;
 }
 
 /// Gives the container back on every path (a release that cannot run, its host gone, is left
@@ -430,13 +439,8 @@ async fn run_in_sandbox(
     input.placement = Some(placement.clone());
 
     let outcome = run_exec(ctx, input).await;
-    // The container may still run the command unless exec ended it and said how.
-    let taint = match &outcome {
-        Ok(result) => matches!(result.status, Status::Cancelled | Status::TimedOut),
-        Err(_) => true,
-    };
     let queue = placement.task_queue.clone();
-    release(ctx, &id, Some(placement), queue, taint, &spec).await;
+    release_after(ctx, &id, &outcome, Some(placement), queue, &spec).await;
     outcome
 }
 
