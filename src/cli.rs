@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
-use stigmer_workflows::{CommandSpec, EXIT_INFRA_FAILURE, Mode, RequestedMode};
+use stigmer_workflows::{Backend, CommandSpec, EXIT_INFRA_FAILURE, Mode, RequestedMode};
 
 /// A usage mistake: reported with exit code 2, before anything starts.
 #[derive(Debug, thiserror::Error)]
@@ -623,7 +623,7 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             ));
         }
         spec.image = snapshot;
-        spec.cloud = true;
+        spec.backend = Backend::Daytona;
         Some(spec)
     } else {
         if args.requirements.is_some() {
@@ -770,7 +770,7 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         credential_mounts,
         requirements,
         execution_id: None,
-        cloud: false,
+        backend: Backend::Docker,
     })
 }
 

@@ -468,13 +468,7 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
         }
     };
     follower.pump(&store).await?;
-    let result = match result {
-        Ok(result) => result,
-        Err(e) => match store.get_execution(&id).await? {
-            Some(record) if record.status().is_some_and(Status::is_terminal) => record.result(),
-            _ => ExecutionResult::ended(&id, Status::Failed, &format!("the workflow failed: {e}")),
-        },
-    };
+    let result = crate::ops::outcome(&store, &id, result).await;
     span.end(&result);
     Ok(finish_output(&result, format))
 }
@@ -753,7 +747,7 @@ pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
     let store = open_for_reading(cfg).await?;
     let sandbox =
         stigmer_activities::sandbox::SandboxBackend::new(store.clone(), "cli-reaper".into());
-    let daytona = std::env::var("DAYTONA_API_KEY").is_ok_and(|k| !k.is_empty());
+    let daytona = cfg.daytona().is_configured();
     // Docker is reaped when an engine answers; a cloud-only setup has none, and says so.
     let report = match sandbox.engine().await {
         Ok(_) => Some(
@@ -767,8 +761,11 @@ pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
         Err(e) => return Err(e.into()),
     };
     let deleted = if daytona {
-        let cloud =
-            stigmer_activities::cloud::CloudBackend::new(store.clone(), "cli-reaper".into());
+        let cloud = stigmer_activities::cloud::CloudBackend::new(
+            store.clone(),
+            "cli-reaper".into(),
+            cfg.daytona(),
+        );
         cloud.reap().await?
     } else {
         Vec::new()

@@ -258,6 +258,16 @@ fn read_file(path: &Path, explicit: bool) -> Result<BTreeMap<String, String>> {
 }
 
 impl Config {
+    /// The Daytona settings the worker's cloud backend and reaper use.
+    #[must_use]
+    pub fn daytona(&self) -> stigmer_activities::cloud::CloudSettings {
+        stigmer_activities::cloud::CloudSettings {
+            api_key: self.daytona_api_key.value.clone(),
+            api_url: Some(self.daytona_api_url.value.clone()),
+            snapshot: self.daytona_snapshot_id.value.clone(),
+        }
+    }
+
     /// Resolves every setting from flags, environment, file and defaults.
     pub fn load(flags: &Flags) -> Result<Self> {
         let (path, explicit) = config_file_path();

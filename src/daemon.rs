@@ -25,7 +25,8 @@ use stigmer_activities::output::StreamKind;
 use stigmer_activities::sandbox::{SandboxBackend, host_task_queue};
 use stigmer_activities::store::{NewExecution, Store};
 use stigmer_workflows::{
-    AgentExecution, ExecutionInput, ExecutionResult, Mode, RequestedMode, Status, workflow_id,
+    AgentExecution, Backend, ExecutionInput, ExecutionResult, Mode, RequestedMode, Route, Status,
+    workflow_id,
 };
 use temporalio_client::{
     Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions,
@@ -233,6 +234,7 @@ impl Workers {
             worker_id.to_string(),
             cfg.output_retain_bytes.value,
             sandbox.clone(),
+            cfg.daytona(),
         );
         let options = WorkerOptions::new(cfg.task_queue.value.clone())
             .register_workflow::<AgentExecution>()
@@ -558,7 +560,7 @@ async fn upkeep(
             cfg.task_queue.value.clone(),
             engine_id
         ),
-        reaper(store, sandbox, cfg.sandbox_cleanup.value),
+        reaper(store, sandbox, cfg.daytona(), cfg.sandbox_cleanup.value),
     );
 }
 
@@ -598,10 +600,19 @@ async fn keep_temporal_up(cfg: &Config) {
 
 /// Reaps expired and orphaned sandbox containers at start and every 30 s, forever. A worker
 /// without a Docker engine skips quietly (local mode needs none).
-async fn reaper(store: Store, sandbox: SandboxBackend, cleanup: bool) {
-    let cloud =
-        stigmer_activities::cloud::CloudBackend::new(store.clone(), sandbox.worker_id().into());
-    let daytona = std::env::var("DAYTONA_API_KEY").is_ok_and(|k| !k.is_empty());
+async fn reaper(
+    store: Store,
+    sandbox: SandboxBackend,
+    daytona: stigmer_activities::cloud::CloudSettings,
+    cleanup: bool,
+) {
+    let configured = daytona.is_configured();
+    let cloud = stigmer_activities::cloud::CloudBackend::new(
+        store.clone(),
+        sandbox.worker_id().into(),
+        daytona,
+    );
+    let daytona = configured;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
@@ -761,23 +772,17 @@ pub async fn start_execution(
             spec
         }),
         placement: None,
-        warm_host: None,
-        image_ready: None,
+        route: Route::Direct,
     };
-    let warm_host = warm_host(store, task_queue, &input).await;
-    // On the Docker host it serves, the daemon sees whether the image is there: the workflow
-    // then needs no ensure-image step. Not with a warm hint, whose fallback ensures the image.
-    let image_ready = match (&warm_host, host, &input.sandbox) {
-        (None, Some(host), Some(spec)) if input.effective_mode == Mode::Sandbox => {
-            host.present_image(spec).await
-        }
-        _ => None,
-    };
-    let input = ExecutionInput {
-        warm_host,
-        image_ready,
-        ..input
-    };
+    let route = stigmer_activities::route::route_for(
+        store,
+        host,
+        task_queue,
+        input.effective_mode,
+        input.sandbox.as_ref(),
+    )
+    .await;
+    let input = ExecutionInput { route, ..input };
     let options = WorkflowStartOptions::new(task_queue.to_string(), wf_id.clone())
         .enable_eager_workflow_start(eager)
         .static_summary(input.display_command())
@@ -811,29 +816,6 @@ pub async fn start_execution(
     ))
 }
 
-/// The task queue of a Docker host with an idle container fit for this sandbox execution, if
-/// the store knows one: the workflow then sends `exec` straight there (the warm path). Only a
-/// hint: `exec` claims the container, and goes the long way when someone else was faster.
-async fn warm_host(store: &Store, task_queue: &str, input: &ExecutionInput) -> Option<String> {
-    let spec = input.sandbox.as_ref()?;
-    if input.effective_mode != Mode::Sandbox || !spec.allows_warm_path() {
-        return None;
-    }
-    let hash = SandboxBackend::container_spec(spec, &spec.image)
-        .ok()?
-        .spec_hash();
-    match store
-        .idle_engine(stigmer_activities::sandbox::BACKEND, &hash)
-        .await
-    {
-        Ok(engine) => engine.map(|engine| host_task_queue(task_queue, &engine)),
-        Err(e) => {
-            tracing::debug!("no warm-path hint: {e}");
-            None
-        }
-    }
-}
-
 /// Ends the execution's span when its workflow ends, whether or not a client still follows.
 fn end_span_with_workflow(shared: &Shared, id: &str, workflow_id: &str, span: ExecutionSpan) {
     if !span.is_recording() {
@@ -845,20 +827,8 @@ fn end_span_with_workflow(shared: &Shared, id: &str, workflow_id: &str, span: Ex
     let store = shared.store.clone();
     let id = id.to_string();
     tokio::spawn(async move {
-        let result = match handle.get_result(WorkflowGetResultOptions::default()).await {
-            Ok(result) => result,
-            // A failed or cancelled workflow: the store has what its last step recorded.
-            Err(e) => match store.get_execution(&id).await {
-                Ok(Some(record)) if record.status().is_some_and(Status::is_terminal) => {
-                    record.result()
-                }
-                _ => ExecutionResult::ended(
-                    &id,
-                    Status::Failed,
-                    &format!("the workflow failed: {e}"),
-                ),
-            },
-        };
+        let result = handle.get_result(WorkflowGetResultOptions::default()).await;
+        let result = crate::ops::outcome(&store, &id, result).await;
         span.end(&result);
     });
 }
@@ -879,7 +849,10 @@ pub fn no_docker_message(request: &RunRequest, e: &dyn std::fmt::Display) -> Str
 /// the host (its steps report an engine that went away since), else a fresh one.
 async fn docker_missing(shared: &Shared, request: &RunRequest) -> Option<String> {
     let local_sandbox = request.effective_mode == Mode::Sandbox
-        && request.sandbox.as_ref().is_some_and(|s| !s.cloud);
+        && request
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.backend == Backend::Docker);
     if !local_sandbox {
         return None;
     }
@@ -986,13 +959,7 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
                 }
             },
             result = &mut workflow_result => {
-                let result = match result {
-                    Ok(result) => result,
-                    Err(e) => match shared.store.get_execution(&id).await {
-                        Ok(Some(record)) if record.status().is_some_and(Status::is_terminal) => record.result(),
-                        _ => ExecutionResult::ended(&id, Status::Failed, &format!("the workflow failed: {e}")),
-                    },
-                };
+                let result = crate::ops::outcome(&shared.store, &id, result).await;
                 // Drain what the hub still holds before the result.
                 while let Ok(event) = events.try_recv() {
                     if let HubEvent::Output { stream, data } = event {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod ops;
 pub mod protocol;
 pub mod sandbox_images;
 pub mod telemetry;

@@ -151,3 +151,44 @@ fn expired_daytona_sandboxes_are_deleted_by_the_reaper() {
     let leases: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(leases, serde_json::json!([]), "no lease is left");
 }
+
+/// The Daytona settings written in the config file (no `DAYTONA_*` in the environment) reach
+/// the worker that runs the command and the reaper, not only `config show`.
+#[test]
+fn daytona_settings_from_the_config_file_reach_the_worker_and_the_reaper() {
+    let fake = start_fake();
+    let mut env = Env::new();
+    env.extra.push(("STIGMER_SANDBOX_TTL".into(), "1".into()));
+    let config_dir = env.dir.path().join(".config/stigmer");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!(
+            "daytona_api_key = \"test-key\"\ndaytona_api_url = \"{}\"\n\
+             daytona_snapshot_id = \"stigmer-full\"\n",
+            fake.fake.api_url()
+        ),
+    )
+    .unwrap();
+    let out = env.stigmer(&["run", "--mode", "cloud", "echo from-the-file"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from-the-file\n");
+    let create = fake.fake.requests_for("createSandbox");
+    assert_eq!(
+        create.len(),
+        1,
+        "the sandbox was made in the configured Daytona"
+    );
+    let body = create[0].body.clone().unwrap_or_default();
+    assert_eq!(body["snapshot"], "stigmer-full", "{body}");
+
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = env.stigmer(&["leases", "reap", "--output", "json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["daytona_deleted"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+}

@@ -51,10 +51,41 @@ impl CloudError {
     }
 }
 
-/// The Daytona side of a worker: a client made on first use from `DAYTONA_*` settings.
+/// The Daytona settings a worker was configured with (flag, environment, config file: the
+/// binary's `Config` resolves them). `DAYTONA_TARGET` and `DAYTONA_TOOLBOX_URL`, which have no
+/// setting of their own, are still read from the environment.
+#[derive(Clone, Debug, Default)]
+pub struct CloudSettings {
+    pub api_key: Option<String>,
+    pub api_url: Option<String>,
+    pub snapshot: Option<String>,
+}
+
+impl CloudSettings {
+    /// Whether a key is set (cloud mode and the Daytona reaper need one).
+    #[must_use]
+    pub fn is_configured(&self) -> bool {
+        self.api_key
+            .as_deref()
+            .is_some_and(|k| !k.trim().is_empty())
+    }
+
+    /// The client's configuration from these settings.
+    pub fn client_config(&self) -> Result<Config, stigmer_daytona::Error> {
+        Config::from_lookup(|name| match name {
+            "DAYTONA_API_KEY" => self.api_key.clone(),
+            "DAYTONA_API_URL" => self.api_url.clone(),
+            "DAYTONA_DEV_TOOLS_SNAPSHOT_ID" => self.snapshot.clone(),
+            other => std::env::var(other).ok(),
+        })
+    }
+}
+
+/// The Daytona side of a worker: a client made on first use from its [`CloudSettings`].
 #[derive(Clone)]
 pub struct CloudBackend {
     client: std::sync::Arc<OnceCell<Client>>,
+    settings: CloudSettings,
     store: Store,
     worker_id: String,
 }
@@ -76,9 +107,10 @@ fn quote(word: &str) -> String {
 
 impl CloudBackend {
     #[must_use]
-    pub fn new(store: Store, worker_id: String) -> Self {
+    pub fn new(store: Store, worker_id: String, settings: CloudSettings) -> Self {
         Self {
             client: std::sync::Arc::new(OnceCell::new()),
+            settings,
             store,
             worker_id,
         }
@@ -87,7 +119,7 @@ impl CloudBackend {
     pub async fn client(&self) -> Result<&Client, CloudError> {
         Ok(self
             .client
-            .get_or_try_init(|| async { Client::new(Config::from_env()?) })
+            .get_or_try_init(|| async { Client::new(self.settings.client_config()?) })
             .await?)
     }
 

@@ -13,6 +13,7 @@ pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod reaper;
+pub mod route;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
@@ -25,8 +26,8 @@ use sandbox::{SandboxBackend, SandboxError};
 use std::sync::Arc;
 use std::time::Duration;
 use stigmer_workflows::{
-    AcquireRequest, ExecutionInput, ExecutionResult, ImageReady, Mode, Placement, ReleaseRequest,
-    SandboxSpec, Status,
+    AcquireRequest, Backend, ExecutionInput, ExecutionResult, ImageReady, Mode, Placement,
+    ReleaseRequest, Route, SandboxSpec, Status,
 };
 use store::{StartClaim, Store, StoreError};
 use temporalio_common::error::ApplicationFailure;
@@ -58,8 +59,9 @@ impl Activities {
         worker_id: String,
         output_retain_bytes: u64,
         sandbox: SandboxBackend,
+        cloud: cloud::CloudSettings,
     ) -> Self {
-        let cloud = cloud::CloudBackend::new(store.clone(), worker_id.clone());
+        let cloud = cloud::CloudBackend::new(store.clone(), worker_id.clone(), cloud);
         Self {
             store,
             hub,
@@ -188,43 +190,39 @@ impl Activities {
             KeyValue::new("stigmer.exec.attempt", i64::from(attempt)),
         ]);
         self.record_run_id(ctx, &id).await;
-        if input.effective_mode == Mode::Sandbox
-            && input.placement.is_none()
-            && input.warm_host.is_some()
+        // Steps that take their own container (the warm and ready-host routes) do so before
+        // claiming the execution, so that finding none leaves it queued for the long way.
+        if input.placement.is_none()
             && let Some(spec) = &input.sandbox
         {
-            // The warm path: take the idle container before claiming the execution, so that
-            // finding none leaves the execution queued for the long way.
-            match self.sandbox.claim_warm(&id, spec, attempt > 1).await {
-                Ok(Some(placement)) => {
-                    self.announce_container(&id, &placement, &spec.image).await;
-                    input.placement = Some(placement);
+            match &input.route {
+                Route::Warm { .. } => match self.sandbox.claim_warm(&id, spec, attempt > 1).await {
+                    Ok(Some(placement)) => {
+                        self.announce_container(&id, &placement, &spec.image).await;
+                        input.placement = Some(placement);
+                    }
+                    Ok(None) => return self.no_idle_container(&id).await,
+                    Err(e) => return Err(sandbox_error(e)),
+                },
+                Route::ReadyHost { image, .. } => {
+                    // A retried attempt finds the lease it holds; one whose command already
+                    // started goes on to the claim below, which says how it ended.
+                    let request = AcquireRequest {
+                        execution_id: id.clone(),
+                        spec: spec.clone(),
+                        image: image.clone(),
+                    };
+                    let placement =
+                        with_heartbeats(ctx, self.sandbox.acquire_unless_started(&request))
+                            .await
+                            .map_err(sandbox_error)?;
+                    if let Some(placement) = placement {
+                        annotate_placement(&placement, image);
+                        self.announce_container(&id, &placement, &image.image).await;
+                        input.placement = Some(placement);
+                    }
                 }
-                Ok(None) => return self.no_idle_container(&id).await,
-                Err(e) => return Err(sandbox_error(e)),
-            }
-        }
-        if input.effective_mode == Mode::Sandbox
-            && input.placement.is_none()
-            && input.warm_host.is_none()
-            && let (Some(spec), Some(image)) = (&input.sandbox, &input.image_ready)
-            && !spec.cloud
-        {
-            // The starter saw the image on this host: acquire here, then run. A retried
-            // attempt finds the lease it holds; one whose command already started goes on to
-            // the claim below, which says how it ended.
-            let request = AcquireRequest {
-                execution_id: id.clone(),
-                spec: spec.clone(),
-                image: image.clone(),
-            };
-            let placement = with_heartbeats(ctx, self.sandbox.acquire_unless_started(&request))
-                .await
-                .map_err(sandbox_error)?;
-            if let Some(placement) = placement {
-                annotate_placement(&placement, image);
-                self.announce_container(&id, &placement, &image.image).await;
-                input.placement = Some(placement);
+                Route::Direct | Route::Acquire => {}
             }
         }
         match self
@@ -468,14 +466,13 @@ impl Activities {
         request: AcquireRequest,
     ) -> Result<Placement, ActivityError> {
         annotate_execution(Some(&request.execution_id));
-        let placement = if request.spec.cloud {
-            with_heartbeats(&ctx, self.cloud.acquire(&request))
+        let placement = match request.spec.backend {
+            Backend::Daytona => with_heartbeats(&ctx, self.cloud.acquire(&request))
                 .await
-                .map_err(cloud_error)?
-        } else {
-            with_heartbeats(&ctx, self.sandbox.acquire(&request))
+                .map_err(cloud_error)?,
+            Backend::Docker => with_heartbeats(&ctx, self.sandbox.acquire(&request))
                 .await
-                .map_err(sandbox_error)?
+                .map_err(sandbox_error)?,
         };
         annotate_placement(&placement, &request.image);
         self.announce_container(&request.execution_id, &placement, &request.image.image)
@@ -493,7 +490,7 @@ impl Activities {
         let placement = match request.placement {
             Some(placement) => placement,
             // After the warm path: whatever the execution still holds on this host.
-            None if !request.cloud => match self
+            None if request.backend == Backend::Docker => match self
                 .sandbox
                 .held_by(&request.execution_id)
                 .await
@@ -511,20 +508,23 @@ impl Activities {
             ),
             KeyValue::new("stigmer.sandbox.tainted", request.taint),
         ]);
-        let outcome = if request.cloud {
-            let release = self
-                .cloud
-                .release(&placement, request.taint, request.ttl_secs);
-            with_heartbeats(&ctx, release).await.map_err(cloud_error)
-        } else {
-            let release = self.sandbox.release(
-                &request.execution_id,
-                &placement,
-                request.taint,
-                request.ttl_secs,
-                request.cleanup,
-            );
-            with_heartbeats(&ctx, release).await.map_err(sandbox_error)
+        let outcome = match request.backend {
+            Backend::Daytona => {
+                let release = self
+                    .cloud
+                    .release(&placement, request.taint, request.ttl_secs);
+                with_heartbeats(&ctx, release).await.map_err(cloud_error)
+            }
+            Backend::Docker => {
+                let release = self.sandbox.release(
+                    &request.execution_id,
+                    &placement,
+                    request.taint,
+                    request.ttl_secs,
+                    request.cleanup,
+                );
+                with_heartbeats(&ctx, release).await.map_err(sandbox_error)
+            }
         };
         if let Ok(outcome) = &outcome {
             telemetry::annotate([KeyValue::new("stigmer.sandbox.release", outcome.clone())]);

@@ -250,7 +250,7 @@ impl SandboxBackend {
     /// the workflow goes straight to acquire. `None` when anything is to be done first (pull,
     /// build, `--requirements`) or this worker serves no host queue.
     pub async fn present_image(&self, spec: &SandboxSpec) -> Option<ImageReady> {
-        if spec.cloud || spec.requirements.is_some() {
+        if !spec.allows_ready_host() {
             return None;
         }
         let queue = self.host_queue()?;

@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stigmer");
 
+/// The binary the tests drive: [`BIN`], or `STIGMER_TEST_BIN` (how `tests/record_histories.rs`
+/// records with a released binary while the tree moves on).
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("STIGMER_TEST_BIN").unwrap_or_else(|| BIN.into())
+}
+
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// Two free loopback ports (gRPC and UI) that no other test in this process will pick.
@@ -68,7 +74,7 @@ impl Env {
 
     /// A `stigmer` command with this installation's settings and nothing of the caller's.
     pub fn cmd(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         for var in [
             "TEMPORAL_ADDRESS",
             "STIGMER_EXECUTION_MODE",

@@ -20,9 +20,6 @@ use temporalio_sdk::{
     activities::ActivityError,
 };
 
-/// Name of the workflow type as Temporal sees it.
-pub const WORKFLOW_TYPE: &str = "AgentExecution";
-
 /// The prefix of every execution's workflow id: `stigmer/agent-execution/<execution id>`.
 pub const WORKFLOW_ID_PREFIX: &str = "stigmer/agent-execution/";
 
@@ -111,20 +108,16 @@ impl AgentExecution {
     #[run(name = "AgentExecution")]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionResult> {
         let mut input = ctx.state(|s| s.input.clone());
-        let id = input.id.clone();
-
-        let terminal = match input.effective_mode {
-            Mode::Local => match run_exec(ctx, &input).await {
-                Ok(result) => return Ok(result),
-                Err(terminal) => terminal,
-            },
-            Mode::Sandbox | Mode::Cloud => match run_in_sandbox(ctx, &mut input).await {
-                Ok(result) => return Ok(result),
-                Err(terminal) => terminal,
-            },
+        let outcome = match input.route {
+            Route::Direct => run_exec(ctx, &input).await,
+            Route::Acquire | Route::Warm { .. } | Route::ReadyHost { .. } => {
+                run_in_sandbox(ctx, &mut input).await
+            }
         };
-        let _ = id;
-        record_terminal(ctx, terminal).await
+        match outcome {
+            Ok(result) => Ok(result),
+            Err(terminal) => record_terminal(ctx, terminal).await,
+        }
     }
 }
 
@@ -231,11 +224,8 @@ async fn run_warm(
     ctx: &mut WorkflowContext<AgentExecution>,
     input: &ExecutionInput,
     spec: &SandboxSpec,
+    queue: String,
 ) -> Option<Result<ExecutionResult, ExecutionResult>> {
-    let queue = input.warm_host.clone()?;
-    if !spec.allows_warm_path() {
-        return None;
-    }
     let outcome = exec_activity(ctx, input, Some(ExecQueue::Warm(&queue))).await;
     if let Err(err) = &outcome
         && never_started(err)
@@ -252,22 +242,17 @@ async fn run_warm(
 /// TTL, else creating one), then runs the command: one step instead of ensure-image, acquire
 /// and exec. Acquiring is idempotent per execution (a retry finds its lease), and the command
 /// is claimed in the store only once the container is held, so a lost attempt is retried like
-/// a lost acquire until the command has started. `None` when the input carries no such image.
+/// a lost acquire until the command has started.
 async fn run_on_ready_host(
     ctx: &mut WorkflowContext<AgentExecution>,
     input: &ExecutionInput,
     spec: &SandboxSpec,
-) -> Option<Result<ExecutionResult, ExecutionResult>> {
-    let queue = input
-        .image_ready
-        .as_ref()
-        .filter(|_| !spec.cloud && spec.requirements.is_none())?
-        .task_queue
-        .clone()?;
+    queue: String,
+) -> Result<ExecutionResult, ExecutionResult> {
     let outcome = exec_activity(ctx, input, Some(ExecQueue::ReadyHost(&queue))).await;
     let outcome = exec_outcome(input, outcome);
     release_after(ctx, &input.id, &outcome, None, Some(queue), spec).await;
-    Some(outcome)
+    outcome
 }
 
 /// A warm-path `exec` that found no idle container, or was never picked up by its host.
@@ -340,7 +325,7 @@ async fn release(
         taint,
         ttl_secs: spec.ttl_secs,
         cleanup: spec.cleanup,
-        cloud: spec.cloud,
+        backend: spec.backend,
     };
     let _ = ctx
         .execute_activity(
@@ -376,11 +361,16 @@ async fn run_in_sandbox(
             &format!("{what}: {}", failure_message(other)),
         ),
     };
-    if let Some(outcome) = run_warm(ctx, input, &spec).await {
-        return outcome;
-    }
-    if let Some(outcome) = run_on_ready_host(ctx, input, &spec).await {
-        return outcome;
+    match input.route.clone() {
+        Route::Warm { task_queue } => {
+            if let Some(outcome) = run_warm(ctx, input, &spec, task_queue).await {
+                return outcome;
+            }
+        }
+        Route::ReadyHost { task_queue, .. } => {
+            return run_on_ready_host(ctx, input, &spec, task_queue).await;
+        }
+        Route::Acquire | Route::Direct => {}
     }
     let image_options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
         .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
@@ -393,18 +383,18 @@ async fn run_in_sandbox(
         .summary(format!("ensure image {}", spec.image))
         .build();
     // A Daytona sandbox starts from a snapshot that lives in the cloud: nothing to ensure here.
-    let image = if spec.cloud {
-        ImageReady {
+    let image = match spec.backend {
+        Backend::Daytona => ImageReady {
             image: spec.image.clone(),
             image_id: spec.image.clone(),
             digest: None,
             how: "snapshot".into(),
             task_queue: None,
-        }
-    } else {
-        ctx.execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
+        },
+        Backend::Docker => ctx
+            .execute_activity(StigmerActivities::ensure_image, spec.clone(), image_options)
             .await
-            .map_err(|e| failed("the sandbox image is not available", &e))?
+            .map_err(|e| failed("the sandbox image is not available", &e))?,
     };
 
     let mut acquire_options =

@@ -150,9 +150,35 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub execution_id: Option<String>,
     /// Where the container lives: Docker on the worker's host, or a Daytona cloud sandbox
-    /// (`image` is then the Daytona snapshot).
-    #[serde(default)]
-    pub cloud: bool,
+    /// (`image` is then the Daytona snapshot). Histories before 0.2 carry `"cloud": bool`.
+    #[serde(default, alias = "cloud", deserialize_with = "backend_or_cloud_flag")]
+    pub backend: Backend,
+}
+
+/// What runs a sandbox execution's container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A hardened container on a worker's Docker host.
+    #[default]
+    Docker,
+    /// A Daytona cloud sandbox.
+    Daytona,
+}
+
+/// Reads a backend by name, or the `cloud` flag older histories recorded in its place.
+fn backend_or_cloud_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Backend, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Named(Backend),
+        CloudFlag(bool),
+    }
+    Ok(match Wire::deserialize(d)? {
+        Wire::Named(backend) => backend,
+        Wire::CloudFlag(true) => Backend::Daytona,
+        Wire::CloudFlag(false) => Backend::Docker,
+    })
 }
 
 impl SandboxSpec {
@@ -161,12 +187,82 @@ impl SandboxSpec {
     /// `--requirements` (the derived image must be ensured), TTL 0 (no reuse), or in the cloud.
     #[must_use]
     pub fn allows_warm_path(&self) -> bool {
-        !self.cloud && self.requirements.is_none() && self.ttl_secs > 0
+        self.allows_ready_host() && self.ttl_secs > 0
+    }
+
+    /// Whether `exec` may acquire the container itself on a host that has the image (the
+    /// ready-host path): a Docker container whose image is the spec's own, not one derived
+    /// with `--requirements`.
+    #[must_use]
+    pub fn allows_ready_host(&self) -> bool {
+        self.backend == Backend::Docker && self.requirements.is_none()
+    }
+}
+
+/// Where an execution's first step goes: decided once, by its starter, from what it saw
+/// ([`Route::decide`]); the workflow and `exec` match on it and decide nothing again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "path")]
+pub enum Route {
+    /// `exec` on the workflow's own task queue, with no container: local mode.
+    Direct,
+    /// The long way: ensure the image (Docker), acquire a container, then `exec` and release
+    /// on the host that owns it.
+    Acquire,
+    /// A Docker host had an idle, untainted container of this spec inside its TTL: `exec` goes
+    /// to that host's queue and takes the container itself. When it finds none there, or the
+    /// host does not pick the step up in time, nothing ran and the workflow goes the long way.
+    Warm { task_queue: String },
+    /// The starter saw the image on the Docker host it serves: `exec` goes there, acquires the
+    /// container (reused or created) and runs the command in one step.
+    ReadyHost {
+        task_queue: String,
+        image: ImageReady,
+    },
+}
+
+impl Route {
+    /// The one place the route is decided. `warm_host` is the queue of a host with an idle
+    /// container of the spec (from the store's leases); `image_ready` is the image as the
+    /// starter found it on its own host. A warm host wins over a ready image; either is used
+    /// only where the spec allows it.
+    #[must_use]
+    pub fn decide(
+        mode: Mode,
+        spec: Option<&SandboxSpec>,
+        warm_host: Option<String>,
+        image_ready: Option<ImageReady>,
+    ) -> Self {
+        if mode == Mode::Local {
+            return Self::Direct;
+        }
+        // Without a spec the long way reports what is missing; never the host.
+        let Some(spec) = spec else {
+            return Self::Acquire;
+        };
+        if let Some(task_queue) = warm_host.filter(|_| spec.allows_warm_path()) {
+            return Self::Warm { task_queue };
+        }
+        match image_ready.filter(|_| spec.allows_ready_host()) {
+            Some(image) => match image.task_queue.clone() {
+                Some(task_queue) => Self::ReadyHost { task_queue, image },
+                None => Self::Acquire,
+            },
+            None => Self::Acquire,
+        }
+    }
+
+    /// Whether the starter needs to look for the image on its host: not when a warm host was
+    /// found (its fallback ensures the image) or the spec cannot use it.
+    #[must_use]
+    pub fn wants_image_check(mode: Mode, spec: &SandboxSpec, warm_host: Option<&str>) -> bool {
+        mode == Mode::Sandbox && warm_host.is_none() && spec.allows_ready_host()
     }
 }
 
 /// The workflow's input: everything needed to run the command, minus environment values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "wire::ExecutionInputWire")]
 pub struct ExecutionInput {
     pub id: String,
     pub command: CommandSpec,
@@ -182,16 +278,67 @@ pub struct ExecutionInput {
     pub env_names: Vec<String>,
     pub sandbox: Option<SandboxSpec>,
     /// Where a sandbox command runs; filled in by the workflow after `acquire_container`.
-    #[serde(default)]
     pub placement: Option<Placement>,
-    /// The task queue of a Docker host that had an idle container with this spec when the
-    /// execution was started (the warm path: `exec` goes there and takes the container itself).
-    #[serde(default)]
-    pub warm_host: Option<String>,
-    /// The image as the starter found it present on its own Docker host (the daemon, which
-    /// serves that host's queue): the workflow then skips `ensure_image` and acquires there.
-    #[serde(default)]
-    pub image_ready: Option<ImageReady>,
+    /// Where the first step goes ([`Route::decide`]).
+    pub route: Route,
+}
+
+/// The input as older histories recorded it, read into today's [`ExecutionInput`].
+mod wire {
+    use super::*;
+
+    /// Before [`Route`], the starter's hints travelled as `warm_host` and `image_ready`, and
+    /// the workflow and `exec` each worked the route out from them; the same rule
+    /// ([`Route::decide`]) reads them now, so an execution in flight across the upgrade takes
+    /// the path it was started on.
+    #[derive(Deserialize)]
+    pub(super) struct ExecutionInputWire {
+        id: String,
+        command: CommandSpec,
+        requested_mode: RequestedMode,
+        effective_mode: Mode,
+        reason: String,
+        workdir: String,
+        timeout_secs: Option<u64>,
+        retry_exec: bool,
+        env_names: Vec<String>,
+        sandbox: Option<SandboxSpec>,
+        #[serde(default)]
+        placement: Option<Placement>,
+        #[serde(default)]
+        route: Option<Route>,
+        #[serde(default)]
+        warm_host: Option<String>,
+        #[serde(default)]
+        image_ready: Option<ImageReady>,
+    }
+
+    impl From<ExecutionInputWire> for ExecutionInput {
+        fn from(w: ExecutionInputWire) -> Self {
+            let route = w.route.unwrap_or_else(|| {
+                Route::decide(
+                    w.effective_mode,
+                    w.sandbox.as_ref(),
+                    w.warm_host,
+                    w.image_ready,
+                )
+            });
+            Self {
+                id: w.id,
+                command: w.command,
+                requested_mode: w.requested_mode,
+                effective_mode: w.effective_mode,
+                reason: w.reason,
+                workdir: w.workdir,
+                timeout_secs: w.timeout_secs,
+                retry_exec: w.retry_exec,
+                env_names: w.env_names,
+                sandbox: w.sandbox,
+                placement: w.placement,
+                route,
+            }
+        }
+    }
 }
 
 /// The image a sandbox execution runs in, as `ensure_image` found or made it.
@@ -238,9 +385,9 @@ pub struct ReleaseRequest {
     pub taint: bool,
     pub ttl_secs: u64,
     pub cleanup: bool,
-    /// A Daytona sandbox rather than a Docker container.
-    #[serde(default)]
-    pub cloud: bool,
+    /// What holds the container. Histories before 0.2 carry `"cloud": bool`.
+    #[serde(default, alias = "cloud", deserialize_with = "backend_or_cloud_flag")]
+    pub backend: Backend,
 }
 
 impl ExecutionInput {
@@ -344,5 +491,204 @@ impl ExecutionResult {
             Status::Succeeded => 0,
             _ => self.exit_code.unwrap_or(EXIT_INFRA_FAILURE),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            image: "img".into(),
+            ttl_secs: 60,
+            network: "none".into(),
+            ..SandboxSpec::default()
+        }
+    }
+
+    fn image(queue: Option<&str>) -> ImageReady {
+        ImageReady {
+            image: "img".into(),
+            image_id: "sha256:1".into(),
+            digest: None,
+            how: "present".into(),
+            task_queue: queue.map(String::from),
+        }
+    }
+
+    #[test]
+    fn local_mode_goes_direct_whatever_the_hints() {
+        let route = Route::decide(
+            Mode::Local,
+            Some(&spec()),
+            Some("q".into()),
+            Some(image(Some("q"))),
+        );
+        assert_eq!(route, Route::Direct);
+    }
+
+    #[test]
+    fn a_warm_host_wins_over_a_ready_image_and_only_where_the_spec_allows_reuse() {
+        let route = Route::decide(
+            Mode::Sandbox,
+            Some(&spec()),
+            Some("warm".into()),
+            Some(image(Some("ready"))),
+        );
+        assert_eq!(
+            route,
+            Route::Warm {
+                task_queue: "warm".into()
+            }
+        );
+        for no_reuse in [
+            SandboxSpec {
+                ttl_secs: 0,
+                ..spec()
+            },
+            SandboxSpec {
+                requirements: Some("r.txt".into()),
+                ..spec()
+            },
+            SandboxSpec {
+                backend: Backend::Daytona,
+                ..spec()
+            },
+        ] {
+            let route = Route::decide(Mode::Sandbox, Some(&no_reuse), Some("warm".into()), None);
+            assert_eq!(route, Route::Acquire, "{no_reuse:?}");
+        }
+    }
+
+    #[test]
+    fn a_ready_image_needs_its_host_queue_and_a_plain_docker_spec() {
+        let route = Route::decide(Mode::Sandbox, Some(&spec()), None, Some(image(Some("h"))));
+        assert_eq!(
+            route,
+            Route::ReadyHost {
+                task_queue: "h".into(),
+                image: image(Some("h"))
+            }
+        );
+        // TTL 0 still acquires on the ready host (a fresh container there).
+        let ttl0 = SandboxSpec {
+            ttl_secs: 0,
+            ..spec()
+        };
+        assert!(matches!(
+            Route::decide(Mode::Sandbox, Some(&ttl0), None, Some(image(Some("h")))),
+            Route::ReadyHost { .. }
+        ));
+        assert_eq!(
+            Route::decide(Mode::Sandbox, Some(&spec()), None, Some(image(None))),
+            Route::Acquire
+        );
+        let req = SandboxSpec {
+            requirements: Some("r.txt".into()),
+            ..spec()
+        };
+        assert_eq!(
+            Route::decide(Mode::Sandbox, Some(&req), None, Some(image(Some("h")))),
+            Route::Acquire
+        );
+        let cloud = SandboxSpec {
+            backend: Backend::Daytona,
+            ..spec()
+        };
+        assert_eq!(
+            Route::decide(Mode::Cloud, Some(&cloud), None, Some(image(Some("h")))),
+            Route::Acquire
+        );
+    }
+
+    #[test]
+    fn a_sandbox_execution_without_a_spec_never_goes_to_the_host() {
+        assert_eq!(
+            Route::decide(Mode::Sandbox, None, None, None),
+            Route::Acquire
+        );
+        assert_eq!(Route::decide(Mode::Cloud, None, None, None), Route::Acquire);
+    }
+
+    fn input_json(extra: serde_json::Value) -> serde_json::Value {
+        let mut input = serde_json::json!({
+            "id": "aex-1",
+            "command": {"shell": "true"},
+            "requested_mode": "sandbox",
+            "effective_mode": "sandbox",
+            "reason": "requested",
+            "workdir": "/",
+            "timeout_secs": null,
+            "retry_exec": false,
+            "env_names": [],
+            "sandbox": serde_json::to_value(spec()).unwrap(),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            input[k] = v.clone();
+        }
+        input
+    }
+
+    #[test]
+    fn older_inputs_read_into_the_route_they_were_started_on() {
+        let read = |extra| serde_json::from_value::<ExecutionInput>(input_json(extra)).unwrap();
+        assert_eq!(read(serde_json::json!({})).route, Route::Acquire);
+        assert_eq!(
+            read(serde_json::json!({"warm_host": "q@docker:e"})).route,
+            Route::Warm {
+                task_queue: "q@docker:e".into()
+            }
+        );
+        let ready = serde_json::to_value(image(Some("q@docker:e"))).unwrap();
+        assert_eq!(
+            read(serde_json::json!({"image_ready": ready})).route,
+            Route::ReadyHost {
+                task_queue: "q@docker:e".into(),
+                image: image(Some("q@docker:e"))
+            }
+        );
+        // Today's form wins, and round-trips.
+        let today = read(serde_json::json!({"route": {"path": "direct"}, "warm_host": "q"}));
+        assert_eq!(today.route, Route::Direct);
+        let again: ExecutionInput =
+            serde_json::from_value(serde_json::to_value(&today).unwrap()).unwrap();
+        assert_eq!(again, today);
+    }
+
+    #[test]
+    fn the_backend_reads_from_the_older_cloud_flag_and_by_name() {
+        let mut value = serde_json::to_value(spec()).unwrap();
+        value.as_object_mut().unwrap().remove("backend");
+        assert_eq!(
+            serde_json::from_value::<SandboxSpec>(value.clone())
+                .unwrap()
+                .backend,
+            Backend::Docker
+        );
+        value["cloud"] = true.into();
+        assert_eq!(
+            serde_json::from_value::<SandboxSpec>(value.clone())
+                .unwrap()
+                .backend,
+            Backend::Daytona
+        );
+        value["cloud"] = false.into();
+        assert_eq!(
+            serde_json::from_value::<SandboxSpec>(value.clone())
+                .unwrap()
+                .backend,
+            Backend::Docker
+        );
+        let daytona = SandboxSpec {
+            backend: Backend::Daytona,
+            ..spec()
+        };
+        let json = serde_json::to_value(&daytona).unwrap();
+        assert_eq!(json["backend"], "daytona");
+        assert_eq!(
+            serde_json::from_value::<SandboxSpec>(json).unwrap(),
+            daytona
+        );
     }
 }

@@ -1,0 +1,245 @@
+//! Records the workflow histories that `workflows/tests/replay.rs` replays: one execution of
+//! every path the `AgentExecution` workflow can take, run for real (daemon, remote worker,
+//! Docker, the fake Daytona server), then fetched with the SDK's own serde JSON
+//! (`fetch_history(..).to_json()`) into `workflows/histories/<name>.json`.
+//!
+//! Not part of `make test`: it rewrites the recorded files. Run it when a release adds a path
+//! worth guarding, on the code that release ships, and commit the new files beside the old ones
+//! (old histories stay: they are the in-flight executions an upgrade must still carry):
+//!
+//! ```sh
+//! STIGMER_RECORD_HISTORIES=1 STIGMER_TEST_SANDBOX_IMAGE=stigmer-sandbox-basic:local \
+//!   cargo test --test record_histories -- --nocapture
+//! ```
+
+mod common;
+
+use common::{
+    Children, Env, RemoveContainers, eventually, processes_matching, remote_env, start_temporal,
+    start_worker, text, wait_output, wait_terminal,
+};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use stigmer_daytona::fake::FakeDaytona;
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, UntypedWorkflow,
+    WorkflowFetchHistoryOptions,
+};
+
+fn out_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workflows/histories")
+}
+
+/// Fetches the history of execution `id` from the Temporal server at `port` and writes it.
+fn save(port: u16, id: &str, name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let json = runtime.block_on(async {
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}")).expect("url");
+        let connection = Connection::connect(ConnectionOptions::new(url).build())
+            .await
+            .expect("connect to Temporal");
+        let client = Client::new(connection, ClientOptions::new("default").build())
+            .expect("Temporal client");
+        let handle =
+            client.get_workflow_handle::<UntypedWorkflow>(stigmer_workflows::workflow_id(id));
+        handle
+            .fetch_history(WorkflowFetchHistoryOptions::default())
+            .to_json()
+            .await
+            .expect("fetch the history")
+    });
+    let value: serde_json::Value = serde_json::from_slice(&json).expect("history JSON");
+    let path = out_dir().join(format!("{name}.json"));
+    std::fs::create_dir_all(out_dir()).expect("histories dir");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&value).expect("pretty JSON") + "\n",
+    )
+    .expect("write the history");
+    eprintln!("recorded {name}: {id} -> {}", path.display());
+}
+
+fn run_ok(env: &Env, args: &[&str]) -> String {
+    let out = env.stigmer(args);
+    eprintln!(
+        "{args:?}: exit {:?}, stderr {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    env.last_execution()["id"].as_str().expect("id").to_string()
+}
+
+fn image() -> String {
+    std::env::var("STIGMER_TEST_SANDBOX_IMAGE")
+        .unwrap_or_else(|_| "stigmer-sandbox-basic:local".into())
+}
+
+/// Starts `stigmer run ARGS`, waits for `started` on its stdout, sends SIGINT; the id.
+fn cancelled(env: &Env, args: &[&str]) -> String {
+    let mut child = env
+        .cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stigmer run");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut stdout, &mut buf).expect("read");
+    assert_eq!(&buf[..n], b"started\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    env.last_execution()["id"].as_str().expect("id").to_string()
+}
+
+#[test]
+fn record() {
+    if std::env::var("STIGMER_RECORD_HISTORIES").is_err() {
+        eprintln!(
+            "skipped: set STIGMER_RECORD_HISTORIES=1 to record (rewrites workflows/histories)"
+        );
+        return;
+    }
+
+    // The daemon: local paths, and the sandbox's ready-host and warm paths.
+    let mut env = Env::new();
+    env.extra.push(("STIGMER_SANDBOX_IMAGE".into(), image()));
+    env.extra
+        .push(("STIGMER_SANDBOX_AUTO_PULL".into(), "false".into()));
+    let _cleanup = RemoveContainers(&env);
+    let id = run_ok(&env, &["run", "echo hi; echo oops >&2; exit 3"]);
+    save(env.port, &id, "local");
+    let id = run_ok(&env, &["run", "--timeout", "1", "sleep 30"]);
+    save(env.port, &id, "local-timeout");
+    let id = cancelled(&env, &["run", "echo started; sleep 300"]);
+    save(env.port, &id, "local-cancel");
+    let id = run_ok(&env, &["run", "--mode", "sandbox", "echo cold"]);
+    save(env.port, &id, "sandbox-ready-host");
+    let id = run_ok(&env, &["run", "--mode", "sandbox", "echo warm"]);
+    save(env.port, &id, "sandbox-warm");
+    // The warm container gone behind the store's back: exec finds none, the long way follows.
+    let container = env.show(&id)["container_id"]
+        .as_str()
+        .expect("container")
+        .to_string();
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    let id = run_ok(&env, &["run", "--mode", "sandbox", "echo fallback"]);
+    save(env.port, &id, "sandbox-warm-fallback");
+    let id = run_ok(
+        &env,
+        &["run", "--mode", "sandbox", "--timeout", "1", "sleep 30"],
+    );
+    save(env.port, &id, "sandbox-timeout");
+    let id = cancelled(
+        &env,
+        &["run", "--mode", "sandbox", "echo started; sleep 300"],
+    );
+    save(env.port, &id, "sandbox-cancel");
+    // A comment-only requirements file: the derived image is built without a package index.
+    let req = env.dir.path().join("requirements.txt");
+    std::fs::write(&req, format!("# {}\n", ulid::Ulid::new())).expect("requirements");
+    let id = run_ok(
+        &env,
+        &[
+            "run",
+            "--mode",
+            "sandbox",
+            "--requirements",
+            req.to_str().expect("utf-8 path"),
+            "echo requirements",
+        ],
+    );
+    save(env.port, &id, "sandbox-requirements");
+    drop(_cleanup);
+    drop(env);
+
+    // A remote cluster: the long sandbox path, a lost worker, --retry-exec.
+    let mut env = remote_env();
+    env.extra.push(("STIGMER_SANDBOX_IMAGE".into(), image()));
+    env.extra
+        .push(("STIGMER_SANDBOX_AUTO_PULL".into(), "false".into()));
+    let _cleanup = RemoveContainers(&env);
+    let mut children = Children(vec![start_temporal(&env)]);
+    children.0.push(start_worker(&env));
+    assert!(eventually(Duration::from_secs(90), || env
+        .stigmer(&["executions", "list"])
+        .status
+        .success()));
+    let id = run_ok(&env, &["run", "--mode", "sandbox", "echo long"]);
+    save(env.port, &id, "sandbox-long");
+
+    let out = env.stigmer(&["run", "--no-follow", "sleep 4747.4747"]);
+    let id = text(&out.stdout).trim().to_string();
+    wait_started(&env, &id, "sleep 4747.4747");
+    children.0[1].kill().expect("kill");
+    children.0[1].wait().expect("wait");
+    children.0.push(start_worker(&env));
+    wait_terminal(&env, &id, Duration::from_secs(60));
+    save(env.port, &id, "local-worker-lost");
+
+    let out = env.stigmer(&[
+        "run",
+        "--no-follow",
+        "--retry-exec",
+        "echo attempt >> attempts.txt; if [ $(wc -l < attempts.txt) -lt 2 ]; then sleep 4848.4848; fi; echo done",
+    ]);
+    let id = text(&out.stdout).trim().to_string();
+    wait_started(&env, &id, "sleep 4848.4848");
+    let last = children.0.len() - 1;
+    children.0[last].kill().expect("kill");
+    children.0[last].wait().expect("wait");
+    children.0.push(start_worker(&env));
+    wait_terminal(&env, &id, Duration::from_secs(60));
+    save(env.port, &id, "local-retry-exec");
+    drop(_cleanup);
+    drop(env);
+    drop(children);
+
+    // Cloud mode against the fake Daytona server.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fake = runtime
+        .block_on(
+            FakeDaytona::builder()
+                .api_key("test-key")
+                .execute_on_host(true)
+                .start(),
+        )
+        .expect("fake Daytona");
+    let mut env = Env::new();
+    env.extra
+        .push(("DAYTONA_API_KEY".into(), "test-key".into()));
+    env.extra.push(("DAYTONA_API_URL".into(), fake.api_url()));
+    env.extra.push((
+        "DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(),
+        "stigmer-full".into(),
+    ));
+    let id = run_ok(&env, &["run", "--mode", "cloud", "echo cloud"]);
+    save(env.port, &id, "cloud");
+}
+
+/// Waits until execution `id`'s command is running and its process group is recorded.
+fn wait_started(env: &Env, id: &str, needle: &str) {
+    assert!(eventually(Duration::from_secs(20), || !processes_matching(
+        needle
+    )
+    .is_empty()));
+    assert!(eventually(Duration::from_secs(10), || common::exec_sql(
+        &env.database_url,
+        &format!("UPDATE executions SET pgid = pgid WHERE id = '{id}' AND pgid IS NOT NULL")
+    ) == 1));
+}
