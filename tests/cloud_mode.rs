@@ -152,20 +152,22 @@ fn expired_daytona_sandboxes_are_deleted_by_the_reaper() {
     assert_eq!(leases, serde_json::json!([]), "no lease is left");
 }
 
-/// The Daytona settings written in the config file (no `DAYTONA_*` in the environment) reach
-/// the worker that runs the command and the reaper, not only `config show`.
+/// The Daytona API URL and snapshot written in the config file (only the key, which the file
+/// does not take, in the environment) reach the worker that runs the command and the reaper,
+/// not only `config show`.
 #[test]
 fn daytona_settings_from_the_config_file_reach_the_worker_and_the_reaper() {
     let fake = start_fake();
     let mut env = Env::new();
     env.extra.push(("STIGMER_SANDBOX_TTL".into(), "1".into()));
+    env.extra
+        .push(("DAYTONA_API_KEY".into(), "test-key".into()));
     let config_dir = env.dir.path().join(".config/stigmer");
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(
         config_dir.join("config.toml"),
         format!(
-            "daytona_api_key = \"test-key\"\ndaytona_api_url = \"{}\"\n\
-             daytona_snapshot_id = \"stigmer-full\"\n",
+            "daytona_api_url = \"{}\"\ndaytona_snapshot_id = \"stigmer-full\"\n",
             fake.fake.api_url()
         ),
     )
