@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
-use stigmer_workflows::{Backend, CommandSpec, EXIT_INFRA_FAILURE, Mode, RequestedMode};
+use stigmer_workflows::{
+    Backend, CommandSpec, CredentialMount, EXIT_INFRA_FAILURE, Mode, Network, RequestedMode, limits,
+};
 
 /// A usage mistake: reported with exit code 2, before anything starts.
 #[derive(Debug, thiserror::Error)]
@@ -669,16 +671,14 @@ fn parse_size(raw: &str) -> Option<i64> {
 /// The sandbox container's settings from flags and configuration.
 fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::SandboxSpec> {
     let network = match args.network.as_deref() {
-        None => cfg.sandbox_network.value.as_str().to_string(),
-        Some("bridge") => "bridge".into(),
-        Some("none") => "none".into(),
-        Some(other) => bail!(usage(format!(
-            "--network {other:?}: allowed values are bridge (own namespace, outbound allowed) and none (no network); the host network is never used"
-        ))),
+        None => cfg.sandbox_network.value,
+        Some(raw) => raw
+            .parse::<Network>()
+            .map_err(|e| usage(format!("--network {raw:?}: {e}")))?,
     };
     let memory_bytes = match &args.memory {
         Some(raw) => match parse_size(raw) {
-            Some(b) if b >= 16 * 1024 * 1024 => b,
+            Some(b) if b >= limits::MIN_MEMORY_BYTES => b,
             _ => bail!(usage(format!(
                 "--memory {raw:?}: give a size of at least 16m, e.g. 512m or 2g"
             ))),
@@ -686,15 +686,19 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         None => stigmer_docker::DEFAULT_MEMORY_BYTES,
     };
     let nano_cpus = match args.cpus {
-        Some(c) if c > 0.0 && c <= 1024.0 => (c * 1e9) as i64,
+        Some(c) if c > 0.0 && c <= limits::MAX_CPUS => (c * 1e9) as i64,
         Some(c) => bail!(usage(format!(
-            "--cpus {c}: give a number of CPUs above 0, e.g. 1.5"
+            "--cpus {c}: give a number of CPUs above 0 and at most {}, e.g. 1.5",
+            limits::MAX_CPUS
         ))),
         None => stigmer_docker::DEFAULT_NANO_CPUS,
     };
     let pids_limit = match args.pids_limit {
-        Some(n) if n >= 8 => n,
-        Some(n) => bail!(usage(format!("--pids-limit {n}: give at least 8"))),
+        Some(n) if n >= limits::MIN_PIDS => n,
+        Some(n) => bail!(usage(format!(
+            "--pids-limit {n}: give at least {}",
+            limits::MIN_PIDS
+        ))),
         None => stigmer_docker::DEFAULT_PIDS_LIMIT,
     };
     let workspace = match &args.workspace {
@@ -741,7 +745,10 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
                 host.display()
             )));
         }
-        credential_mounts.push(format!("{}:{target}", host.display()));
+        credential_mounts.push(CredentialMount {
+            host: host.display().to_string(),
+            target,
+        });
     }
     let requirements = match &args.requirements {
         Some(path) => {
@@ -801,4 +808,166 @@ async fn run(args: RunArgs) -> Result<i32> {
     }
 
     client::run(&cfg, request, args.output).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stigmer_workflows::SandboxSpec;
+
+    /// `stigmer run ARGS…` parsed as clap does, with the default configuration plus `--mode`.
+    fn request(args: &[&str]) -> Result<RunRequest> {
+        let cli = Cli::try_parse_from(["stigmer", "run"].iter().chain(args)).expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("not a run command");
+        };
+        let mut flags = Flags::new();
+        if let Some(mode) = &run.mode {
+            flags.insert("execution_mode", ("--mode".into(), mode.clone()));
+        }
+        let cfg = Config::load(&flags).expect("default configuration");
+        build_request(&run, &cfg)
+    }
+
+    fn usage_message(args: &[&str]) -> String {
+        let err = request(args).expect_err("refused");
+        assert!(
+            err.downcast_ref::<UsageError>().is_some(),
+            "{err:#} is a usage error"
+        );
+        err.to_string()
+    }
+
+    #[test]
+    fn sizes_read_as_users_write_them() {
+        assert_eq!(parse_size("512m"), Some(512 * 1024 * 1024));
+        assert_eq!(parse_size("2G"), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("1.5g"), Some(1536 * 1024 * 1024));
+        assert_eq!(parse_size("64kb"), Some(64 * 1024));
+        assert_eq!(parse_size("1048576"), Some(1_048_576));
+        for bad in ["", "m", "-1m", "0", "lots", "12x"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_sandbox_spec_carries_typed_flags_within_the_limits() {
+        let req = request(&[
+            "--mode",
+            "sandbox",
+            "--network",
+            "none",
+            "--memory",
+            "512m",
+            "--cpus",
+            "1.5",
+            "--pids-limit",
+            "64",
+            "true",
+        ])
+        .expect("request");
+        let spec = req.sandbox.expect("a sandbox spec");
+        assert_eq!(spec.network, Network::None);
+        assert_eq!(spec.memory_bytes, 512 * 1024 * 1024);
+        assert_eq!(spec.nano_cpus, 1_500_000_000);
+        assert_eq!(spec.pids_limit, 64);
+        assert_eq!(spec.backend, Backend::Docker);
+        assert_eq!(spec.check_limits(), Ok(()));
+        assert_eq!(req.effective_mode, Mode::Sandbox);
+        // The sandbox sees only the variables named, never the caller's environment.
+        assert!(req.env.is_empty(), "{:?}", req.env);
+    }
+
+    #[test]
+    fn every_bad_flag_is_a_usage_error_that_says_what_is_allowed() {
+        for (args, says) in [
+            (
+                &["--mode", "sandbox", "--network", "host", "true"][..],
+                "never used",
+            ),
+            (
+                &["--mode", "sandbox", "--network", "wifi", "true"],
+                "bridge",
+            ),
+            (
+                &["--mode", "sandbox", "--memory", "8m", "true"],
+                "at least 16m",
+            ),
+            (
+                &["--mode", "sandbox", "--memory", "lots", "true"],
+                "at least 16m",
+            ),
+            (&["--mode", "sandbox", "--cpus", "0", "true"], "above 0"),
+            (
+                &["--mode", "sandbox", "--cpus", "5000", "true"],
+                "at most 1024",
+            ),
+            (
+                &["--mode", "sandbox", "--pids-limit", "4", "true"],
+                "at least 8",
+            ),
+            (
+                &["--mode", "sandbox", "--mount-credentials", "ssh", "true"],
+                "aws, kube",
+            ),
+            (
+                &[
+                    "--mode",
+                    "sandbox",
+                    "--workspace",
+                    "/nonexistent/dir",
+                    "true",
+                ],
+                "existing directory",
+            ),
+            (&["--env", "NOEQUALS", "true"], "is not K=V"),
+            (&["--env", "=v", "true"], "is not K=V"),
+            (&["--timeout", "0", "true"], "at least 1 second"),
+            (&["--requirements", "r.txt", "true"], "needs the sandbox"),
+        ] {
+            let message = usage_message(args);
+            assert!(message.contains(says), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_limits_the_cli_enforces_are_the_ones_the_worker_checks() {
+        let smallest = request(&[
+            "--mode",
+            "sandbox",
+            "--memory",
+            "16m",
+            "--pids-limit",
+            "8",
+            "--cpus",
+            "1024",
+            "true",
+        ])
+        .expect("the smallest allowed limits")
+        .sandbox
+        .expect("spec");
+        assert_eq!(smallest.check_limits(), Ok(()));
+        let below = SandboxSpec {
+            memory_bytes: limits::MIN_MEMORY_BYTES - 1,
+            ..smallest.clone()
+        };
+        assert!(below.check_limits().is_err());
+        let below = SandboxSpec {
+            pids_limit: limits::MIN_PIDS - 1,
+            ..smallest
+        };
+        assert!(below.check_limits().is_err());
+    }
+
+    #[test]
+    fn local_mode_keeps_the_callers_environment_with_the_named_variables_on_top() {
+        let req =
+            request(&["--mode", "local", "--env", "STIGMER_UNIT=1", "true"]).expect("request");
+        assert!(req.env.contains(&("STIGMER_UNIT".into(), "1".into())));
+        assert!(
+            req.env.iter().any(|(k, _)| k == "PATH"),
+            "the caller's PATH"
+        );
+        assert!(req.sandbox.is_none());
+    }
 }

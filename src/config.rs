@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use stigmer_workflows::RequestedMode;
+use stigmer_workflows::{Network, RequestedMode};
 
 /// Where a setting's value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,23 +41,6 @@ pub struct Setting<T> {
 /// Values given on the command line, by setting name.
 pub type Flags = BTreeMap<&'static str, (String, String)>;
 
-/// Network of a sandbox container: its own namespace with outbound access, or none at all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SandboxNetwork {
-    Bridge,
-    None,
-}
-
-impl SandboxNetwork {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bridge => "bridge",
-            Self::None => "none",
-        }
-    }
-}
-
 /// Every setting stigmer reads.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -67,7 +50,7 @@ pub struct Config {
     pub sandbox_cleanup: Setting<bool>,
     pub sandbox_agent: Setting<bool>,
     pub sandbox_ttl: Setting<u64>,
-    pub sandbox_network: Setting<SandboxNetwork>,
+    pub sandbox_network: Setting<Network>,
     pub temporal_address: Setting<Option<String>>,
     pub temporal_namespace: Setting<String>,
     pub temporal_port: Setting<u16>,
@@ -350,13 +333,8 @@ impl Config {
             sandbox_network: layers.get(
                 "sandbox_network",
                 &["STIGMER_SANDBOX_NETWORK"],
-                || SandboxNetwork::Bridge,
-                |raw| match raw.trim().to_ascii_lowercase().as_str() {
-                    "bridge" => Ok(SandboxNetwork::Bridge),
-                    "none" => Ok(SandboxNetwork::None),
-                    "host" => Err("the host network is never used for a sandbox; allowed values: bridge, none".into()),
-                    _ => Err("allowed values: bridge, none".into()),
-                },
+                || Network::Bridge,
+                str::parse::<Network>,
             )?,
             temporal_address: layers.get(
                 "temporal_address",

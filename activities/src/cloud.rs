@@ -14,7 +14,7 @@ use std::time::Duration;
 use stigmer_daytona::{
     Client, Config, CreateSandbox, FollowOptions, OutputStream, SandboxState, WaitOptions,
 };
-use stigmer_workflows::{AcquireRequest, Placement, SandboxSpec};
+use stigmer_workflows::{AcquireRequest, Placement, SandboxSpec, shell_quote};
 use tokio::sync::OnceCell;
 
 /// The lease backend name of Daytona sandboxes.
@@ -100,11 +100,6 @@ fn spec_hash(spec: &SandboxSpec) -> String {
     hex::encode(h.finalize())
 }
 
-/// Quotes a word for the sandbox's shell.
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 impl CloudBackend {
     #[must_use]
     pub fn new(store: Store, worker_id: String, settings: CloudSettings) -> Self {
@@ -174,7 +169,7 @@ impl CloudBackend {
             .label("io.stigmer.store", self.store.store_id())
             .label("io.stigmer.lease", lease.id.clone())
             .label("io.stigmer.worker", self.worker_id.clone())
-            .network_block_all(req.spec.network == "none")
+            .network_block_all(req.spec.network == stigmer_workflows::Network::None)
             .auto_stop_minutes(auto_stop);
         let sandbox = match client.create_sandbox(create).await {
             Ok(s) => s,
@@ -244,11 +239,17 @@ impl CloudBackend {
             line.push_str("env");
             for (k, v) in env {
                 line.push(' ');
-                line.push_str(&quote(&format!("{k}={v}")));
+                line.push_str(&shell_quote(&format!("{k}={v}")));
             }
             line.push(' ');
         }
-        line.push_str(&argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "));
+        line.push_str(
+            &argv
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         let command_id = toolbox.start_command(&session, &line).await?;
 
         // The follower hands chunks to a callback; a channel carries them to the async sink.

@@ -12,22 +12,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Which stream a chunk came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamKind {
-    Stdout,
-    Stderr,
-}
-
-impl StreamKind {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stdout => "stdout",
-            Self::Stderr => "stderr",
-        }
-    }
-}
+/// Which stream a chunk came from: one type from the container's streams to the store.
+pub use stigmer_docker::StreamKind;
 
 /// The stream name of a marker chunk in the store (not part of the command's output).
 pub const MARKER_STREAM: &str = "marker";

@@ -7,7 +7,7 @@
 //! still be running is tainted and removed, never returned to idle.
 
 use crate::local::{Ended, StopReason, Stopper};
-use crate::output::{OutputSink, StreamKind};
+use crate::output::OutputSink;
 use crate::store::{NewLease, Store, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -131,14 +131,10 @@ impl SandboxBackend {
 
     /// The container shape a sandbox spec asks for.
     pub fn container_spec(spec: &SandboxSpec, image: &str) -> Result<ContainerSpec, SandboxError> {
-        let network = match spec.network.as_str() {
-            "bridge" => Network::Bridge,
-            "none" => Network::None,
-            other => {
-                return Err(SandboxError::Invalid(format!(
-                    "sandbox network {other:?} is not allowed (bridge or none)"
-                )));
-            }
+        spec.check_limits().map_err(SandboxError::Invalid)?;
+        let network = match spec.network {
+            stigmer_workflows::Network::Bridge => Network::Bridge,
+            stigmer_workflows::Network::None => Network::None,
         };
         let mut c = ContainerSpec::new(image)
             .with_network(network)
@@ -149,14 +145,9 @@ impl SandboxBackend {
             c = c.with_workspace(dir.clone());
         }
         for mount in &spec.credential_mounts {
-            let Some((host, target)) = mount.split_once(':') else {
-                return Err(SandboxError::Invalid(format!(
-                    "credential mount {mount:?} is not HOST:TARGET"
-                )));
-            };
             c.credential_mounts.push(CredentialMount {
-                source: PathBuf::from(host),
-                target: target.to_string(),
+                source: PathBuf::from(&mount.host),
+                target: mount.target.clone(),
             });
         }
         c.validate()?;
@@ -469,7 +460,8 @@ impl SandboxBackend {
                 continue;
             };
             match engine.container_state(&container_id).await? {
-                Some(state) if state.running => {
+                // Its agent speaks another protocol (made by another release): not reused.
+                Some(state) if state.running && speaks_our_agent(&state.labels) => {
                     // From `ensure_image` when it ran; else what the container was made from.
                     let (name, digest) = match image {
                         Some(i) => (
@@ -597,11 +589,7 @@ impl SandboxBackend {
                 chunk = rx.recv(), if streams_open => match chunk {
                     Some(chunk) => {
                         crate::chaos::point("mid-exec");
-                        let kind = match chunk.kind {
-                            stigmer_docker::StreamKind::Stdout => StreamKind::Stdout,
-                            stigmer_docker::StreamKind::Stderr => StreamKind::Stderr,
-                        };
-                        sink.write(kind, chunk.data.to_vec(), stop.token()).await?;
+                        sink.write(chunk.kind, chunk.data.to_vec(), stop.token()).await?;
                     }
                     None => streams_open = false,
                 },
@@ -784,3 +772,10 @@ pub fn container_name(lease_id: &str) -> String {
 
 /// How long a `creating` lease may go without its container before the reaper calls it dead.
 pub const CREATING_GRACE: Duration = Duration::from_secs(120);
+
+/// Whether a container's agent (if it has one) speaks this release's protocol.
+fn speaks_our_agent(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels
+        .get(stigmer_docker::LABEL_AGENT)
+        .is_none_or(|protocol| protocol == stigmer_docker::AGENT_PROTOCOL)
+}

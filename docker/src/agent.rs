@@ -36,8 +36,10 @@ use crate::{Engine, EngineError};
 pub const AGENT_PATH: &str = "/.stigmer/agent";
 /// Label carrying the agent protocol a container's keep-alive speaks (absent: `sleep infinity`).
 pub const LABEL_AGENT: &str = "io.stigmer.agent";
-/// The protocol of `agent/stigmer-agent.rs`; a container labelled otherwise is served by exec.
-pub(crate) const AGENT_PROTOCOL: &str = "1";
+/// The protocol of `agent/stigmer-agent.rs`. A container labelled with another one was made by
+/// a worker of another release: it is served by exec, and workers remove it rather than reuse it
+/// (`stigmer-activities`' `reuse_idle`), so a framing change never meets an old agent.
+pub const AGENT_PROTOCOL: &str = "1";
 
 /// The agent binary built for this crate's target, empty where it could not be built.
 static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stigmer-agent"));

@@ -96,6 +96,17 @@ pub enum StreamKind {
     Stderr,
 }
 
+impl StreamKind {
+    /// The stream's name, as the store records it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
 /// One command to run in a container.
 ///
 /// ```

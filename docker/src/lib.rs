@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 
-pub use agent::{agent_available, AGENT_PATH, LABEL_AGENT};
+pub use agent::{agent_available, AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT};
 pub use container::{
     ContainerState, ManagedContainer, ProcessInfo, LABEL_LEASE, LABEL_MANAGED, LABEL_SPEC_HASH,
     LABEL_STORE, LABEL_WORKER,

@@ -63,15 +63,6 @@ impl Mode {
             Self::Cloud => "cloud",
         }
     }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "local" => Some(Self::Local),
-            "sandbox" => Some(Self::Sandbox),
-            "cloud" => Some(Self::Cloud),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for Mode {
@@ -113,7 +104,9 @@ impl CommandSpec {
     }
 }
 
-fn shell_quote(arg: &str) -> String {
+/// One word quoted for a POSIX shell: as it is when it needs no quoting, else single-quoted.
+#[must_use]
+pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
         && arg
             .chars()
@@ -132,8 +125,7 @@ pub struct SandboxSpec {
     pub auto_pull: bool,
     pub cleanup: bool,
     pub ttl_secs: u64,
-    /// `bridge` (own namespace, outbound allowed) or `none` (loopback only).
-    pub network: String,
+    pub network: Network,
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
@@ -142,8 +134,8 @@ pub struct SandboxSpec {
     /// Who gets the workspace's files afterwards (`uid`, `gid` of the caller).
     #[serde(default)]
     pub workspace_owner: Option<(u32, u32)>,
-    /// Host paths mounted read-only (credentials), as `host:target`.
-    pub credential_mounts: Vec<String>,
+    /// Host paths mounted read-only (credentials).
+    pub credential_mounts: Vec<CredentialMount>,
     /// Path of a `--requirements` file on the worker's host, if any.
     pub requirements: Option<String>,
     /// The execution this is for (progress goes to its client).
@@ -153,6 +145,95 @@ pub struct SandboxSpec {
     /// (`image` is then the Daytona snapshot). Histories before 0.2 carry `"cloud": bool`.
     #[serde(default, alias = "cloud", deserialize_with = "backend_or_cloud_flag")]
     pub backend: Backend,
+}
+
+/// A sandbox's network. Never the host's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Its own network namespace, outbound allowed.
+    #[default]
+    Bridge,
+    /// Its own network namespace with loopback only.
+    None,
+}
+
+impl Network {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "bridge" => Ok(Self::Bridge),
+            "none" => Ok(Self::None),
+            "host" => Err(
+                "the host network is never used for a sandbox; allowed values: bridge (own \
+                 namespace, outbound allowed), none (no network)"
+                    .into(),
+            ),
+            _ => Err(
+                "allowed values: bridge (own namespace, outbound allowed), none (no network)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// A host path mounted read-only into the sandbox (credentials). Older histories carry it as
+/// one `HOST:TARGET` string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialMount {
+    pub host: String,
+    pub target: String,
+}
+
+impl<'de> Deserialize<'de> for CredentialMount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Fields { host: String, target: String },
+            Joined(String),
+        }
+        match Wire::deserialize(d)? {
+            Wire::Fields { host, target } => Ok(Self { host, target }),
+            Wire::Joined(joined) => match joined.split_once(':') {
+                Some((host, target)) => Ok(Self {
+                    host: host.into(),
+                    target: target.into(),
+                }),
+                None => Err(serde::de::Error::custom(format!(
+                    "credential mount {joined:?} is not HOST:TARGET"
+                ))),
+            },
+        }
+    }
+}
+
+/// The bounds of a sandbox's resources, the same for every starter (the CLI checks them before
+/// anything starts; the worker again for whoever started the workflow).
+pub mod limits {
+    /// Below this a shell and a small command cannot start.
+    pub const MIN_MEMORY_BYTES: i64 = 16 * 1024 * 1024;
+    /// A shell, the command and a few children.
+    pub const MIN_PIDS: i64 = 8;
+    /// CPUs, as Docker counts them.
+    pub const MAX_CPUS: f64 = 1024.0;
 }
 
 /// What runs a sandbox execution's container.
@@ -182,6 +263,31 @@ fn backend_or_cloud_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Backe
 }
 
 impl SandboxSpec {
+    /// Checks the resource limits against [`limits`]: what was wrong and what is allowed.
+    pub fn check_limits(&self) -> Result<(), String> {
+        if self.memory_bytes < limits::MIN_MEMORY_BYTES {
+            return Err(format!(
+                "memory limit {} bytes: give at least 16m (e.g. 512m or 2g)",
+                self.memory_bytes
+            ));
+        }
+        if self.nano_cpus <= 0 || self.nano_cpus as f64 > limits::MAX_CPUS * 1e9 {
+            return Err(format!(
+                "CPU limit {} CPUs: give a number of CPUs above 0 and at most {}, e.g. 1.5",
+                self.nano_cpus as f64 / 1e9,
+                limits::MAX_CPUS
+            ));
+        }
+        if self.pids_limit < limits::MIN_PIDS {
+            return Err(format!(
+                "process limit {}: give at least {}",
+                self.pids_limit,
+                limits::MIN_PIDS
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether an execution with this spec may take an idle container straight from `exec`
     /// (the warm path): a reusable Docker container whose image needs no ensuring. Not with
     /// `--requirements` (the derived image must be ensured), TTL 0 (no reuse), or in the cloud.
@@ -502,7 +608,7 @@ mod tests {
         SandboxSpec {
             image: "img".into(),
             ttl_secs: 60,
-            network: "none".into(),
+            network: Network::None,
             ..SandboxSpec::default()
         }
     }
@@ -654,6 +760,37 @@ mod tests {
         let again: ExecutionInput =
             serde_json::from_value(serde_json::to_value(&today).unwrap()).unwrap();
         assert_eq!(again, today);
+    }
+
+    #[test]
+    fn networks_and_credential_mounts_are_typed_and_read_their_older_strings() {
+        let mut value = serde_json::to_value(spec()).unwrap();
+        assert_eq!(value["network"], "none");
+        value["network"] = "bridge".into();
+        value["credential_mounts"] = serde_json::json!(["/home/u/.aws:/home/sandbox/.aws"]);
+        let read: SandboxSpec = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(read.network, Network::Bridge);
+        let aws = CredentialMount {
+            host: "/home/u/.aws".into(),
+            target: "/home/sandbox/.aws".into(),
+        };
+        assert_eq!(read.credential_mounts, vec![aws.clone()]);
+        let again: SandboxSpec =
+            serde_json::from_value(serde_json::to_value(&read).unwrap()).unwrap();
+        assert_eq!(again.credential_mounts, vec![aws]);
+        value["credential_mounts"] = serde_json::json!(["no-colon"]);
+        let err = serde_json::from_value::<SandboxSpec>(value.clone()).unwrap_err();
+        assert!(err.to_string().contains("HOST:TARGET"), "{err}");
+        value["credential_mounts"] = serde_json::json!([]);
+        value["network"] = "host".into();
+        assert!(serde_json::from_value::<SandboxSpec>(value).is_err());
+        assert!(
+            "host"
+                .parse::<Network>()
+                .unwrap_err()
+                .contains("never used")
+        );
+        assert_eq!(" None ".parse::<Network>(), Ok(Network::None));
     }
 
     #[test]
