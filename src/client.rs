@@ -747,29 +747,29 @@ pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
     let store = open_for_reading(cfg).await?;
     let sandbox =
         stigmer_activities::sandbox::SandboxBackend::new(store.clone(), "cli-reaper".into());
-    let daytona = cfg.daytona().is_configured();
+    let cloud = stigmer_activities::cloud::CloudBackend::configured(
+        store.clone(),
+        "cli-reaper".into(),
+        cfg.daytona(),
+    );
+    let daytona = cloud.is_some();
+    let pass = stigmer_activities::reaper::reap_all(
+        &store,
+        &sandbox,
+        cloud.as_ref(),
+        cfg.sandbox_cleanup.value,
+    )
+    .await;
     // Docker is reaped when an engine answers; a cloud-only setup has none, and says so.
-    let report = match sandbox.engine().await {
-        Ok(_) => Some(
-            stigmer_activities::reaper::reap_once(&store, &sandbox, cfg.sandbox_cleanup.value)
-                .await?,
-        ),
+    let report = match pass.docker {
+        Ok(report) => Some(report?),
         Err(e) if daytona => {
             eprintln!("stigmer: no Docker engine ({e}); reaping Daytona sandboxes only");
             None
         }
         Err(e) => return Err(e.into()),
     };
-    let deleted = if daytona {
-        let cloud = stigmer_activities::cloud::CloudBackend::new(
-            store.clone(),
-            "cli-reaper".into(),
-            cfg.daytona(),
-        );
-        cloud.reap().await?
-    } else {
-        Vec::new()
-    };
+    let deleted = pass.daytona.transpose()?.unwrap_or_default();
     match format {
         OutputFormat::Json => {
             let mut value = serde_json::to_value(report.clone().unwrap_or_default())?;

@@ -606,32 +606,28 @@ async fn reaper(
     daytona: stigmer_activities::cloud::CloudSettings,
     cleanup: bool,
 ) {
-    let configured = daytona.is_configured();
-    let cloud = stigmer_activities::cloud::CloudBackend::new(
+    let cloud = stigmer_activities::cloud::CloudBackend::configured(
         store.clone(),
         sandbox.worker_id().into(),
         daytona,
     );
-    let daytona = configured;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
-        if daytona {
-            match cloud.reap().await {
-                Ok(removed) if !removed.is_empty() => {
-                    tracing::info!("reaper: deleted Daytona sandboxes {removed:?}");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("Daytona reaper pass failed: {e}"),
+        let pass =
+            stigmer_activities::reaper::reap_all(&store, &sandbox, cloud.as_ref(), cleanup).await;
+        match pass.daytona {
+            Some(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!("reaper: deleted Daytona sandboxes {removed:?}");
             }
+            Some(Err(e)) => tracing::warn!("Daytona reaper pass failed: {e}"),
+            _ => {}
         }
-        if sandbox.engine().await.is_err() {
-            continue;
-        }
-        match stigmer_activities::reaper::reap_once(&store, &sandbox, cleanup).await {
-            Ok(report) if !report.is_empty() => tracing::info!("reaper: {report:?}"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("reaper pass failed: {e}"),
+        // Without a Docker engine (local mode needs none) there is nothing to reap there.
+        match pass.docker {
+            Ok(Ok(report)) if !report.is_empty() => tracing::info!("reaper: {report:?}"),
+            Ok(Err(e)) => tracing::warn!("reaper pass failed: {e}"),
+            _ => {}
         }
     }
 }

@@ -4,45 +4,7 @@
 
 mod common;
 
-use common::{Env, text};
-use stigmer_daytona::fake::FakeDaytona;
-
-struct Fake {
-    fake: FakeDaytona,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn start_fake() -> Fake {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let fake = runtime
-        .block_on(
-            FakeDaytona::builder()
-                .api_key("test-key")
-                .execute_on_host(true)
-                .start(),
-        )
-        .expect("fake Daytona");
-    Fake {
-        fake,
-        _runtime: runtime,
-    }
-}
-
-fn cloud_env(fake: &FakeDaytona) -> Env {
-    let mut env = Env::new();
-    env.extra
-        .push(("DAYTONA_API_KEY".into(), "test-key".into()));
-    env.extra.push(("DAYTONA_API_URL".into(), fake.api_url()));
-    env.extra.push((
-        "DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(),
-        "stigmer-full".into(),
-    ));
-    env
-}
+use common::{Env, cloud_env, start_fake, text};
 
 #[test]
 fn commands_run_in_a_daytona_sandbox_that_is_reused_and_released() {

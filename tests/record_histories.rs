@@ -21,7 +21,6 @@ use common::{
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use stigmer_daytona::fake::FakeDaytona;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, UntypedWorkflow,
     WorkflowFetchHistoryOptions,
@@ -207,27 +206,8 @@ fn record() {
     drop(children);
 
     // Cloud mode against the fake Daytona server.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fake = runtime
-        .block_on(
-            FakeDaytona::builder()
-                .api_key("test-key")
-                .execute_on_host(true)
-                .start(),
-        )
-        .expect("fake Daytona");
-    let mut env = Env::new();
-    env.extra
-        .push(("DAYTONA_API_KEY".into(), "test-key".into()));
-    env.extra.push(("DAYTONA_API_URL".into(), fake.api_url()));
-    env.extra.push((
-        "DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(),
-        "stigmer-full".into(),
-    ));
+    let fake = common::start_fake();
+    let env = common::cloud_env(&fake.fake);
     let id = run_ok(&env, &["run", "--mode", "cloud", "echo cloud"]);
     save(env.port, &id, "cloud");
 }

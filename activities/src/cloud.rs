@@ -101,6 +101,14 @@ fn spec_hash(spec: &SandboxSpec) -> String {
 }
 
 impl CloudBackend {
+    /// The backend when Daytona is configured (a key is set), else `None`.
+    #[must_use]
+    pub fn configured(store: Store, worker_id: String, settings: CloudSettings) -> Option<Self> {
+        settings
+            .is_configured()
+            .then(|| Self::new(store, worker_id, settings))
+    }
+
     #[must_use]
     pub fn new(store: Store, worker_id: String, settings: CloudSettings) -> Self {
         Self {
@@ -118,9 +126,82 @@ impl CloudBackend {
             .await?)
     }
 
+    async fn placed(
+        &self,
+        req: &AcquireRequest,
+        lease: &str,
+        sandbox: &str,
+    ) -> Result<(), CloudError> {
+        self.store
+            .set_placement(
+                &req.execution_id,
+                Some(&req.spec.image),
+                None,
+                Some(sandbox),
+                Some(lease),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes expired idle sandboxes and labelled sandboxes of this store with no live lease.
+    pub async fn reap(&self) -> Result<Vec<String>, CloudError> {
+        let client = self.client().await?;
+        let mut removed = Vec::new();
+        for lease in self.store.expire_idle(BACKEND).await? {
+            if lease.backend != BACKEND {
+                continue;
+            }
+            if let Some(id) = &lease.container_id {
+                client.delete_sandbox(id).await?;
+                removed.push(id.clone());
+            }
+            self.store.lease_removed(&lease.id).await?;
+        }
+        let live: BTreeMap<String, String> = self
+            .store
+            .list_leases(false)
+            .await?
+            .into_iter()
+            .filter(|l| l.backend == BACKEND)
+            .map(|l| (l.id, l.state))
+            .collect();
+        let labels = BTreeMap::from([
+            ("io.stigmer.managed".to_string(), "true".to_string()),
+            (
+                "io.stigmer.store".to_string(),
+                self.store.store_id().to_string(),
+            ),
+        ]);
+        for sandbox in client.list_sandboxes(&labels).await? {
+            let lease = sandbox.labels.get("io.stigmer.lease");
+            if lease.is_none_or(|l| !live.contains_key(l)) {
+                client.delete_sandbox(&sandbox.id).await?;
+                removed.push(sandbox.id);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl crate::backend::BackendError for CloudError {
+    fn is_retryable(&self) -> bool {
+        CloudError::is_retryable(self)
+    }
+
+    fn is_store(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+}
+
+impl crate::backend::ContainerBackend for CloudBackend {
+    type Error = CloudError;
+
+    const NAME: &'static str = "the Daytona sandbox";
+
     /// Reuses an idle sandbox with the same settings inside its TTL, or creates one from the
     /// snapshot (its lease written first) and waits until it has started.
-    pub async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, CloudError> {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, CloudError> {
         let client = self.client().await?;
         let hash = spec_hash(&req.spec);
         if req.spec.ttl_secs > 0 {
@@ -201,31 +282,14 @@ impl CloudBackend {
         })
     }
 
-    async fn placed(
-        &self,
-        req: &AcquireRequest,
-        lease: &str,
-        sandbox: &str,
-    ) -> Result<(), CloudError> {
-        self.store
-            .set_placement(
-                &req.execution_id,
-                Some(&req.spec.image),
-                None,
-                Some(sandbox),
-                Some(lease),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Runs the command in a session of its own, following its output until it ends or `stop`
     /// fires (then the session is deleted, which ends the command).
-    pub async fn exec(
+    async fn exec(
         &self,
         execution_id: &str,
         placement: &Placement,
-        argv: &[String],
+        _spec: &SandboxSpec,
+        argv: Vec<String>,
         env: &[(String, String)],
         sink: &mut OutputSink,
         stop: &Stopper,
@@ -312,12 +376,19 @@ impl CloudBackend {
         }
     }
 
+    /// A Daytona sandbox goes back to idle through the workflow's release only.
+    async fn release_clean(&self, _: &str, _: &Placement) -> Result<bool, CloudError> {
+        Ok(false)
+    }
+
     /// Back to idle for reuse, or deleted.
-    pub async fn release(
+    async fn release(
         &self,
+        _execution_id: &str,
         placement: &Placement,
         taint: bool,
         ttl_secs: u64,
+        _cleanup: bool,
     ) -> Result<String, CloudError> {
         // `exec` may have tainted the lease itself.
         let taint = taint
@@ -350,42 +421,8 @@ impl CloudBackend {
         Ok(state)
     }
 
-    /// Deletes expired idle sandboxes and labelled sandboxes of this store with no live lease.
-    pub async fn reap(&self) -> Result<Vec<String>, CloudError> {
-        let client = self.client().await?;
-        let mut removed = Vec::new();
-        for lease in self.store.expire_idle(BACKEND).await? {
-            if lease.backend != BACKEND {
-                continue;
-            }
-            if let Some(id) = &lease.container_id {
-                client.delete_sandbox(id).await?;
-                removed.push(id.clone());
-            }
-            self.store.lease_removed(&lease.id).await?;
-        }
-        let live: BTreeMap<String, String> = self
-            .store
-            .list_leases(false)
-            .await?
-            .into_iter()
-            .filter(|l| l.backend == BACKEND)
-            .map(|l| (l.id, l.state))
-            .collect();
-        let labels = BTreeMap::from([
-            ("io.stigmer.managed".to_string(), "true".to_string()),
-            (
-                "io.stigmer.store".to_string(),
-                self.store.store_id().to_string(),
-            ),
-        ]);
-        for sandbox in client.list_sandboxes(&labels).await? {
-            let lease = sandbox.labels.get("io.stigmer.lease");
-            if lease.is_none_or(|l| !live.contains_key(l)) {
-                client.delete_sandbox(&sandbox.id).await?;
-                removed.push(sandbox.id);
-            }
-        }
-        Ok(removed)
+    /// Every cloud step carries its placement: nothing is taken without one.
+    async fn held_by(&self, _: &str) -> Result<Option<Placement>, CloudError> {
+        Ok(None)
     }
 }

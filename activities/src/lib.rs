@@ -6,6 +6,7 @@
 //! reports the loss instead of silently running the command a second time.
 
 pub mod audit;
+pub mod backend;
 pub mod chaos;
 pub mod cloud;
 pub mod hub;
@@ -18,11 +19,12 @@ pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 
+use backend::{BackendError, ContainerBackend};
 use hub::{Hub, HubEvent};
 use local::{Ended, StopReason, Stopper};
 use opentelemetry::KeyValue;
 use output::OutputSink;
-use sandbox::{SandboxBackend, SandboxError};
+use sandbox::SandboxBackend;
 use std::sync::Arc;
 use std::time::Duration;
 use stigmer_workflows::{
@@ -39,6 +41,23 @@ pub const DEFAULT_OUTPUT_RETAIN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How often `exec` heartbeats (the workflow's heartbeat timeout is 5 s).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs `$body` with `$backend` bound to the container backend `$kind` names: the one place the
+/// activities choose between Docker and Daytona.
+macro_rules! with_backend {
+    ($self:expr, $kind:expr, |$backend:ident| $body:expr) => {
+        match $kind {
+            Backend::Docker => {
+                let $backend = &$self.sandbox;
+                $body
+            }
+            Backend::Daytona => {
+                let $backend = &$self.cloud;
+                $body
+            }
+        }
+    };
+}
 
 /// What the activities need from the worker that hosts them.
 #[derive(Clone)]
@@ -75,11 +94,12 @@ impl Activities {
     /// Taints the lease when the backend says its container may still run the command, and
     /// turns a backend failure into the execution's failure. Store errors stay errors, so the
     /// activity is retried rather than reporting an outcome it could not record.
-    async fn settle(
+    async fn settle<B: ContainerBackend>(
         &self,
+        _backend: &B,
         placement: &Placement,
-        outcome: Result<(Ended, bool), BackendFailure>,
-    ) -> Result<Ended, StoreError> {
+        outcome: Result<(Ended, bool), B::Error>,
+    ) -> Result<Ended, B::Error> {
         match outcome {
             Ok((ended, taint)) => {
                 if taint {
@@ -94,10 +114,10 @@ impl Activities {
                 }
                 Ok(ended)
             }
-            Err(BackendFailure::Store(e)) => Err(e),
-            Err(BackendFailure::Other(reason)) => Ok(Ended::Failed {
+            Err(e) if e.is_store() => Err(e),
+            Err(e) => Ok(Ended::Failed {
                 exit_code: None,
-                reason,
+                reason: format!("{} could not run the command: {e}", B::NAME),
             }),
         }
     }
@@ -202,7 +222,7 @@ impl Activities {
                         input.placement = Some(placement);
                     }
                     Ok(None) => return self.no_idle_container(&id).await,
-                    Err(e) => return Err(sandbox_error(e)),
+                    Err(e) => return Err(backend_error(e)),
                 },
                 Route::ReadyHost { image, .. } => {
                     // A retried attempt finds the lease it holds; one whose command already
@@ -215,7 +235,7 @@ impl Activities {
                     let placement =
                         with_heartbeats(ctx, self.sandbox.acquire_unless_started(&request))
                             .await
-                            .map_err(sandbox_error)?;
+                            .map_err(backend_error)?;
                     if let Some(placement) = placement {
                         annotate_placement(&placement, image);
                         self.announce_container(&id, &placement, &image.image).await;
@@ -318,51 +338,29 @@ impl Activities {
                     on_spawn,
                 )
                 .await
+                .map_err(|e| e.to_string())
             }
-            Mode::Sandbox => match (&input.placement, &input.sandbox) {
-                (Some(placement), Some(spec)) => {
-                    let outcome = self
-                        .sandbox
-                        .exec(
-                            &id,
-                            placement,
-                            spec,
-                            input.command.argv(),
-                            &env,
-                            &mut sink,
-                            &stop,
-                        )
-                        .await
-                        .map_err(BackendFailure::from);
+            Mode::Sandbox | Mode::Cloud => match (&input.placement, &input.sandbox) {
+                (Some(placement), Some(spec)) => with_backend!(self, spec.backend, |backend| {
+                    let outcome = ContainerBackend::exec(
+                        backend,
+                        &id,
+                        placement,
+                        spec,
+                        input.command.argv(),
+                        &env,
+                        &mut sink,
+                        &stop,
+                    )
+                    .await;
                     let clean = matches!(&outcome, Ok((Ended::Exited(_), false)));
-                    let ended = self.settle(placement, outcome).await;
+                    let ended = self.settle(backend, placement, outcome).await;
                     release_early = clean && spec.ttl_secs > 0 && ended.is_ok();
-                    ended
-                }
+                    ended.map_err(|e| e.to_string())
+                }),
                 _ => Ok(Ended::Failed {
                     exit_code: None,
                     reason: "sandbox execution without a container placement".into(),
-                }),
-            },
-            Mode::Cloud => match &input.placement {
-                Some(placement) => {
-                    let outcome = self
-                        .cloud
-                        .exec(
-                            &id,
-                            placement,
-                            &input.command.argv(),
-                            &env,
-                            &mut sink,
-                            &stop,
-                        )
-                        .await
-                        .map_err(BackendFailure::from);
-                    self.settle(placement, outcome).await
-                }
-                None => Ok(Ended::Failed {
-                    exit_code: None,
-                    reason: "cloud execution without a sandbox placement".into(),
                 }),
             },
         };
@@ -393,10 +391,17 @@ impl Activities {
         // Reusable now, the next command need not wait for the workflow. Only once the result
         // is recorded: a worker lost in between must not leave this execution open in the store
         // while its container already serves the next one.
-        if let (true, Some(placement)) = (release_early, &input.placement)
-            && let Err(e) = self.sandbox.release_clean(&id, placement).await
+        if let (true, Some(placement), Some(spec)) =
+            (release_early, &input.placement, &input.sandbox)
         {
-            tracing::warn!("could not give container back early: {e}");
+            let given_back = with_backend!(self, spec.backend, |backend| {
+                ContainerBackend::release_clean(backend, &id, placement)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = given_back {
+                tracing::warn!("could not give container back early: {e}");
+            }
         }
         annotate_result(&recorded);
         self.hub
@@ -456,7 +461,7 @@ impl Activities {
                 KeyValue::new("stigmer.sandbox.image_source", ready.how.clone()),
             ]);
         }
-        ready.map_err(sandbox_error)
+        ready.map_err(backend_error)
     }
 
     #[activity(definition = stigmer_workflows::activity_defs::AcquireContainer)]
@@ -466,14 +471,11 @@ impl Activities {
         request: AcquireRequest,
     ) -> Result<Placement, ActivityError> {
         annotate_execution(Some(&request.execution_id));
-        let placement = match request.spec.backend {
-            Backend::Daytona => with_heartbeats(&ctx, self.cloud.acquire(&request))
+        let placement = with_backend!(self, request.spec.backend, |backend| {
+            with_heartbeats(&ctx, ContainerBackend::acquire(backend, &request))
                 .await
-                .map_err(cloud_error)?,
-            Backend::Docker => with_heartbeats(&ctx, self.sandbox.acquire(&request))
-                .await
-                .map_err(sandbox_error)?,
-        };
+                .map_err(backend_error)?
+        });
         annotate_placement(&placement, &request.image);
         self.announce_container(&request.execution_id, &placement, &request.image.image)
             .await;
@@ -487,19 +489,17 @@ impl Activities {
         request: ReleaseRequest,
     ) -> Result<String, ActivityError> {
         annotate_execution(Some(&request.execution_id));
-        let placement = match request.placement {
-            Some(placement) => placement,
-            // After the warm path: whatever the execution still holds on this host.
-            None if request.backend == Backend::Docker => match self
-                .sandbox
-                .held_by(&request.execution_id)
-                .await
-                .map_err(sandbox_error)?
-            {
-                Some(placement) => placement,
-                None => return Ok("nothing held".into()),
-            },
-            None => return Ok("nothing held".into()),
+        let held = match request.placement.clone() {
+            Some(placement) => Some(placement),
+            // After a step that took its own container: whatever the execution still holds here.
+            None => with_backend!(self, request.backend, |backend| {
+                ContainerBackend::held_by(backend, &request.execution_id)
+                    .await
+                    .map_err(backend_error)?
+            }),
+        };
+        let Some(placement) = held else {
+            return Ok("nothing held".into());
         };
         telemetry::annotate([
             KeyValue::new(
@@ -508,24 +508,17 @@ impl Activities {
             ),
             KeyValue::new("stigmer.sandbox.tainted", request.taint),
         ]);
-        let outcome = match request.backend {
-            Backend::Daytona => {
-                let release = self
-                    .cloud
-                    .release(&placement, request.taint, request.ttl_secs);
-                with_heartbeats(&ctx, release).await.map_err(cloud_error)
-            }
-            Backend::Docker => {
-                let release = self.sandbox.release(
-                    &request.execution_id,
-                    &placement,
-                    request.taint,
-                    request.ttl_secs,
-                    request.cleanup,
-                );
-                with_heartbeats(&ctx, release).await.map_err(sandbox_error)
-            }
-        };
+        let outcome = with_backend!(self, request.backend, |backend| {
+            let release = ContainerBackend::release(
+                backend,
+                &request.execution_id,
+                &placement,
+                request.taint,
+                request.ttl_secs,
+                request.cleanup,
+            );
+            with_heartbeats(&ctx, release).await.map_err(backend_error)
+        });
         if let Ok(outcome) = &outcome {
             telemetry::annotate([KeyValue::new("stigmer.sandbox.release", outcome.clone())]);
         }
@@ -665,41 +658,9 @@ fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionRes
     }
 }
 
-/// A sandbox or cloud backend's failure to run a command, as `exec` handles it.
-enum BackendFailure {
-    Store(StoreError),
-    Other(String),
-}
-
-impl From<SandboxError> for BackendFailure {
-    fn from(e: SandboxError) -> Self {
-        match e {
-            SandboxError::Store(e) => Self::Store(e),
-            e => Self::Other(format!("the sandbox could not run the command: {e}")),
-        }
-    }
-}
-
-impl From<cloud::CloudError> for BackendFailure {
-    fn from(e: cloud::CloudError) -> Self {
-        match e {
-            cloud::CloudError::Store(e) => Self::Store(e),
-            e => Self::Other(format!(
-                "the Daytona sandbox could not run the command: {e}"
-            )),
-        }
-    }
-}
-
-fn cloud_error(e: cloud::CloudError) -> ActivityError {
-    if e.is_retryable() {
-        ActivityError::from(anyhow::Error::from(e))
-    } else {
-        non_retryable(e.to_string())
-    }
-}
-
-fn sandbox_error(e: SandboxError) -> ActivityError {
+/// A backend's failure as the activity reports it: retried when the backend says another
+/// attempt may succeed, else the step's final failure.
+fn backend_error<E: BackendError>(e: E) -> ActivityError {
     if e.is_retryable() {
         ActivityError::from(anyhow::Error::from(e))
     } else {

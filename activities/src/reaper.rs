@@ -65,6 +65,35 @@ impl ReapReport {
     }
 }
 
+/// What one pass over both kinds of leases did.
+pub struct Pass {
+    /// Docker's leases: `Err` with the engine's error when no engine answered (a cloud-only
+    /// setup has none).
+    pub docker: Result<Result<ReapReport, SandboxError>, SandboxError>,
+    /// The Daytona sandboxes deleted, when a Daytona key is configured.
+    pub daytona: Option<Result<Vec<String>, crate::cloud::CloudError>>,
+}
+
+/// One pass over the Docker leases of this worker's engine (when one answers) and over the
+/// Daytona leases (when `cloud` is configured): what the daemon's reaper does every 30 s and
+/// `stigmer leases reap` once.
+pub async fn reap_all(
+    store: &Store,
+    sandbox: &SandboxBackend,
+    cloud: Option<&crate::cloud::CloudBackend>,
+    cleanup: bool,
+) -> Pass {
+    let daytona = match cloud {
+        Some(cloud) => Some(cloud.reap().await),
+        None => None,
+    };
+    let docker = match sandbox.engine().await {
+        Ok(_) => Ok(reap_once(store, sandbox, cleanup).await),
+        Err(e) => Err(e),
+    };
+    Pass { docker, daytona }
+}
+
 /// One reaper pass over this store's containers on this worker's Docker engine.
 pub async fn reap_once(
     store: &Store,

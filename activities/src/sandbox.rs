@@ -256,18 +256,6 @@ impl SandboxBackend {
         })
     }
 
-    /// Reuses an idle container with the same spec inside its TTL, or creates one.
-    pub async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, SandboxError> {
-        // A warm-path attempt ran it and its answer was lost: placing it again would record a
-        // container it never ran in. The workflow then reports what was recorded.
-        self.acquire_unless_started(req).await?.ok_or_else(|| {
-            SandboxError::Invalid(format!(
-                "execution {} already started in another container",
-                req.execution_id
-            ))
-        })
-    }
-
     /// [`Self::acquire`], or `None` when the execution holds no container here although it got
     /// past `queued`: an earlier attempt ran it and lost its container (its record says how
     /// it ended, or that its worker was lost).
@@ -371,29 +359,6 @@ impl SandboxBackend {
         let spec_hash = Self::container_spec(spec, &spec.image)?.spec_hash();
         self.reuse_idle(engine, engine_id, execution_id, &spec_hash, None)
             .await
-    }
-
-    /// The container an execution still holds on this worker's host, if any (busy, or being
-    /// made).
-    pub async fn held_by(&self, execution_id: &str) -> Result<Option<Placement>, SandboxError> {
-        let (_, engine_id) = self.engine().await?;
-        let Some(lease) = self
-            .store
-            .lease_of_execution(BACKEND, execution_id, Some(engine_id))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let container_id = lease
-            .container_id
-            .clone()
-            .unwrap_or_else(|| container_name(&lease.id));
-        Ok(Some(Placement {
-            lease_id: lease.id,
-            container_id,
-            reused: true,
-            task_queue: self.host_queue(),
-        }))
     }
 
     /// What a lost worker's command left in its container: killed (its whole process group),
@@ -536,11 +501,102 @@ impl SandboxBackend {
         Ok(None)
     }
 
+    /// Removes (cleanup on) or stops (cleanup off: kept for inspection) a container whose lease
+    /// is `removing`, then marks the lease removed.
+    pub async fn dispose(
+        &self,
+        lease_id: &str,
+        container_id: &str,
+        cleanup: bool,
+    ) -> Result<(), SandboxError> {
+        let (engine, _) = self.engine().await?;
+        if cleanup {
+            engine.remove_container(container_id).await?;
+        } else {
+            engine.stop_container(container_id).await?;
+        }
+        self.store.lease_removed(lease_id).await?;
+        Ok(())
+    }
+}
+
+/// Gives every file under a host directory to `uid:gid`, never following a symbolic link out
+/// of it: to the sandbox user before a command runs in a caller's directory, and back to the
+/// caller afterwards. The worker does this on the host (the container has no capabilities to
+/// do it with), so it needs CAP_CHOWN there, as a worker running as root has; without it the
+/// files stay as they are and the worker says so in its log.
+async fn lend_workspace(dir: &str, uid: u32, gid: u32) {
+    let root = PathBuf::from(dir);
+    let outcome = tokio::task::spawn_blocking(move || chown_tree(&root, uid, gid)).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            "could not give the workspace {dir} to {uid}:{gid} ({e}); run the worker as root \
+             (or as uid 1000) for the sandbox to share a workspace with other users"
+        ),
+        Err(e) => tracing::warn!("handing over the workspace {dir} failed: {e}"),
+    }
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The name of a lease's container: a crash before its id is recorded can still find it.
+#[must_use]
+pub fn container_name(lease_id: &str) -> String {
+    format!("stigmer-{lease_id}")
+}
+
+/// How long a `creating` lease may go without its container before the reaper calls it dead.
+pub const CREATING_GRACE: Duration = Duration::from_secs(120);
+
+/// Whether a container's agent (if it has one) speaks this release's protocol.
+fn speaks_our_agent(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels
+        .get(stigmer_docker::LABEL_AGENT)
+        .is_none_or(|protocol| protocol == stigmer_docker::AGENT_PROTOCOL)
+}
+
+impl crate::backend::BackendError for SandboxError {
+    fn is_retryable(&self) -> bool {
+        SandboxError::is_retryable(self)
+    }
+
+    fn is_store(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+}
+
+impl crate::backend::ContainerBackend for SandboxBackend {
+    type Error = SandboxError;
+
+    const NAME: &'static str = "the sandbox";
+
+    /// Reuses an idle container with the same spec inside its TTL, or creates one.
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Placement, SandboxError> {
+        // A warm-path attempt ran it and its answer was lost: placing it again would record a
+        // container it never ran in. The workflow then reports what was recorded.
+        self.acquire_unless_started(req).await?.ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "execution {} already started in another container",
+                req.execution_id
+            ))
+        })
+    }
+
     /// Runs `argv` in the leased container, pumping output into `sink` until it ends or `stop`
     /// fires. Returns how it ended and whether the container must not be reused.
     // Each argument is a different part of one execution; bundling them would only rename them.
     #[allow(clippy::too_many_arguments)]
-    pub async fn exec(
+    async fn exec(
         &self,
         execution_id: &str,
         placement: &Placement,
@@ -661,8 +717,23 @@ impl SandboxBackend {
         Ok((ended, taint))
     }
 
+    /// Gives a container back to idle straight from `exec`, when its command ended by itself
+    /// and left nothing running: the client can have its answer at once and its next command
+    /// still finds the container idle. The workflow's release then finds nothing to do.
+    async fn release_clean(
+        &self,
+        execution_id: &str,
+        placement: &Placement,
+    ) -> Result<bool, SandboxError> {
+        let state = self
+            .store
+            .release_lease(&placement.lease_id, true, None, Some(execution_id))
+            .await?;
+        Ok(state == "idle")
+    }
+
     /// Back to idle for reuse, or removed (or stopped and kept when cleanup is off).
-    pub async fn release(
+    async fn release(
         &self,
         execution_id: &str,
         placement: &Placement,
@@ -701,81 +772,26 @@ impl SandboxBackend {
         Ok(state)
     }
 
-    /// Gives a container back to idle straight from `exec`, when its command ended by itself
-    /// and left nothing running: the client can have its answer at once and its next command
-    /// still finds the container idle. The workflow's release then finds nothing to do.
-    pub async fn release_clean(
-        &self,
-        execution_id: &str,
-        placement: &Placement,
-    ) -> Result<bool, SandboxError> {
-        let state = self
+    /// The container an execution still holds on this worker's host, if any (busy, or being
+    /// made).
+    async fn held_by(&self, execution_id: &str) -> Result<Option<Placement>, SandboxError> {
+        let (_, engine_id) = self.engine().await?;
+        let Some(lease) = self
             .store
-            .release_lease(&placement.lease_id, true, None, Some(execution_id))
-            .await?;
-        Ok(state == "idle")
+            .lease_of_execution(BACKEND, execution_id, Some(engine_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let container_id = lease
+            .container_id
+            .clone()
+            .unwrap_or_else(|| container_name(&lease.id));
+        Ok(Some(Placement {
+            lease_id: lease.id,
+            container_id,
+            reused: true,
+            task_queue: self.host_queue(),
+        }))
     }
-
-    /// Removes (cleanup on) or stops (cleanup off: kept for inspection) a container whose lease
-    /// is `removing`, then marks the lease removed.
-    pub async fn dispose(
-        &self,
-        lease_id: &str,
-        container_id: &str,
-        cleanup: bool,
-    ) -> Result<(), SandboxError> {
-        let (engine, _) = self.engine().await?;
-        if cleanup {
-            engine.remove_container(container_id).await?;
-        } else {
-            engine.stop_container(container_id).await?;
-        }
-        self.store.lease_removed(lease_id).await?;
-        Ok(())
-    }
-}
-
-/// Gives every file under a host directory to `uid:gid`, never following a symbolic link out
-/// of it: to the sandbox user before a command runs in a caller's directory, and back to the
-/// caller afterwards. The worker does this on the host (the container has no capabilities to
-/// do it with), so it needs CAP_CHOWN there, as a worker running as root has; without it the
-/// files stay as they are and the worker says so in its log.
-async fn lend_workspace(dir: &str, uid: u32, gid: u32) {
-    let root = PathBuf::from(dir);
-    let outcome = tokio::task::spawn_blocking(move || chown_tree(&root, uid, gid)).await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(
-            "could not give the workspace {dir} to {uid}:{gid} ({e}); run the worker as root \
-             (or as uid 1000) for the sandbox to share a workspace with other users"
-        ),
-        Err(e) => tracing::warn!("handing over the workspace {dir} failed: {e}"),
-    }
-}
-
-fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
-/// The name of a lease's container: a crash before its id is recorded can still find it.
-#[must_use]
-pub fn container_name(lease_id: &str) -> String {
-    format!("stigmer-{lease_id}")
-}
-
-/// How long a `creating` lease may go without its container before the reaper calls it dead.
-pub const CREATING_GRACE: Duration = Duration::from_secs(120);
-
-/// Whether a container's agent (if it has one) speaks this release's protocol.
-fn speaks_our_agent(labels: &std::collections::BTreeMap<String, String>) -> bool {
-    labels
-        .get(stigmer_docker::LABEL_AGENT)
-        .is_none_or(|protocol| protocol == stigmer_docker::AGENT_PROTOCOL)
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
+use stigmer_daytona::fake::FakeDaytona;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stigmer");
 
@@ -462,4 +463,44 @@ pub fn activity_steps(env: &Env, workflow_id: &str) -> Vec<String> {
     });
     assert!(closed, "workflow {workflow_id} did not complete");
     steps
+}
+
+/// The fake Daytona server (built from Daytona's OpenAPI description) on a runtime of its own,
+/// running commands on the host.
+pub struct Fake {
+    pub fake: FakeDaytona,
+    _runtime: tokio::runtime::Runtime,
+}
+
+pub fn start_fake() -> Fake {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = runtime
+        .block_on(
+            FakeDaytona::builder()
+                .api_key("test-key")
+                .execute_on_host(true)
+                .start(),
+        )
+        .expect("fake Daytona");
+    Fake {
+        fake,
+        _runtime: runtime,
+    }
+}
+
+/// An installation whose cloud mode talks to `fake`.
+pub fn cloud_env(fake: &FakeDaytona) -> Env {
+    let mut env = Env::new();
+    env.extra
+        .push(("DAYTONA_API_KEY".into(), "test-key".into()));
+    env.extra.push(("DAYTONA_API_URL".into(), fake.api_url()));
+    env.extra.push((
+        "DAYTONA_DEV_TOOLS_SNAPSHOT_ID".into(),
+        "stigmer-full".into(),
+    ));
+    env
 }
