@@ -551,3 +551,67 @@ fn a_sandbox_run_without_a_docker_engine_is_refused_with_what_to_do() {
     assert!(local.status.success(), "{}", text(&local.stderr));
     assert_eq!(text(&local.stdout), "on-the-host\n");
 }
+
+/// An idle container whose agent speaks another protocol (made by a worker of another release)
+/// is removed, never handed to the next execution, which gets a new container instead.
+#[test]
+fn an_idle_container_whose_agent_speaks_another_protocol_is_removed_not_reused() {
+    let env = sandbox_env();
+    let _cleanup = RemoveContainers(&env);
+    let first = env.stigmer(&["run", "true"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let list = leases(&env);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let (lease, ours) = (
+        list[0]["id"].as_str().unwrap().to_string(),
+        list[0]["container_id"].as_str().unwrap().to_string(),
+    );
+    // A running container labelled with another agent protocol takes the idle lease's place.
+    let other = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--label",
+            "io.stigmer.agent=0",
+            &image(),
+            "sleep",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{}", text(&other.stderr));
+    let other = text(&other.stdout).trim().to_string();
+    assert_eq!(
+        common::exec_sql(
+            &env.database_url,
+            &format!("UPDATE leases SET container_id = '{other}' WHERE id = '{lease}'")
+        ),
+        1
+    );
+
+    let _stray = RemoveOnDrop(vec![ours, other.clone()]);
+
+    let out = env.stigmer(&["run", "echo fresh"]);
+    assert_eq!(text(&out.stdout), "fresh\n", "{}", text(&out.stderr));
+    let used = env.last_execution()["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(used, other, "the other protocol's container was reused");
+    assert!(
+        eventually(Duration::from_secs(10), || !container_exists(&other)),
+        "the other protocol's container was left"
+    );
+}
+
+/// Removes containers the store no longer knows (`docker rm -f`), whatever the test did.
+struct RemoveOnDrop(Vec<String>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&self.0)
+            .output();
+    }
+}
