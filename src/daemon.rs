@@ -792,7 +792,9 @@ pub async fn start_execution(
                 Status::Failed,
                 &format!("could not start the workflow: {e}"),
             );
-            let _ = store.finish(&failed, None).await;
+            if let Ok(finished) = store.finish(&failed, None).await {
+                stigmer_activities::metrics::count_finished(finished);
+            }
             span.end(&failed);
             return Err(
                 anyhow::Error::new(e).context("could not start the AgentExecution workflow")

@@ -389,7 +389,7 @@ async fn concurrent_appends_from_several_workers_build_one_chain() {
                     exit_code: Some(if i % 3 == 0 { 1 } else { 0 }),
                     error: None,
                 };
-                store.finish(&result, None).await.expect("finish")
+                store.finish(&result, None).await.expect("finish").result
             }));
         }
     }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use stigmer_activities::store::{NewExecution, OutputSummary, StartClaim, Store};
+use stigmer_activities::store::{LeaseState, NewExecution, OutputSummary, StartClaim, Store};
 use stigmer_workflows::{ExecutionResult, Status};
 
 async fn open(env: &common::Env) -> Store {
@@ -91,10 +91,20 @@ async fn the_first_terminal_state_wins_and_the_environment_is_wiped() {
         dropped: 0,
         sha256: Some("abc".into()),
     };
-    let recorded = store.finish(&done, Some(&summary)).await.unwrap();
+    let finished = store.finish(&done, Some(&summary)).await.unwrap();
+    assert!(
+        finished.appended.is_some(),
+        "the first finish appends the audit record"
+    );
+    let recorded = finished.result;
     assert_eq!(recorded.exit_code, Some(3));
     let late = ExecutionResult::ended("aex-t1", Status::Cancelled, "too late");
-    let kept = store.finish(&late, None).await.unwrap();
+    let finished = store.finish(&late, None).await.unwrap();
+    assert!(
+        finished.appended.is_none(),
+        "an execution's end is reported once"
+    );
+    let kept = finished.result;
     assert_eq!(
         kept.status,
         Status::Failed,
@@ -208,7 +218,7 @@ async fn a_late_taint_never_reaches_the_next_holder_and_the_warm_hint_sees_only_
         .release_lease(&lease.id, true, None, Some("aex-first"))
         .await
         .unwrap();
-    assert_eq!(state, "idle");
+    assert_eq!(state, LeaseState::Idle);
     assert_eq!(
         store.idle_engine("docker", spec).await.unwrap().as_deref(),
         Some(engine)
@@ -245,6 +255,10 @@ async fn a_late_taint_never_reaches_the_next_holder_and_the_warm_hint_sees_only_
         .release_lease(&lease.id, true, None, Some("aex-second"))
         .await
         .unwrap();
-    assert_ne!(state, "idle", "a tainted container never goes back to idle");
+    assert_ne!(
+        state,
+        LeaseState::Idle,
+        "a tainted container never goes back to idle"
+    );
     assert_eq!(store.idle_engine("docker", spec).await.unwrap(), None);
 }

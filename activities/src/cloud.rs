@@ -7,7 +7,7 @@
 
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::{OutputSink, StreamKind};
-use crate::store::{NewLease, Store, StoreError};
+use crate::store::{LeaseState, NewLease, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -158,7 +158,7 @@ impl CloudBackend {
             }
             self.store.lease_removed(&lease.id).await?;
         }
-        let live: BTreeMap<String, String> = self
+        let live: BTreeMap<String, LeaseState> = self
             .store
             .list_leases(false)
             .await?
@@ -396,7 +396,7 @@ impl crate::backend::ContainerBackend for CloudBackend {
                 .store
                 .get_lease(&placement.lease_id)
                 .await?
-                .is_some_and(|l| l.tainted != 0 && l.state == "busy");
+                .is_some_and(|l| l.tainted != 0 && l.state == LeaseState::Busy);
         if taint {
             self.store
                 .taint_lease(
@@ -410,15 +410,15 @@ impl crate::backend::ContainerBackend for CloudBackend {
             .store
             .release_lease(&placement.lease_id, !taint && ttl_secs > 0, None, None)
             .await?;
-        if state == "removing" {
+        if state == LeaseState::Removing {
             self.client()
                 .await?
                 .delete_sandbox(&placement.container_id)
                 .await?;
             self.store.lease_removed(&placement.lease_id).await?;
-            return Ok("removed".into());
+            return Ok(LeaseState::Removed.to_string());
         }
-        Ok(state)
+        Ok(state.to_string())
     }
 
     /// Every cloud step carries its placement: nothing is taken without one.

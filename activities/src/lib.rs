@@ -5,7 +5,7 @@
 //! running`) before spawning anything, so a retry after a lost worker finds the claim and
 //! reports the loss instead of silently running the command a second time.
 
-pub mod audit;
+pub use stigmer_store::audit;
 pub mod backend;
 pub mod chaos;
 pub mod cloud;
@@ -16,7 +16,7 @@ pub mod output;
 pub mod reaper;
 pub mod route;
 pub mod sandbox;
-pub mod store;
+pub use stigmer_store as store;
 pub mod telemetry;
 
 use backend::{BackendError, ContainerBackend};
@@ -170,7 +170,7 @@ impl Activities {
         if let Some(record) = self.store.get_execution(id).await.map_err(retryable)?
             && record.status().is_some_and(Status::is_terminal)
         {
-            audit::append(&self.store, id).await.map_err(retryable)?;
+            metrics::count_appended(audit::append(&self.store, id).await.map_err(retryable)?);
             return Ok(record.result());
         }
         Err(ActivityError::application(
@@ -255,7 +255,7 @@ impl Activities {
             StartClaim::AlreadyFinished(result) => {
                 // A worker lost between recording the result and appending its audit record
                 // leaves the append to this retry.
-                audit::append(&self.store, &id).await.map_err(retryable)?;
+                metrics::count_appended(audit::append(&self.store, &id).await.map_err(retryable)?);
                 return Ok(result);
             }
             StartClaim::Missing => {
@@ -276,7 +276,12 @@ impl Activities {
                          the command was not re-run (use --retry-exec to allow that)"
                     ),
                 );
-                return self.store.finish(&lost, None).await.map_err(retryable);
+                return self
+                    .store
+                    .finish(&lost, None)
+                    .await
+                    .map(metrics::count_finished)
+                    .map_err(retryable);
             }
             StartClaim::AlreadyStarted { .. } => {
                 self.kill_leftover(&id).await;
@@ -387,6 +392,7 @@ impl Activities {
             .store
             .finish(&result, summary.as_ref())
             .await
+            .map(metrics::count_finished)
             .map_err(retryable)?;
         // Reusable now, the next command need not wait for the workflow. Only once the result
         // is recorded: a worker lost in between must not leave this execution open in the store
@@ -538,7 +544,12 @@ impl Activities {
         if result.status != Status::Succeeded {
             self.kill_leftover(&result.id).await;
         }
-        let recorded = self.store.finish(&result, None).await.map_err(retryable)?;
+        let recorded = self
+            .store
+            .finish(&result, None)
+            .await
+            .map(metrics::count_finished)
+            .map_err(retryable)?;
         annotate_result(&recorded);
         self.hub
             .publish(

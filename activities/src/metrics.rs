@@ -2,7 +2,9 @@
 //! and image pulls/builds.
 //!
 //! One registry per process, reached through [`metrics()`], because the events happen deep in
-//! the store, the reaper and the sandbox backend, which should not carry a handle for it.
+//! the activities, the reaper and the sandbox backend, which should not carry a handle for it.
+//! The store only records: an ended execution is counted here, by whoever called
+//! `Store::finish` or `audit::append` ([`count_finished`], [`count_appended`]).
 //! Counting is cheap and always on; the daemon or worker serves the text format on `/metrics`
 //! only when `--metrics-addr` is set. Counters are per process: with many workers, sum them.
 
@@ -11,9 +13,17 @@ use prometheus::{
     TextEncoder,
 };
 use std::sync::LazyLock;
+use stigmer_store::audit::AuditRecord;
+use stigmer_store::{Finished, LeaseState};
+use stigmer_workflows::ExecutionResult;
 
 /// Lease states shown by the `stigmer_leases` gauge (removed leases are history, not counted).
-pub const LEASE_STATES: &[&str] = &["creating", "idle", "busy", "removing"];
+pub const LEASE_STATES: &[LeaseState] = &[
+    LeaseState::Creating,
+    LeaseState::Idle,
+    LeaseState::Busy,
+    LeaseState::Removing,
+];
 
 /// The collectors of this process.
 pub struct Metrics {
@@ -33,6 +43,27 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 #[must_use]
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Counts the execution whose audit record was just appended, if one was: `append` returns a
+/// record only the time it appends it, so an execution is counted once however many times its
+/// end is recorded.
+pub fn count_appended(appended: Option<AuditRecord>) {
+    if let Some(record) = appended {
+        metrics().execution_ended(
+            &record.effective_mode,
+            &record.requested_mode,
+            &record.status,
+            record.duration_ms,
+        );
+    }
+}
+
+/// The outcome of `Store::finish`, once the execution it ended (if this call ended it) is
+/// counted.
+pub fn count_finished(finished: Finished) -> ExecutionResult {
+    count_appended(finished.appended);
+    finished.result
 }
 
 impl Metrics {
@@ -111,7 +142,7 @@ impl Metrics {
         // Series that exist from the start read 0 rather than being absent until first use,
         // so rate() and alerts work on a fresh process.
         for state in LEASE_STATES {
-            leases.with_label_values(&[state]).set(0);
+            leases.with_label_values(&[state.as_str()]).set(0);
         }
         for reason in ["disposed", "orphan"] {
             reaped.with_label_values(&[reason]).reset();
@@ -165,13 +196,13 @@ impl Metrics {
     }
 
     /// Sets the lease gauge from counts read from the store; states not listed read 0.
-    pub fn set_leases(&self, counts: &[(String, i64)]) {
+    pub fn set_leases(&self, counts: &[(LeaseState, i64)]) {
         for state in LEASE_STATES {
             let n = counts
                 .iter()
                 .find(|(s, _)| s == state)
                 .map_or(0, |(_, n)| *n);
-            self.leases.with_label_values(&[state]).set(n);
+            self.leases.with_label_values(&[state.as_str()]).set(n);
         }
     }
 
@@ -193,12 +224,13 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[cfg(test)]
 mod tests {
     use super::metrics;
+    use stigmer_store::LeaseState;
 
     #[test]
     fn ended_executions_show_up_with_their_labels() {
         let m = metrics();
         m.execution_ended("local", "auto", "failed", Some(1500));
-        m.set_leases(&[("idle".into(), 2)]);
+        m.set_leases(&[(LeaseState::Idle, 2)]);
         let text = m.render();
         assert!(
             text.contains(

@@ -20,7 +20,7 @@
 //! host never reap each other.
 
 use crate::sandbox::{CREATING_GRACE, SandboxBackend, SandboxError};
-use crate::store::{Store, now_ms};
+use crate::store::{LeaseState, Store, now_ms};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -117,7 +117,7 @@ pub async fn reap_once(
         report.expired.push(lease.id.clone());
     }
     for lease in store
-        .leases_in_state("removing")
+        .leases_in_state(LeaseState::Removing)
         .await?
         .into_iter()
         .filter(|l| ours(l))
@@ -145,7 +145,7 @@ pub async fn reap_once(
             .get(LABEL_LEASE)
             .and_then(|id| live.get(id));
         let keep = match lease {
-            Some(l) if l.state == "creating" => {
+            Some(l) if l.state == LeaseState::Creating => {
                 now - l.created_at < CREATING_GRACE.as_millis() as i64
             }
             Some(l) => l.container_id.as_deref().is_none_or(|c| c == container.id),
@@ -162,7 +162,10 @@ pub async fn reap_once(
         }
     }
 
-    for lease in live.values().filter(|l| ours(l) && l.state == "creating") {
+    for lease in live
+        .values()
+        .filter(|l| ours(l) && l.state == LeaseState::Creating)
+    {
         if lease.container_id.is_none()
             && now - lease.created_at > CREATING_GRACE.as_millis() as i64
         {
@@ -226,21 +229,21 @@ async fn reconcile_lost_workers(
             continue;
         }
         let lost = format!("worker {} was lost", lease.worker_id);
-        match lease.state.as_str() {
-            "idle" => {
+        match lease.state {
+            LeaseState::Idle => {
                 let adopted = store.adopt_lease(&lease.id, &lease.worker_id, me).await?;
                 if adopted {
                     report.adopted.push(lease.id);
                 }
             }
-            "creating" => {
+            LeaseState::Creating => {
                 // Its container, if Docker made one, has no live lease now: an orphan below.
                 store
                     .forget_lease(&lease.id, &format!("{lost} while creating it"))
                     .await?;
                 report.reconciled.push(lease.id);
             }
-            "busy" => {
+            LeaseState::Busy => {
                 let open = match &lease.execution_id {
                     Some(id) => store
                         .get_execution(id)
@@ -256,7 +259,7 @@ async fn reconcile_lost_workers(
                     report.reconciled.push(lease.id);
                 }
             }
-            _ => {}
+            LeaseState::Removing | LeaseState::Removed => {}
         }
     }
     Ok(())

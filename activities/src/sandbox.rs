@@ -8,7 +8,7 @@
 
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::OutputSink;
-use crate::store::{NewLease, Store, StoreError};
+use crate::store::{LeaseState, NewLease, Store, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -476,7 +476,7 @@ impl SandboxBackend {
         else {
             return Ok(None);
         };
-        if held.state == "busy"
+        if held.state == LeaseState::Busy
             && let Some(container_id) = held.container_id.clone()
             && engine
                 .container_state(&container_id)
@@ -729,7 +729,7 @@ impl crate::backend::ContainerBackend for SandboxBackend {
             .store
             .release_lease(&placement.lease_id, true, None, Some(execution_id))
             .await?;
-        Ok(state == "idle")
+        Ok(state == LeaseState::Idle)
     }
 
     /// Back to idle for reuse, or removed (or stopped and kept when cleanup is off).
@@ -764,12 +764,12 @@ impl crate::backend::ContainerBackend for SandboxBackend {
             .release_lease(&placement.lease_id, reuse, None, Some(execution_id))
             .await?;
         crate::chaos::point("mid-release");
-        if state == "removing" {
+        if state == LeaseState::Removing {
             self.dispose(&placement.lease_id, &placement.container_id, cleanup)
                 .await?;
-            return Ok("removed".into());
+            return Ok(LeaseState::Removed.to_string());
         }
-        Ok(state)
+        Ok(state.to_string())
     }
 
     /// The container an execution still holds on this worker's host, if any (busy, or being

@@ -5,17 +5,17 @@
 //! Appends serialize on the single `audit_head` row (locked with `SELECT … FOR UPDATE` on
 //! Postgres; SQLite write transactions begin `IMMEDIATE`), so several workers sharing one store
 //! still build one unbroken chain. [`append`] is idempotent per execution: `finish` calls it every
-//! time, so a worker lost between recording the result and appending is healed by the retry.
+//! time, so a worker lost between recording the result and appending is healed by the retry. It
+//! returns the record only the time it appends it, so a caller that counts ended executions
+//! counts each once.
 //!
 //! [`verify`] walks the chain and names the first record that does not fit; [`export`] streams
 //! records as JSON lines. The chain shows that records were not edited, removed or reordered
 //! *after the fact by someone who did not also rewrite every later hash*; see docs/audit.md for
 //! what it does and does not prove.
 
-use crate::store::{
-    EXECUTION_COLUMNS, ExecutionRecord, Pool, Store, StoreError, is_missing_table, now_ms, q,
-    with_pool,
-};
+use crate::executions::EXECUTION_COLUMNS;
+use crate::{ExecutionRecord, Store, StoreError, is_missing_table, now_ms, q};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -222,13 +222,6 @@ pub async fn append(store: &Store, id: &str) -> Result<Option<AuditRecord>> {
             .await
             .map_err(q("advance the audit chain head"))?;
         tx.commit().await.map_err(q("commit audit record"))?;
-        // Counted here, once per execution however many times `finish` is retried.
-        crate::metrics::metrics().execution_ended(
-            &record.effective_mode,
-            &record.requested_mode,
-            &record.status,
-            record.duration_ms,
-        );
         Ok(Some(record))
     })
 }
