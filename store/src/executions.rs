@@ -206,57 +206,45 @@ impl Store {
     /// so the audit trail stays whole. With `dry_run` nothing is removed: the report says what
     /// would be.
     pub async fn prune_executions(&self, before_ms: i64, dry_run: bool) -> Result<PruneReport> {
-        // $1 the cutoff, $2..=$5 the terminal statuses, $6 the state of a lease that is gone.
-        const ELIGIBLE: &str = "SELECT e.id FROM executions e \
-             WHERE e.status IN ($2, $3, $4, $5) \
+        // The statuses and the lease state are this crate's own names, spelt into the SQL from
+        // their enums; only the cutoff ($1) comes from outside.
+        let [succeeded, failed, cancelled, timed_out] = TERMINAL.map(Status::as_str);
+        let removed = crate::LeaseState::Removed.as_str();
+        let eligible = format!(
+            "SELECT e.id FROM executions e \
+             WHERE e.status IN ('{succeeded}', '{failed}', '{cancelled}', '{timed_out}') \
                AND e.finished_at IS NOT NULL AND e.finished_at < $1 \
                AND EXISTS (SELECT 1 FROM audit_log a WHERE a.execution_id = e.id) \
                AND NOT EXISTS (SELECT 1 FROM leases l \
-                               WHERE l.execution_id = e.id AND l.state <> $6)";
-        let count_sql = format!(
-            "SELECT (SELECT COUNT(*) FROM ({ELIGIBLE}) x), \
-                    (SELECT COUNT(*) FROM output WHERE execution_id IN ({ELIGIBLE})), \
-                    (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM output \
-                     WHERE execution_id IN ({ELIGIBLE}))"
+                               WHERE l.execution_id = e.id AND l.state <> '{removed}')"
         );
-        let delete_output = format!("DELETE FROM output WHERE execution_id IN ({ELIGIBLE})");
-        let delete_executions = format!("DELETE FROM executions WHERE id IN ({ELIGIBLE})");
-        let [succeeded, failed, cancelled, timed_out] = TERMINAL.map(Status::as_str);
-        let removed = crate::LeaseState::Removed.as_str();
+        let count_sql = format!(
+            "SELECT (SELECT COUNT(*) FROM ({eligible}) x), \
+                    (SELECT COUNT(*) FROM output WHERE execution_id IN ({eligible})), \
+                    (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM output \
+                     WHERE execution_id IN ({eligible}))"
+        );
+        let delete_output = format!("DELETE FROM output WHERE execution_id IN ({eligible})");
+        let delete_executions = format!("DELETE FROM executions WHERE id IN ({eligible})");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(q("prune executions"))?;
             let (executions, output_chunks, output_bytes): (i64, i64, i64) =
                 sqlx::query_as(&count_sql)
                     .bind(before_ms)
-                    .bind(succeeded)
-                    .bind(failed)
-                    .bind(cancelled)
-                    .bind(timed_out)
-                    .bind(removed)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(q("count executions to prune"))?;
             if !dry_run {
-                sqlx::query(&delete_output)
-                    .bind(before_ms)
-                    .bind(succeeded)
-                    .bind(failed)
-                    .bind(cancelled)
-                    .bind(timed_out)
-                    .bind(removed)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("prune output"))?;
-                sqlx::query(&delete_executions)
-                    .bind(before_ms)
-                    .bind(succeeded)
-                    .bind(failed)
-                    .bind(cancelled)
-                    .bind(timed_out)
-                    .bind(removed)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("prune executions"))?;
+                for (sql, what) in [
+                    (&delete_output, "prune output"),
+                    (&delete_executions, "prune executions"),
+                ] {
+                    sqlx::query(sql)
+                        .bind(before_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q(what))?;
+                }
             }
             tx.commit().await.map_err(q("prune executions"))?;
             Ok(PruneReport {
