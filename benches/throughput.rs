@@ -5,7 +5,8 @@
 //! history events and workflow tasks of one execution. Run with `cargo bench --bench throughput`.
 //!
 //! CPU time is utime+stime from /proc/PID/stat, read before a level and after its last
-//! workflow closed, so the work left behind by a client that already answered is counted too.
+//! workflow closed, so the work left behind by a client that already answered is counted too;
+//! how long those closes took after the level (the tail) is printed, with the rate counting it.
 //! The daemon is private to the run (its own data dir and Temporal ports) and stopped at the end.
 
 use std::process::{Command, Stdio};
@@ -206,9 +207,9 @@ fn temporal_cli(daemon: &Daemon, args: &[&str]) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// Waits until no workflow is open (a client answers before its workflow closes), up to 30 s;
-/// false if some stayed open.
-fn wait_all_closed(daemon: &Daemon) -> bool {
+/// Waits until no workflow is open (a client answers before its workflow closes), up to 30 s:
+/// how long that took, or None if some stayed open.
+fn wait_all_closed(daemon: &Daemon) -> Option<Duration> {
     let start = Instant::now();
     let query = [
         "workflow",
@@ -226,11 +227,11 @@ fn wait_all_closed(daemon: &Daemon) -> bool {
                 .unwrap_or(u64::MAX),
         });
         if open == Some(0) {
-            return true;
+            return Some(start.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    false
+    None
 }
 
 /// The ids of the `n` most recent executions.
@@ -312,7 +313,7 @@ fn main() {
         assert!(run_true(), "stigmer run true failed");
     }
     assert!(
-        wait_all_closed(&daemon),
+        wait_all_closed(&daemon).is_some(),
         "the warm-up's workflows did not close"
     );
     let idle_for = Duration::from_secs(3);
@@ -382,25 +383,30 @@ fn main() {
             + (after.clients - before.clients);
         let all = (after.machine_all - before.machine_all).max(1) as f64;
         let busy = (after.machine_busy - before.machine_busy) as f64;
+        // NaN when the workflows did not close; the note below the row says so.
+        let tail = closed.map_or(f64::NAN, |t| t.as_secs_f64());
+        let note = match (level.failed, closed) {
+            (0, Some(_)) => String::new(),
+            (n, Some(_)) => format!("   ({n} runs failed, not counted)"),
+            (n, None) => format!(
+                "   ({n} runs failed; workflows still open 30 s after the level: CPU figures \
+                 include the wait)"
+            ),
+        };
         throughput.push(format!(
-            "{:>5} {:>6} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>10.0} {:>7.0} {:>8.0}{}",
+            "{:>5} {:>6} {:>7.1} {:>8.1} {:>7.1} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>7.0} \
+             {:>8.0}{note}",
             clients,
             level.runs,
             level.wall.as_secs_f64(),
             level.rate(),
+            tail,
+            level.runs as f64 / (level.wall.as_secs_f64() + tail),
             level.percentile_ms(0.5),
             level.percentile_ms(0.95),
             baseline.rate(),
             100.0 * busy / all,
             100.0 * (busy - ours as f64).max(0.0) / all,
-            match (level.failed, closed) {
-                (0, true) => String::new(),
-                (n, true) => format!("   ({n} runs failed, not counted)"),
-                (n, false) => format!(
-                    "   ({n} runs failed; workflows still open 30 s after the level: CPU figures \
-                     include the wait)"
-                ),
-            }
         ));
         cost.push(format!(
             "{:>5} {:>9.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>7.1} {:>9.1} {:>11.1}",
@@ -417,8 +423,18 @@ fn main() {
     }
 
     println!(
-        "{:>5} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>7} {:>8}",
-        "conc", "runs", "wall s", "exec/s", "p50 ms", "p95 ms", "sh exec/s", "busy %", "other %"
+        "{:>5} {:>6} {:>7} {:>8} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>8}",
+        "conc",
+        "runs",
+        "wall s",
+        "exec/s",
+        "tail s",
+        "closed/s",
+        "p50 ms",
+        "p95 ms",
+        "sh exec/s",
+        "busy %",
+        "other %"
     );
     for row in &throughput {
         println!("{row}");
@@ -440,15 +456,19 @@ fn main() {
         println!("{row}");
     }
     println!();
-    println!(
-        "sh exec/s: /bin/sh -c true spawned by as many threads, just before the level. busy %: \
-         the machine's CPU in use during the level, of all cores; other %: the part not used \
-         by the Temporal server, the daemon, its commands or the clients.\n\
-         temporal … total: CPU ms per execution (utime+stime; command: the daemon's reaped \
-         children; client: the `stigmer run` processes). events, wf tasks \
-         (WORKFLOW_TASK_COMPLETED), activities (ACTIVITY_TASK_SCHEDULED): per history, mean of \
-         the level's last {HISTORIES} executions."
-    );
+    for line in [
+        "exec/s: answers per second of wall time. tail s: from the level's end until its last",
+        "  workflow closed (a client answers before its workflow closes). closed/s: runs over",
+        "  wall + tail. sh exec/s: /bin/sh -c true spawned by as many threads, before the level.",
+        "busy %: the machine's CPU in use during the level and its tail, of all cores; other %:",
+        "  the part not used by the Temporal server, the daemon, its commands or the clients.",
+        "temporal … total: CPU ms per execution (utime+stime; command: the daemon's reaped",
+        "  children; client: the `stigmer run` processes). events, wf tasks",
+        "  (WORKFLOW_TASK_COMPLETED), activities (ACTIVITY_TASK_SCHEDULED): per history, mean",
+    ] {
+        println!("{line}");
+    }
+    println!("  of the level's last {HISTORIES} executions.");
     let steps: Vec<&str> = sample_history
         .iter()
         .map(|t| t.trim_start_matches("EVENT_TYPE_"))
