@@ -7,16 +7,17 @@
 
 use crate::config::Config;
 use crate::daemon;
+use crate::ops;
 use crate::protocol::{self, RunRequest, Started, Tag};
 use crate::temporal_server;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 use std::time::Duration;
 use stigmer_activities::store::{ExecutionRecord, Store};
 use stigmer_workflows::{
     AgentExecution, EXIT_CANCELLED, EXIT_INFRA_FAILURE, ExecutionResult, Status,
 };
-use temporalio_client::{WorkflowCancelOptions, WorkflowGetResultOptions};
+use temporalio_client::WorkflowCancelOptions;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
@@ -282,7 +283,7 @@ async fn resume_after_daemon_loss(
     eprintln!(
         "stigmer: lost the connection to the daemon; {id} is durable: restarting the daemon and following it"
     );
-    let store = open_for_reading(cfg).await?;
+    let store = ops::open_for_reading(cfg).await?;
     let mut interrupts = Interrupts::new()?;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     let mut revive = tokio::time::interval(Duration::from_secs(2));
@@ -419,10 +420,10 @@ fn finish_output(result: &ExecutionResult, format: OutputFormat) -> i32 {
 
 /// `run` against a remote Temporal: start the workflow here, follow the output in the store.
 async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> Result<i32> {
-    let store = Store::open(&cfg.database_url.value, false).await?;
+    let store = ops::open_for_reading(cfg).await?;
     let client = temporal_server::connect(cfg, "stigmer-client").await?;
-    let id = daemon::new_execution_id();
-    let (_, started, span) = daemon::start_execution(
+    let id = ops::new_execution_id();
+    let (_, started, span) = ops::start_execution(
         &store,
         &client,
         &cfg.task_queue.value,
@@ -438,14 +439,12 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
         return Ok(0);
     }
     let handle = client.get_workflow_handle::<AgentExecution>(started.workflow_id.clone());
-    let result_handle = handle
-        .client()
-        .get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
-    let mut workflow_result = Box::pin(async move {
-        result_handle
-            .get_result(WorkflowGetResultOptions::default())
-            .await
-    });
+    let mut workflow_result = Box::pin(ops::await_outcome(
+        &client,
+        &store,
+        &id,
+        &started.workflow_id,
+    ));
     let mut interrupts = Interrupts::new()?;
     let mut follower = Follower::new(&id);
     let mut cancelling = false;
@@ -468,7 +467,6 @@ async fn run_remote(cfg: &Config, request: RunRequest, format: OutputFormat) -> 
         }
     };
     follower.pump(&store).await?;
-    let result = crate::ops::outcome(&store, &id, result).await;
     span.end(&result);
     Ok(finish_output(&result, format))
 }
@@ -523,31 +521,17 @@ impl Follower {
     }
 }
 
-async fn open_for_reading(cfg: &Config) -> Result<Store> {
-    Ok(Store::open(&cfg.database_url.value, false).await?)
-}
-
-async fn find_execution(store: &Store, id: &str) -> Result<ExecutionRecord> {
-    match store.get_execution(id).await? {
-        Some(record) => Ok(record),
-        None => bail!(
-            "no execution {id:?} in the store {}; `stigmer executions list` shows the recent ones",
-            store.display_url()
-        ),
-    }
-}
-
 /// `stigmer logs ID [--follow]`.
 pub async fn logs(cfg: &Config, id: &str, follow: bool) -> Result<i32> {
-    let store = open_for_reading(cfg).await?;
-    find_execution(&store, id).await?;
+    let store = ops::open_for_reading(cfg).await?;
+    ops::execution(&store, id).await?;
     let mut follower = Follower::new(id);
     loop {
         follower.pump(&store).await?;
         if !follow {
             return Ok(0);
         }
-        let record = find_execution(&store, id).await?;
+        let record = ops::execution(&store, id).await?;
         if record.status().is_some_and(Status::is_terminal) {
             follower.pump(&store).await?;
             return Ok(0);
@@ -603,8 +587,8 @@ pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
 
 /// `stigmer executions show ID`.
 pub async fn show(cfg: &Config, id: &str, format: OutputFormat) -> Result<i32> {
-    let store = open_for_reading(cfg).await?;
-    let record = find_execution(&store, id).await?;
+    let store = ops::open_for_reading(cfg).await?;
+    let record = ops::execution(&store, id).await?;
     let value = execution_json(&record);
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
@@ -632,8 +616,7 @@ pub async fn prune(
     dry_run: bool,
     format: OutputFormat,
 ) -> Result<i32> {
-    let store = open_for_reading(cfg).await?;
-    let report = store.prune_executions(before_ms, dry_run).await?;
+    let report = ops::prune(cfg, before_ms, dry_run).await?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
         OutputFormat::Text => {
@@ -652,8 +635,7 @@ pub async fn prune(
 
 /// `stigmer executions list`.
 pub async fn list(cfg: &Config, limit: i64, format: OutputFormat) -> Result<i32> {
-    let store = open_for_reading(cfg).await?;
-    let records = store.list_executions(limit).await?;
+    let records = ops::executions(cfg, limit).await?;
     match format {
         OutputFormat::Json => {
             let rows: Vec<_> = records.iter().map(execution_json).collect();
@@ -707,8 +689,7 @@ fn lease_json(l: &stigmer_activities::store::LeaseRecord) -> serde_json::Value {
 
 /// `stigmer leases list`.
 pub async fn leases_list(cfg: &Config, all: bool, format: OutputFormat) -> Result<i32> {
-    let store = open_for_reading(cfg).await?;
-    let leases = store.list_leases(all).await?;
+    let leases = ops::leases(cfg, all).await?;
     match format {
         OutputFormat::Json => {
             let rows: Vec<_> = leases.iter().map(lease_json).collect();
@@ -744,32 +725,13 @@ pub async fn leases_list(cfg: &Config, all: bool, format: OutputFormat) -> Resul
 
 /// `stigmer leases reap`: one reaper pass now.
 pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
-    let store = open_for_reading(cfg).await?;
-    let sandbox =
-        stigmer_activities::sandbox::SandboxBackend::new(store.clone(), "cli-reaper".into());
-    let cloud = stigmer_activities::cloud::CloudBackend::configured(
-        store.clone(),
-        "cli-reaper".into(),
-        cfg.daytona(),
-    );
-    let daytona = cloud.is_some();
-    let pass = stigmer_activities::reaper::reap_all(
-        &store,
-        &sandbox,
-        cloud.as_ref(),
-        cfg.sandbox_cleanup.value,
-    )
-    .await;
-    // Docker is reaped when an engine answers; a cloud-only setup has none, and says so.
-    let report = match pass.docker {
-        Ok(report) => Some(report?),
-        Err(e) if daytona => {
-            eprintln!("stigmer: no Docker engine ({e}); reaping Daytona sandboxes only");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let deleted = pass.daytona.transpose()?.unwrap_or_default();
+    let reaped = ops::reap(cfg).await?;
+    if let Some(e) = &reaped.docker_skipped {
+        eprintln!("stigmer: no Docker engine ({e}); reaping Daytona sandboxes only");
+    }
+    let report = reaped.docker;
+    let daytona = reaped.daytona_deleted.is_some();
+    let deleted = reaped.daytona_deleted.unwrap_or_default();
     match format {
         OutputFormat::Json => {
             let mut value = serde_json::to_value(report.clone().unwrap_or_default())?;

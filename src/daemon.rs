@@ -9,8 +9,9 @@
 
 use crate::config::Config;
 use crate::metrics::MetricsServer;
-use crate::protocol::{self, DaemonStatus, RunRequest, Started, Tag};
-use crate::telemetry::{ExecutionAttributes, ExecutionSpan};
+use crate::ops;
+use crate::protocol::{self, DaemonStatus, RunRequest, Tag};
+use crate::telemetry::ExecutionSpan;
 use crate::temporal_server::{self, ManagedTemporal};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -23,14 +24,9 @@ use stigmer_activities::Activities;
 use stigmer_activities::hub::{Hub, HubEvent};
 use stigmer_activities::output::StreamKind;
 use stigmer_activities::sandbox::{SandboxBackend, host_task_queue};
-use stigmer_activities::store::{NewExecution, Store};
-use stigmer_workflows::{
-    AgentExecution, Backend, ExecutionInput, ExecutionResult, Mode, RequestedMode, Route, Status,
-    workflow_id,
-};
-use temporalio_client::{
-    Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions,
-};
+use stigmer_activities::store::Store;
+use stigmer_workflows::{AgentExecution, Backend, ExecutionResult, Mode, RequestedMode, Status};
+use temporalio_client::{Client, WorkflowCancelOptions};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -698,137 +694,13 @@ async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()>
     }
 }
 
-/// A fresh execution id: `aex-` and a ULID (sortable by creation time).
-#[must_use]
-pub fn new_execution_id() -> String {
-    format!("aex-{}", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-/// Records the execution, starts its workflow, and returns the input it was started with and
-/// the execution's span (for the caller to end with the outcome; with tracing off, a no-op).
-pub async fn start_execution(
-    store: &Store,
-    client: &Client,
-    task_queue: &str,
-    request: &RunRequest,
-    eager: bool,
-    id: String,
-    host: Option<&SandboxBackend>,
-) -> Result<(ExecutionInput, Started, ExecutionSpan)> {
-    let wf_id = workflow_id(&id);
-    let (command, argv) = match &request.command {
-        stigmer_workflows::CommandSpec::Shell(cmd) => (cmd.clone(), None),
-        spec @ stigmer_workflows::CommandSpec::Argv(argv) => (spec.display(), Some(argv.clone())),
-    };
-    let span = ExecutionSpan::start(&ExecutionAttributes {
-        id: &id,
-        workflow_id: &wf_id,
-        command: &command,
-        requested_mode: &request.requested_mode.to_string(),
-        effective_mode: &request.effective_mode.to_string(),
-    });
-    let recorded = store
-        .insert_execution(&NewExecution {
-            id: id.clone(),
-            workflow_id: wf_id.clone(),
-            trace_id: span.trace_id(),
-            command,
-            argv,
-            workdir: request.workdir.clone(),
-            requested_mode: request.requested_mode.to_string(),
-            effective_mode: request.effective_mode.to_string(),
-            reason: request.reason.clone(),
-            os_user: request.os_user.clone(),
-            ci_identity: request.ci_identity.clone(),
-            client_host: request.client_host.clone(),
-            timeout_secs: request.timeout_secs,
-            env: request.env.clone(),
-        })
-        .await;
-    if let Err(e) = recorded {
-        span.end(&ExecutionResult::ended(
-            &id,
-            Status::Failed,
-            &format!("could not record the execution: {e}"),
-        ));
-        return Err(e.into());
-    }
-    let input = ExecutionInput {
-        id: id.clone(),
-        command: request.command.clone(),
-        requested_mode: request.requested_mode,
-        effective_mode: request.effective_mode,
-        reason: request.reason.clone(),
-        workdir: request.workdir.clone(),
-        timeout_secs: request.timeout_secs,
-        retry_exec: request.retry_exec,
-        env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
-        sandbox: request.sandbox.clone().map(|mut spec| {
-            spec.execution_id = Some(id.clone());
-            spec
-        }),
-        placement: None,
-        route: Route::Direct,
-    };
-    let route = stigmer_activities::route::route_for(
-        store,
-        host,
-        task_queue,
-        input.effective_mode,
-        input.sandbox.as_ref(),
-    )
-    .await;
-    let input = ExecutionInput { route, ..input };
-    let options = WorkflowStartOptions::new(task_queue.to_string(), wf_id.clone())
-        .enable_eager_workflow_start(eager)
-        .static_summary(input.display_command())
-        .build();
-    let start = client.start_workflow(AgentExecution::run, input.clone(), options);
-    let handle = match span.run_in(start).await {
-        Ok(handle) => handle,
-        Err(e) => {
-            let failed = ExecutionResult::ended(
-                &id,
-                Status::Failed,
-                &format!("could not start the workflow: {e}"),
-            );
-            if let Ok(finished) = store.finish(&failed, None).await {
-                stigmer_activities::metrics::count_finished(finished);
-            }
-            span.end(&failed);
-            return Err(
-                anyhow::Error::new(e).context("could not start the AgentExecution workflow")
-            );
-        }
-    };
-    let run_id = handle.run_id().unwrap_or_default().to_string();
-    let _ = store.set_run_id(&id, &run_id).await;
-    Ok((
-        input,
-        Started {
-            id,
-            workflow_id: wf_id,
-            run_id,
-        },
-        span,
-    ))
-}
-
 /// Ends the execution's span when its workflow ends, whether or not a client still follows.
 fn end_span_with_workflow(shared: &Shared, id: &str, workflow_id: &str, span: ExecutionSpan) {
     if !span.is_recording() {
         return;
     }
-    let handle = shared
-        .client
-        .get_workflow_handle::<AgentExecution>(workflow_id.to_string());
-    let store = shared.store.clone();
-    let id = id.to_string();
-    tokio::spawn(async move {
-        let result = handle.get_result(WorkflowGetResultOptions::default()).await;
-        let result = crate::ops::outcome(&store, &id, result).await;
-        span.end(&result);
-    });
+    let outcome = ops::await_outcome(&shared.client, &shared.store, id, workflow_id);
+    tokio::spawn(async move { span.end(&outcome.await) });
 }
 
 /// What `run` says when a sandbox command finds no Docker engine: nothing ran.
@@ -871,9 +743,9 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
     }
     // With eager start the exec activity can print before start_workflow returns, so the
     // subscription exists before the workflow does.
-    let id = new_execution_id();
+    let id = ops::new_execution_id();
     let mut events = shared.hub.subscribe(&id);
-    let started = start_execution(
+    let started = ops::start_execution(
         &shared.store,
         &shared.client,
         &shared.cfg.task_queue.value,
@@ -903,14 +775,12 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
     let handle = shared
         .client
         .get_workflow_handle::<AgentExecution>(started.workflow_id.clone());
-    let result_handle = handle
-        .client()
-        .get_workflow_handle::<AgentExecution>(handle.info().workflow_id.clone());
-    let mut workflow_result = Box::pin(async move {
-        result_handle
-            .get_result(WorkflowGetResultOptions::default())
-            .await
-    });
+    let mut workflow_result = Box::pin(ops::await_outcome(
+        &shared.client,
+        &shared.store,
+        &id,
+        &started.workflow_id,
+    ));
 
     let mut client_open = true;
     let mut cancel_sent = false;
@@ -957,7 +827,6 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
                 }
             },
             result = &mut workflow_result => {
-                let result = crate::ops::outcome(&shared.store, &id, result).await;
                 // Drain what the hub still holds before the result.
                 while let Ok(event) = events.try_recv() {
                     if let HubEvent::Output { stream, data } = event {
