@@ -48,6 +48,7 @@
 //! assert_eq!(classify("cat pipeline.yaml | grep npm", &policy, false).decision, Mode::Local);
 //! ```
 
+mod closed;
 mod policy;
 mod programs;
 mod walk;

@@ -1280,6 +1280,67 @@ pub(crate) fn unwrap(prog: &str, args: &[Word]) -> Option<Run> {
             long: &["server-num", "server-args", "auth-file", "error-file"],
         }),
         "busybox" => words_or_nothing(args),
+        "parallel" => {
+            // GNU parallel: options, the command, then inputs after `:::` (or read from the
+            // input). It runs the composed line through a shell, with each input put in place of
+            // `{}` or added at the end.
+            let sep = args
+                .iter()
+                .position(|w| w.text.starts_with(":::"))
+                .unwrap_or(args.len());
+            let spec = Spec {
+                short: "jSIaEPdnNCkLlsX",
+                long: &[
+                    "jobs",
+                    "sshlogin",
+                    "arg-file",
+                    "colsep",
+                    "delimiter",
+                    "results",
+                    "joblog",
+                    "tmpdir",
+                    "workdir",
+                    "timeout",
+                    "env",
+                    "halt",
+                    "memfree",
+                    "load",
+                    "delay",
+                    "retries",
+                    "max-args",
+                    "max-replace-args",
+                ],
+            };
+            let head = &args[..sep];
+            let cmd = &head[command_start(head, spec).min(head.len())..];
+            if cmd.is_empty() {
+                return Some(Run::Nothing);
+            }
+            let from_files = args[sep..].iter().any(|w| w.text.starts_with("::::"));
+            let inputs: Vec<Word> = args[sep..]
+                .iter()
+                .filter(|w| !w.text.starts_with(":::"))
+                .cloned()
+                .collect();
+            let mut line = join_words(cmd);
+            if sep == args.len() || from_files {
+                // Items only known at run time: a variable with an unknown value stands for them.
+                line.text = if line.text.contains("{}") {
+                    line.text.replace("{}", "\"$PARALLEL_ITEM\"")
+                } else {
+                    format!("{} \"$PARALLEL_ITEM\"", line.text)
+                };
+            } else {
+                let items = join_words(&inputs);
+                line.dynamic |= items.dynamic;
+                line.text = if line.text.contains("{}") {
+                    line.text.replace("{}", &items.text)
+                } else {
+                    format!("{} {}", line.text, items.text)
+                };
+            }
+            Run::Script(line)
+        }
         "xargs" => {
             let spec = Spec {
                 short: "IiLlnPsdEeax",

@@ -550,23 +550,42 @@ fn shell_code_fed_on_standard_input_is_parsed() {
     local(&[
         "bash <<'EOF'\necho hi\nEOF",
         "echo ls | sh",
-        "python3 <<EOF\nimport os\nEOF",
+        "python3 < script.py",
     ]);
+    // Auto mode reads shell; code for other interpreters, however it arrives, is not read.
+    sandboxed(
+        "unsure:inline-code",
+        &[
+            "python3 <<EOF\nimport os\nEOF",
+            "echo 'print(1)' | python3",
+            "python3 - <<< 'print(1)'",
+            "printf 'console.log(1)' | node",
+        ],
+    );
 }
 
 #[test]
 fn commands_hidden_in_other_languages_and_settings() {
+    // Code for another interpreter on the command line is not read: harmless-looking or not,
+    // it goes to the sandbox (auto mode fails closed).
     sandboxed(
-        "unsure:embedded-command",
+        "unsure:inline-code",
         &[
             "python -c 'import subprocess; subprocess.run([\"pip\", \"install\", \"x\"])'",
             "python3 -c 'import os; os.system(\"rm -rf ~\")'",
-            "awk 'BEGIN { system(\"pip install x\") }'",
+            "python3 -c 'import shutil,os; shutil.rmtree(os.path.expanduser(\"~\"))'",
             "perl -e 'system(q(pip install x))'",
             "node -e 'require(\"child_process\").execSync(\"npm i -g x\")'",
             "ruby -e '`gem install rails`'",
             "pwsh -c 'pip install x'",
+            "python3 -c 'print(1+1)'",
+            "perl -pe 's/a/b/' f",
+            "node -e 'console.log(1)'",
         ],
+    );
+    sandboxed(
+        "unsure:embedded-command",
+        &["awk 'BEGIN { system(\"pip install x\") }'"],
     );
     sandboxed("unsure:dynamic-script", &["python -c \"$CODE\""]);
     // Settings and variables whose value git or another program runs as a command.
@@ -586,10 +605,8 @@ fn commands_hidden_in_other_languages_and_settings() {
         ],
     );
     local(&[
-        "python3 -c 'print(1+1)'",
+        "python3 script.py",
         "awk '{print $1}' f",
-        "perl -pe 's/a/b/' f",
-        "node -e 'console.log(1)'",
         "git -c core.pager=less log",
         "GIT_SSH_COMMAND='ssh -i key' git fetch",
         "EDITOR=vim git commit",
