@@ -51,10 +51,15 @@
 mod closed;
 mod policy;
 mod programs;
+mod trust;
 mod walk;
 mod words;
 
 pub use policy::{Policy, PolicyError, Rule};
+pub use trust::{
+    PROJECT_POLICY, PolicyFileStatus, PolicyNotice, Trust, TrustError, TrustStore, TrustedPolicy,
+    default_trust_store_path,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
