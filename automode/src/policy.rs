@@ -15,6 +15,10 @@
 //! reason = "npm install is fine on the host in this project"   # optional
 //! ```
 //!
+//! The project's file comes with the repository, so [`Policy::load_trusted`] obeys it only once
+//! the user has trusted it with its current content (see `trust.rs`); the user's file is always
+//! obeyed.
+//!
 //! A file that cannot be used is an error naming the file, the line and the problem: a policy
 //! that silently does nothing would send commands somewhere the user did not intend.
 

@@ -1,4 +1,5 @@
-//! Every line of the labelled corpus (a copy of AUTO_MODE.md's auto-mode-corpus.tsv).
+//! Every line of the labelled corpus (AUTO_MODE.md's examples, grown with cases of each rule
+//! for both decisions).
 
 use stigmer_automode::{Mode, Policy, classify};
 
