@@ -135,17 +135,13 @@ pub(crate) fn git_runs_hidden(args: &[Word]) -> Option<String> {
                 .map(|w| w.text.as_str())
                 .filter(|t| !matches!(*t, "set" | "unset"))
                 .collect();
-            match names.first() {
-                Some(key) if !reads && names.len() >= 2 && git_key_runs_code(key) => Some(format!(
+            let edits = texts(args).any(|t| t == "--edit" || t == "-e");
+            match names.iter().find(|k| git_key_runs_code(k)) {
+                _ if reads => None,
+                Some(key) if names.len() >= 2 => Some(format!(
                     "sets git's {key}, a command git runs later (for example on `git status`)"
                 )),
-                Some(key)
-                    if !reads
-                        && (texts(args).any(|t| t == "--edit" || t == "-e")
-                            || key.contains("fsmonitor")) =>
-                {
-                    Some("changes git settings that git runs as commands".into())
-                }
+                _ if edits => Some("edits git settings, which can name commands git runs".into()),
                 _ => None,
             }
         }
@@ -911,13 +907,13 @@ pub(crate) fn credential_in(text: &str) -> bool {
         ".gradle/gradle.properties",
     ];
     let t = text.trim_end_matches('/');
-    if t.ends_with(".pub")
-        || t.ends_with("known_hosts")
-        || t.ends_with(".ssh") && !t.contains("/.ssh") && !t.starts_with('~')
-    {
+    if t.ends_with(".pub") || t.ends_with("known_hosts") {
         return false;
     }
-    MARKERS.iter().any(|m| text.contains(m)) || t.ends_with("/.ssh") || t == "~/.ssh"
+    MARKERS.iter().any(|m| {
+        let dir = m.trim_end_matches('/');
+        text.contains(m) || t == dir || t.ends_with(&format!("/{}", dir.trim_start_matches('/')))
+    })
 }
 
 /// An option (or `--option=value` word) through which `prog` takes a key or config it uses
