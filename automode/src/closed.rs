@@ -851,6 +851,9 @@ pub(crate) fn listener(prog: &str, args: &[Word]) -> Option<&'static str> {
 /// Downloading packages to build or run them, outside the installers (`pip download`,
 /// `uv run --with pkg`): what it does.
 pub(crate) fn fetches_code(prog: &str, args: &[Word]) -> Option<&'static str> {
+    if !matches!(prog, "pip" | "uv" | "uvx" | "npm" | "pnpm" | "yarn" | "bun") {
+        return None;
+    }
     let first = operands(args, NO_VALUES).first().map(|w| w.text.clone());
     match prog {
         "pip" => matches!(first.as_deref(), Some("download" | "wheel"))
@@ -910,9 +913,16 @@ pub(crate) fn credential_in(text: &str) -> bool {
     if t.ends_with(".pub") || t.ends_with("known_hosts") {
         return false;
     }
+    // Cheap first: every marker holds a dot or `id_`/`shadow`.
+    if !text.contains('.') && !text.contains("id_") && !text.contains("shadow") {
+        return false;
+    }
     MARKERS.iter().any(|m| {
-        let dir = m.trim_end_matches('/');
-        text.contains(m) || t == dir || t.ends_with(&format!("/{}", dir.trim_start_matches('/')))
+        // `~/.kube` names the directory as well as `~/.kube/config` does.
+        let dir = m.trim_end_matches('/').trim_start_matches('/');
+        text.contains(m)
+            || t.strip_suffix(dir)
+                .is_some_and(|before| before.is_empty() || before.ends_with('/'))
     })
 }
 
@@ -1153,14 +1163,13 @@ pub(crate) fn flag_write_targets(prog: &str, args: &[Word]) -> Vec<Word> {
             Some((n, v)) if n.starts_with('-') => (n, Some(v)),
             _ => (t, None),
         };
-        let long_name = if name.starts_with("--") {
-            name.to_string()
-        } else if name.starts_with('-') && name.len() > 2 && short_o && !name.starts_with("-o") {
-            format!("-{name}")
+        let is_long = if name.starts_with("--") {
+            LONG.contains(&name)
+        } else if short_o && name.len() > 2 && !name.starts_with("-o") {
+            LONG.iter().any(|l| &l[1..] == name)
         } else {
-            String::new()
+            false
         };
-        let is_long = !long_name.is_empty() && LONG.contains(&long_name.as_str());
         let is_short = short_o
             && (name == "-o"
                 || (prog == "javac" && name == "-d")
