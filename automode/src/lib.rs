@@ -11,11 +11,29 @@
 //! again. Wrappers are looked through to the command they run (`sudo`, `env -i VAR=x`,
 //! `nohup`, `time`, `timeout`, `nice`, `xargs`, `command`, `exec`, `uv run`, …).
 //!
-//! A command goes to the sandbox if any part of it installs or removes packages, runs code
-//! fetched from the network, raises privileges, writes outside the working directory or changes
-//! the system, or cannot be fully understood (a syntax error, `eval`, a program or script only
-//! known at run time): when unsure of the *syntax*, isolate. An unknown *program* is not a reason
-//! by itself: `./gradlew test` runs locally. The full rule is in `AUTO_MODE.md`.
+//! **Auto mode fails closed.** A command runs locally only when every part of it is understood
+//! and known to be safe for the host outside the working directory. A part goes to the sandbox
+//! if it installs or removes packages, runs code fetched from the network or freshly downloaded
+//! (`pip download`, `uv run --with`), raises privileges, writes outside the working directory
+//! (by a path, through an output option such as `-o`/`--prefix`, or through a link the command
+//! made) or changes the system, sends or copies a credential file, changes remote
+//! infrastructure (`kubectl delete`, `terraform apply`), gives a container the host, or opens a
+//! listener. It also goes to the sandbox when auto mode cannot tell what it will do: a syntax
+//! error, `eval`, inline code for another interpreter (`python3 -c`, `node -e`, code piped into
+//! one), a program name only resolved at run time (`/???/r?`, `$a$b`), a command that runs its
+//! arguments or settings (`git config core.fsmonitor`, `sed e`, `tar --checkpoint-action`,
+//! `ssh -o ProxyCommand`, `BASH_ENV`), or a file the same command wrote or cloned, then runs.
+//! Where a tool has read-only uses and others (`kubectl`, `helm`, `terraform`, cloud CLIs), the
+//! read-only verbs are listed and any other verb counts as a change (`closed.rs`).
+//!
+//! An unknown *program run from the project* is not a reason by itself: `./gradlew test` and
+//! `mytool build` run locally unless their arguments, redirections or a rule above say
+//! otherwise. That is the limit of what auto mode promises: it protects the host *outside* the
+//! working directory from commands it cannot understand. It does not protect you from your own
+//! project's build scripts (`make` runs whatever the Makefile says; use `--mode sandbox` for a
+//! repository you do not trust), and it cannot catch a flow split across commands (copy a
+//! credential into the project now, send it in a later command). The full rule is in
+//! `docs/execution-modes.md`.
 //!
 //! The classifier is a pure function of the command text and the [`Policy`] (no file system or
 //! environment access while classifying), so `stigmer explain` and `stigmer run` always agree,
@@ -26,7 +44,10 @@
 //!
 //! # User rules
 //!
-//! A [`Policy`] adds the user's prefix rules (see [`Policy::load`] for the file format). A rule
+//! A [`Policy`] adds the user's prefix rules (see [`Policy::load`] for the file format). A
+//! project's own `.stigmer/policy.toml` is obeyed only once the user trusts it
+//! ([`Policy::load_trusted`] with a [`TrustStore`]); until then it is ignored and the policy
+//! carries a [`PolicyNotice`] saying so. A rule
 //! is matched against the words of each simple command, at each layer of wrappers from the
 //! outside in: for `sudo env CI=1 npm install`, first `sudo env CI=1 npm install`, then
 //! `env CI=1 npm install`, then `npm install`. The first layer that some rule matches is decided
@@ -46,14 +67,24 @@
 //! assert_eq!(d.part.as_deref(), Some("pip install ."));
 //!
 //! assert_eq!(classify("cat pipeline.yaml | grep npm", &policy, false).decision, Mode::Local);
+//!
+//! // Code auto mode cannot read goes to the sandbox, however harmless it looks.
+//! let d = classify("python3 -c 'print(1)'", &policy, false);
+//! assert_eq!((d.decision, d.rule.as_str()), (Mode::Sandbox, "unsure:inline-code"));
 //! ```
 
+mod closed;
 mod policy;
 mod programs;
+mod trust;
 mod walk;
 mod words;
 
 pub use policy::{Policy, PolicyError, Rule};
+pub use trust::{
+    PROJECT_POLICY, PolicyFileStatus, PolicyNotice, Trust, TrustError, TrustStore, TrustedPolicy,
+    default_trust_store_path,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -85,8 +116,10 @@ pub struct Decision {
     /// A sentence for people: what the deciding part does, and the rule.
     pub reason: String,
     /// A stable id of the deciding rule: `install:pip`, `network-exec:pipe`, `privilege:sudo`,
-    /// `write-outside:rm`, `system:systemctl`, `unsure:eval`, `requirements`,
-    /// `policy:FILE:LINE`, or `default:local`.
+    /// `write-outside:rm`, `system:systemctl`, `credentials:curl`, `remote:kubectl`,
+    /// `listener:nc`, `host-access:docker`, `network-code:pip`, `unsure:eval`,
+    /// `unsure:inline-code`, `unsure:runs-hidden:sed`, `requirements`, `policy:FILE:LINE`, or
+    /// `default:local`.
     pub rule: String,
     /// The simple command (as written) that decided it; `None` when no single part did.
     pub part: Option<String>,

@@ -15,10 +15,15 @@
 //! reason = "npm install is fine on the host in this project"   # optional
 //! ```
 //!
+//! The project's file comes with the repository, so [`Policy::load_trusted`] obeys it only once
+//! the user has trusted it with its current content (see `trust.rs`); the user's file is always
+//! obeyed.
+//!
 //! A file that cannot be used is an error naming the file, the line and the problem: a policy
 //! that silently does nothing would send commands somewhere the user did not intend.
 
 use crate::Mode;
+use crate::trust::{PROJECT_POLICY, PolicyFileStatus, PolicyNotice, Trust, TrustStore};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -60,6 +65,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     workdir: Option<PathBuf>,
     files: Vec<PathBuf>,
+    notices: Vec<PolicyNotice>,
 }
 
 /// A policy file that cannot be used.
@@ -148,9 +154,9 @@ impl Policy {
     /// overrides the built-in rules for the command it matches (see the crate docs for how it
     /// meets wrappers such as `sudo`).
     ///
-    /// Note that a project file comes with the project: a cloned repository can bring rules that
-    /// run its commands on the host. Callers that run untrusted projects may want to show which
-    /// files were read ([`Policy::files`]).
+    /// **This obeys the project file without asking whether the user trusts it**: a cloned
+    /// repository can bring rules that run its commands on the host. Use
+    /// [`Policy::load_trusted`], which ignores a project file the user has not trusted.
     ///
     /// # Errors
     /// A file that exists but cannot be read, is not TOML, or holds an invalid rule; the message
@@ -176,6 +182,83 @@ impl Policy {
             policy.add_file(path, &text)?;
         }
         Ok(policy)
+    }
+
+    /// Like [`Policy::load`], but the project's `<cwd>/.stigmer/policy.toml` is obeyed only if
+    /// `trust` holds it with its current content at this place (see [`TrustStore`]). An ignored
+    /// project file is not parsed; it leaves a [`PolicyNotice`] in [`Policy::notices`] saying
+    /// which file, why (not trusted, changed since trusted, trusted at another path) and what to
+    /// do. The user's file (`home_config`) is the user's own and always obeyed.
+    ///
+    /// # Errors
+    /// As [`Policy::load`], for the user's file and a trusted project file.
+    pub fn load_trusted(
+        cwd: &Path,
+        home_config: Option<&Path>,
+        trust: &TrustStore,
+    ) -> Result<Self, PolicyError> {
+        let mut policy = Self::builtin().with_workdir(cwd);
+        if let Some(home) = home_config
+            && let Some(text) = read_optional(home)?
+        {
+            policy.add_file(home, &text)?;
+        }
+        let project = cwd.join(PROJECT_POLICY);
+        let Some(bytes) = read_optional_bytes(&project)? else {
+            return Ok(policy);
+        };
+        // The place trust is recorded under; a directory that cannot be made canonical cannot
+        // have been trusted.
+        let location = crate::trust::policy_location(cwd).ok();
+        let verdict = location
+            .as_deref()
+            .map_or(Trust::NotTrusted, |l| trust.check(l, &bytes));
+        if verdict == Trust::Trusted {
+            let text = String::from_utf8_lossy(&bytes);
+            policy.add_file(&project, &text)?;
+        } else {
+            policy.notices.push(PolicyNotice {
+                dir: cwd.to_path_buf(),
+                file: project,
+                trust: verdict,
+            });
+        }
+        Ok(policy)
+    }
+
+    /// The policy files that apply to `cwd` and whether each is obeyed, for
+    /// `stigmer policy show`: the user's file (always trusted), then the project's.
+    #[must_use]
+    pub fn files_for(
+        cwd: &Path,
+        home_config: Option<&Path>,
+        trust: &TrustStore,
+    ) -> Vec<PolicyFileStatus> {
+        let mut out = Vec::new();
+        if let Some(home) = home_config {
+            out.push(PolicyFileStatus {
+                path: home.to_path_buf(),
+                user: true,
+                exists: home.exists(),
+                trust: Trust::Trusted,
+            });
+        }
+        let project = cwd.join(PROJECT_POLICY);
+        let status = trust.status(cwd).ok().flatten();
+        out.push(PolicyFileStatus {
+            exists: project.exists(),
+            path: project,
+            user: false,
+            trust: status.unwrap_or(Trust::NotTrusted),
+        });
+        out
+    }
+
+    /// Project policies that were ignored because they are not trusted (see
+    /// [`Policy::load_trusted`]); `run` and `explain` show them.
+    #[must_use]
+    pub fn notices(&self) -> &[PolicyNotice] {
+        &self.notices
     }
 
     /// The same policy, with absolute paths inside `dir` counting as inside the working
@@ -204,7 +287,7 @@ impl Policy {
         &self.files
     }
 
-    fn add_file(&mut self, path: &Path, text: &str) -> Result<(), PolicyError> {
+    pub(crate) fn add_file(&mut self, path: &Path, text: &str) -> Result<(), PolicyError> {
         let invalid = |line: usize, problem: String| PolicyError::Invalid {
             path: path.to_path_buf(),
             line,
@@ -282,5 +365,27 @@ impl Policy {
             }
         }
         best.map(|rule| Match { rule })
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, PolicyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read_optional_bytes(path: &Path) -> Result<Option<Vec<u8>>, PolicyError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }

@@ -1280,6 +1280,67 @@ pub(crate) fn unwrap(prog: &str, args: &[Word]) -> Option<Run> {
             long: &["server-num", "server-args", "auth-file", "error-file"],
         }),
         "busybox" => words_or_nothing(args),
+        "parallel" => {
+            // GNU parallel: options, the command, then inputs after `:::` (or read from the
+            // input). It runs the composed line through a shell, with each input put in place of
+            // `{}` or added at the end.
+            let sep = args
+                .iter()
+                .position(|w| w.text.starts_with(":::"))
+                .unwrap_or(args.len());
+            let spec = Spec {
+                short: "jSIaEPdnNCkLlsX",
+                long: &[
+                    "jobs",
+                    "sshlogin",
+                    "arg-file",
+                    "colsep",
+                    "delimiter",
+                    "results",
+                    "joblog",
+                    "tmpdir",
+                    "workdir",
+                    "timeout",
+                    "env",
+                    "halt",
+                    "memfree",
+                    "load",
+                    "delay",
+                    "retries",
+                    "max-args",
+                    "max-replace-args",
+                ],
+            };
+            let head = &args[..sep];
+            let cmd = &head[command_start(head, spec).min(head.len())..];
+            if cmd.is_empty() {
+                return Some(Run::Nothing);
+            }
+            let from_files = args[sep..].iter().any(|w| w.text.starts_with("::::"));
+            let inputs: Vec<Word> = args[sep..]
+                .iter()
+                .filter(|w| !w.text.starts_with(":::"))
+                .cloned()
+                .collect();
+            let mut line = join_words(cmd);
+            if sep == args.len() || from_files {
+                // Items only known at run time: a variable with an unknown value stands for them.
+                line.text = if line.text.contains("{}") {
+                    line.text.replace("{}", "\"$PARALLEL_ITEM\"")
+                } else {
+                    format!("{} \"$PARALLEL_ITEM\"", line.text)
+                };
+            } else {
+                let items = join_words(&inputs);
+                line.dynamic |= items.dynamic;
+                line.text = if line.text.contains("{}") {
+                    line.text.replace("{}", &items.text)
+                } else {
+                    format!("{} {}", line.text, items.text)
+                };
+            }
+            Run::Script(line)
+        }
         "xargs" => {
             let spec = Spec {
                 short: "IiLlnPsdEeax",
@@ -1569,53 +1630,14 @@ pub(crate) fn code_source<'w>(prog: &str, args: &'w [Word]) -> Code<'w> {
     }
 }
 
-/// Whether code for another language's interpreter visibly starts other programs (which auto
-/// mode cannot see from here). A textual check, not a parse: it only has to notice the usual
-/// ways in, and what it misses is code auto mode never claimed to read.
+/// Whether an awk program visibly starts other programs or writes through pipes. Code for the
+/// other interpreters is not read at all (it goes to the sandbox: `unsure:inline-code`); awk is
+/// read this far because `awk '{print $1}'` is ordinary text processing. A textual check, not a
+/// parse: it only has to notice the ways awk runs commands.
 pub(crate) fn spawns_commands(prog: &str, code: &str) -> bool {
     let markers: &[&str] = match prog {
-        "python" => &[
-            "subprocess",
-            "os.system",
-            "os.popen",
-            "os.exec",
-            "os.spawn",
-            "pty.spawn",
-            "__import__",
-            "exec(",
-            "eval(",
-            "commands.",
-        ],
-        "perl" => &["system", "exec", "`", "qx", "fork", "open(", "|-", "-|"],
-        "ruby" | "irb" => &[
-            "system", "exec", "`", "%x", "popen", "spawn", "Open3", "fork",
-        ],
-        "node" | "bun" | "deno" => &[
-            "child_process",
-            "exec",
-            "spawn",
-            "fork",
-            "Deno.run",
-            "Deno.Command",
-            "Bun.spawn",
-            "Bun.$",
-            "eval(",
-            "Function(",
-        ],
-        "php" => &[
-            "system",
-            "exec",
-            "passthru",
-            "popen",
-            "proc_open",
-            "`",
-            "eval(",
-        ],
-        "lua" | "luajit" => &["os.execute", "io.popen"],
         "awk" | "gawk" | "mawk" | "nawk" => &["system(", "|&", "| \"", "|\"", "getline"],
-        // Their code is commands.
-        "pwsh" | "powershell" | "Rscript" | "tclsh" | "osascript" => return true,
-        _ => &[],
+        _ => return true,
     };
     markers.iter().any(|m| code.contains(m))
 }
