@@ -69,6 +69,9 @@ pub enum Command {
     /// The hash-chained audit trail of ended executions.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Project policies (`.stigmer/policy.toml`): auto mode obeys one only once you trust it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -188,6 +191,28 @@ pub enum AuditCommand {
         since: Option<String>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: crate::audit::ExportFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Trust DIR's `.stigmer/policy.toml` as it is now (its path and sha256 are recorded; a
+    /// changed file, or the same file elsewhere, must be trusted again).
+    Trust {
+        /// The project directory (default: the current directory).
+        dir: Option<PathBuf>,
+    },
+    /// Stop trusting DIR's project policy.
+    Untrust {
+        /// The project directory (default: the current directory).
+        dir: Option<PathBuf>,
+    },
+    /// Which policy files apply in DIR, and whether each is obeyed.
+    Show {
+        /// The project directory (default: the current directory).
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
     },
 }
 
@@ -318,19 +343,27 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let spec = command_spec(&command, &argv)?;
             let workdir = resolve_workdir(workdir.as_ref())?;
-            let decision = auto_decide(&spec, &workdir, false)?;
+            let (decision, notices) = auto_decide(&spec, &workdir, false)?;
             match output {
-                OutputFormat::Json => println!("{}", serde_json::to_string(&decision)?),
+                OutputFormat::Json => {
+                    let mut value = serde_json::to_value(&decision)?;
+                    value["notices"] = serde_json::json!(notices);
+                    println!("{value}");
+                }
                 OutputFormat::Text => {
                     println!("{}: {}", decision.decision, decision.reason);
                     println!("  rule: {}", decision.rule);
                     if let Some(part) = &decision.part {
                         println!("  part: {part}");
                     }
+                    for notice in &notices {
+                        println!("  note: {notice}");
+                    }
                 }
             }
             Ok(0)
         }
+        Command::Policy(command) => policy_command(command),
         Command::Leases(LeasesCommand::List { all, output }) => {
             client::leases_list(&load_config(&Flags::new())?, all, output).await
         }
@@ -528,20 +561,95 @@ fn resolve_workdir(dir: Option<&PathBuf>) -> Result<PathBuf> {
     Ok(workdir)
 }
 
-/// Auto mode's decision for a command run in `workdir`, under the user's policy files.
+/// The user's policy file and trust store (under `~/.config/stigmer`).
+fn user_policy_files() -> Result<(Option<PathBuf>, stigmer_automode::TrustStore)> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let home_policy = home.as_ref().map(|h| h.join(".config/stigmer/policy.toml"));
+    let trust = match &home {
+        Some(h) => {
+            stigmer_automode::TrustStore::load(&stigmer_automode::default_trust_store_path(h))
+                .map_err(|e| usage(format!("{e}")))?
+        }
+        None => stigmer_automode::TrustStore::default(),
+    };
+    Ok((home_policy, trust))
+}
+
+/// Auto mode's decision for a command run in `workdir`, under the user's policy file and the
+/// project's, when the user trusts it; with a notice for each project policy it ignored.
 fn auto_decide(
     spec: &CommandSpec,
     workdir: &std::path::Path,
     has_requirements: bool,
-) -> Result<stigmer_automode::Decision> {
-    let home_policy =
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/stigmer/policy.toml"));
-    let policy = stigmer_automode::Policy::load(workdir, home_policy.as_deref())
+) -> Result<(stigmer_automode::Decision, Vec<String>)> {
+    let (home_policy, trust) = user_policy_files()?;
+    let policy = stigmer_automode::Policy::load_trusted(workdir, home_policy.as_deref(), &trust)
         .map_err(|e| usage(format!("{e}")))?;
-    Ok(match spec {
+    let notices = policy.notices().iter().map(ToString::to_string).collect();
+    let decision = match spec {
         CommandSpec::Shell(cmd) => stigmer_automode::classify(cmd, &policy, has_requirements),
         CommandSpec::Argv(argv) => stigmer_automode::classify_argv(argv, &policy, has_requirements),
-    })
+    };
+    Ok((decision, notices))
+}
+
+/// `stigmer policy trust|untrust|show`.
+fn policy_command(command: PolicyCommand) -> Result<i32> {
+    let (home_policy, mut trust) = user_policy_files()?;
+    let dir_of = |dir: Option<PathBuf>| resolve_workdir(dir.as_ref());
+    match command {
+        PolicyCommand::Trust { dir } => {
+            let dir = dir_of(dir)?;
+            let trusted = trust.trust(&dir).map_err(|e| usage(format!("{e}")))?;
+            println!(
+                "trusted {} (sha256 {}); auto mode obeys it until it changes",
+                trusted.path.display(),
+                trusted.sha256
+            );
+        }
+        PolicyCommand::Untrust { dir } => {
+            let dir = dir_of(dir)?;
+            let policy = dir.join(stigmer_automode::PROJECT_POLICY);
+            if trust.untrust(&dir).map_err(|e| usage(format!("{e}")))? {
+                println!("no longer trusted: {}", policy.display());
+            } else {
+                println!("{} was not trusted", policy.display());
+            }
+        }
+        PolicyCommand::Show { dir, output } => {
+            let dir = dir_of(dir)?;
+            let files = stigmer_automode::Policy::files_for(&dir, home_policy.as_deref(), &trust);
+            match output {
+                OutputFormat::Json => {
+                    let rows: Vec<_> = files
+                        .iter()
+                        .map(|f| {
+                            serde_json::json!({
+                                "path": f.path,
+                                "owner": if f.user { "user" } else { "project" },
+                                "exists": f.exists,
+                                "trust": f.trust.to_string(),
+                                "obeyed": f.exists && f.trust == stigmer_automode::Trust::Trusted,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                OutputFormat::Text => {
+                    for f in &files {
+                        let owner = if f.user { "user" } else { "project" };
+                        let state = match (f.exists, &f.trust) {
+                            (false, _) => "absent".to_string(),
+                            (true, stigmer_automode::Trust::Trusted) => "obeyed".to_string(),
+                            (true, t) => format!("ignored: {t}"),
+                        };
+                        println!("{owner:<8} {state:<24} {}", f.path.display());
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// Turns `run`'s arguments into a request, validating everything a user can get wrong.
@@ -577,7 +685,7 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             format!("mode cloud ({})", cfg.execution_mode.source),
         ),
         RequestedMode::Auto => {
-            let d = auto_decide(&command, &workdir, args.requirements.is_some())?;
+            let (d, notices) = auto_decide(&command, &workdir, args.requirements.is_some())?;
             let effective = match d.decision {
                 stigmer_automode::Mode::Local => Mode::Local,
                 stigmer_automode::Mode::Sandbox => Mode::Sandbox,
@@ -587,8 +695,10 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
                 .as_deref()
                 .map(|p| format!("; part `{p}`"))
                 .unwrap_or_default();
-            // The classifier's reason already names its rule.
-            (effective, format!("auto: {}{part}", d.reason))
+            // The classifier's reason already names its rule; an ignored project policy is part
+            // of why, so it is said (on stderr) and stored with the execution.
+            let ignored: String = notices.iter().map(|n| format!("; {n}")).collect();
+            (effective, format!("auto: {}{part}{ignored}", d.reason))
         }
     };
     // Local mode runs with the caller's environment; the sandbox sees only what is named.

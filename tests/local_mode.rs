@@ -524,15 +524,59 @@ fn auto_mode_explains_itself_runs_safe_commands_locally_and_never_runs_isolated_
         "the command ran on the host"
     );
 
-    // A bad policy file stops everything with its file and line.
+    // A project's policy is obeyed only once the user trusts it, as it is: until then, and
+    // again once it changes, `explain` and `run` say it was ignored and why.
     let policy_dir = env.dir.path().join(".stigmer");
     std::fs::create_dir_all(&policy_dir).unwrap();
+    let policy_file = policy_dir.join("policy.toml");
     std::fs::write(
-        policy_dir.join("policy.toml"),
+        &policy_file,
+        "[[rule]]\nprefix = \"pip install\"\ndecision = \"local\"\n",
+    )
+    .unwrap();
+    let explain = |env: &Env| -> serde_json::Value {
+        let out = env.stigmer(&["explain", "--output", "json", "pip install requests"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let untrusted = explain(&env);
+    assert_eq!(untrusted["decision"], "sandbox", "{untrusted}");
+    let notice = untrusted["notices"][0].as_str().unwrap_or_default();
+    assert!(
+        notice.contains("not trusted") && notice.contains("stigmer policy trust"),
+        "{untrusted}"
+    );
+    let out = env.stigmer(&["policy", "trust"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let trusted = explain(&env);
+    assert_eq!(trusted["decision"], "local", "{trusted}");
+    assert_eq!(trusted["notices"], serde_json::json!([]), "{trusted}");
+    let show = env.stigmer(&["policy", "show", "--output", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["owner"] == "project" && f["obeyed"] == true),
+        "{shown}"
+    );
+
+    // A changed file is ignored again, and a bad one cannot be trusted: its file and line.
+    std::fs::write(
+        &policy_file,
         "[[rule]]\nprefix = \"npm\"\ndecision = \"maybe\"\n",
     )
     .unwrap();
-    let out = env.stigmer(&["run", "--mode", "auto", "npm test"]);
+    let changed = explain(&env);
+    assert_eq!(changed["decision"], "sandbox", "{changed}");
+    assert!(
+        changed["notices"][0]
+            .as_str()
+            .is_some_and(|n| n.contains("changed")),
+        "{changed}"
+    );
+    let out = env.stigmer(&["policy", "trust"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
