@@ -7,11 +7,11 @@
 
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use stigmer_activities::process;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, WorkflowCountOptions,
 };
@@ -303,35 +303,5 @@ pub async fn stop(cfg: &Config) -> Option<i32> {
 
 /// TERM, then KILL after `grace`; waits until the process is gone.
 pub async fn stop_pid(pid: i32, grace: Duration) {
-    let pid = Pid::from_raw(pid);
-    if kill(pid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if !alive(pid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    for _ in 0..100 {
-        if !alive(pid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn alive(pid: Pid) -> bool {
-    if kill(pid, None).is_err() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    process::terminate(process::Target::Process(Pid::from_raw(pid)), grace).await;
 }

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod local;
 pub mod metrics;
 pub mod output;
+pub mod process;
 pub mod reaper;
 pub mod route;
 pub mod sandbox;
@@ -326,7 +327,7 @@ impl Activities {
                 let exec_id = id.clone();
                 let on_spawn = move |pgid: i32| {
                     crate::chaos::point("mid-exec");
-                    if let Some(started) = local::process_start_time(pgid) {
+                    if let Some(started) = process::start_time(pgid) {
                         tokio::spawn(async move {
                             let _ = store
                                 .record_process(&exec_id, i64::from(pgid), started)

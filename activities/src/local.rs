@@ -142,7 +142,7 @@ pub async fn run(
             () = stop.token().cancelled(), if stopping.is_none() => {
                 stopping = Some(stop.reason().unwrap_or(StopReason::Cancelled));
                 if let Some(pgid) = pgid {
-                    terminate_group(pgid).await;
+                    crate::process::terminate(crate::process::Target::Group(pgid), KILL_GRACE).await;
                 }
             }
             chunk = rx.recv(), if streams_open => match chunk {
@@ -179,35 +179,10 @@ pub async fn run(
     })
 }
 
-/// TERM to the whole group, KILL after the grace period if anything is left.
-async fn terminate_group(pgid: Pid) {
-    if killpg(pgid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + KILL_GRACE;
-    while tokio::time::Instant::now() < deadline {
-        // Signal 0 probes whether any member of the group is left.
-        if killpg(pgid, None).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-}
-
-/// The start time of a process (clock ticks since boot, /proc/PID/stat field 22): with the pid
-/// it names one process, even after the pid is reused.
-#[must_use]
-pub fn process_start_time(pid: i32) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Kills the process group `pgid` if its leader is still the process that started at
 /// `started` (so a reused pid is never hit). Returns whether something was killed.
 pub fn kill_leftover_group(pgid: i32, started: i64) -> bool {
-    if process_start_time(pgid) != Some(started) {
+    if crate::process::start_time(pgid) != Some(started) {
         return false;
     }
     killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
