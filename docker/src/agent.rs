@@ -327,7 +327,9 @@ impl Engine {
     /// The engine refused the bind mount: copy the agent in from now on.
     pub(crate) fn agent_bind_refused(&self, why: &str) {
         if !self.agent_cache.bind_refused.swap(true, Ordering::Relaxed) {
-            tracing::info!("the Docker engine cannot bind-mount the agent from this host ({why}); copying it into each container");
+            tracing::info!(
+                "the Docker engine cannot bind-mount the agent from this host ({why}); copying it into each container"
+            );
         }
     }
 
@@ -483,12 +485,12 @@ impl Engine {
                 Some(Err(e)) => {
                     return self
                         .agent_gone(container_id, e.to_string(), wall_start, started)
-                        .await
+                        .await;
                 }
                 None => {
                     return self
                         .agent_gone(container_id, "the stream ended".into(), wall_start, started)
-                        .await
+                        .await;
                 }
             }
             loop {
@@ -498,7 +500,7 @@ impl Engine {
                     Err(why) => {
                         return self
                             .agent_gone(container_id, why, wall_start, started)
-                            .await
+                            .await;
                     }
                 };
                 if frame.nonce != nonce {
@@ -513,7 +515,7 @@ impl Engine {
                         return Err(EngineError::Unexpected(format!(
                             "the agent in container {container_id} refused the command: {}",
                             String::from_utf8_lossy(&frame.payload)
-                        )))
+                        )));
                     }
                     FRAME_EXIT => {
                         let Some(exit) = parse_exit(&frame.payload) else {
@@ -538,7 +540,7 @@ impl Engine {
                                 wall_start,
                                 started,
                             )
-                            .await
+                            .await;
                     }
                 };
                 match sink {
@@ -629,24 +631,24 @@ impl Engine {
         started: Instant,
     ) -> Result<ExecOutcome, EngineError> {
         let duration = started.elapsed();
-        if let Ok(Some(state)) = self.container_state(container_id).await {
-            if !state.running {
-                let oom_killed = state.oom_killed
-                    || self
-                        .oom_events_since(container_id, wall_start)
-                        .await
-                        .is_ok_and(|n| n > 0);
-                return Ok(ExecOutcome {
-                    exec_id: String::new(),
-                    exit_code: Some(137),
-                    ended: ExecEnd::Exited,
-                    oom_killed,
-                    pids_limit_hit: false,
-                    stray_processes: true,
-                    checked: true,
-                    duration,
-                });
-            }
+        if let Ok(Some(state)) = self.container_state(container_id).await
+            && !state.running
+        {
+            let oom_killed = state.oom_killed
+                || self
+                    .oom_events_since(container_id, wall_start)
+                    .await
+                    .is_ok_and(|n| n > 0);
+            return Ok(ExecOutcome {
+                exec_id: String::new(),
+                exit_code: Some(137),
+                ended: ExecEnd::Exited,
+                oom_killed,
+                pids_limit_hit: false,
+                stray_processes: true,
+                checked: true,
+                duration,
+            });
         }
         Err(EngineError::AgentLost {
             container: container_id.to_string(),
@@ -696,9 +698,10 @@ mod tests {
         let line = request_line(42, &req);
         assert_eq!(line.first(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 2);
-        assert!(line
-            .iter()
-            .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\n'));
+        assert!(
+            line.iter()
+                .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\n')
+        );
         let text = String::from_utf8(line).expect("ascii");
         let words: Vec<&str> = text.split_whitespace().collect();
         assert_eq!(&words[..5], ["RUN", "42", "3000", "2000", "0"]);

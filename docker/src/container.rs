@@ -150,20 +150,21 @@ impl Engine {
             Created::New(id) => id,
             Created::Adopted(id) => return Ok(id),
         };
-        if agent && mount.is_none() {
-            if let Err(e) = self.install_agent(&id).await {
-                // This container cannot hold the agent: make it again without.
-                tracing::warn!(container = %id, error = %e, "could not install the agent; commands go through docker exec");
-                self.remove_container(&id).await?;
-                agent = false;
-                id = match self
-                    .create_stopped(spec, &all_labels, name, false, None)
-                    .await?
-                {
-                    Created::New(id) => id,
-                    Created::Adopted(id) => return Ok(id),
-                };
-            }
+        if agent
+            && mount.is_none()
+            && let Err(e) = self.install_agent(&id).await
+        {
+            // This container cannot hold the agent: make it again without.
+            tracing::warn!(container = %id, error = %e, "could not install the agent; commands go through docker exec");
+            self.remove_container(&id).await?;
+            agent = false;
+            id = match self
+                .create_stopped(spec, &all_labels, name, false, None)
+                .await?
+            {
+                Created::New(id) => id,
+                Created::Adopted(id) => return Ok(id),
+            };
         }
         self.note_agent(&id, agent);
         if let Err(e) = self.docker.start_container(&id, None).await {
@@ -406,7 +407,7 @@ impl Engine {
                 return Err(EngineError::api(
                     format!("could not inspect container {id}"),
                     e,
-                ))
+                ));
             }
         };
         let state = inspect.state.unwrap_or_default();

@@ -214,16 +214,20 @@ mod tests {
         assert!(!e(404).is_retryable());
         assert!(!e(409).is_retryable());
         assert!(e(404).is_not_found());
-        assert!(!EngineError::ImageMissing {
-            image: "x".into(),
-            detail: String::new()
-        }
-        .is_retryable());
-        assert!(EngineError::Unavailable {
-            endpoint: "unix:///x".into(),
-            reason: "r".into()
-        }
-        .is_retryable());
+        assert!(
+            !EngineError::ImageMissing {
+                image: "x".into(),
+                detail: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(
+            EngineError::Unavailable {
+                endpoint: "unix:///x".into(),
+                reason: "r".into()
+            }
+            .is_retryable()
+        );
     }
 
     #[test]

@@ -462,20 +462,20 @@ impl Engine {
             Ok(StartExecResults::Detached) => {
                 return Err(EngineError::Unexpected(format!(
                     "exec {exec_id} in container {container_id} started detached"
-                )))
+                )));
             }
             Err(e) if matches!(status_of(&e), Some(400..=499)) => {
                 return Err(EngineError::api(
                     format!("could not start exec {exec_id} in container {container_id}"),
                     e,
-                ))
+                ));
             }
             Err(source) => {
                 return Err(EngineError::ExecInterrupted {
                     container: container_id.to_string(),
                     exec_id,
                     source,
-                })
+                });
             }
         };
 
@@ -531,7 +531,7 @@ impl Engine {
                         container: container_id.to_string(),
                         exec_id,
                         source,
-                    })
+                    });
                 }
                 None => break 'stream,
             };
@@ -963,22 +963,30 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(ExecRequest::new(Vec::<String>::new(), "/tmp/p")
-            .validate()
-            .is_err());
+        assert!(
+            ExecRequest::new(Vec::<String>::new(), "/tmp/p")
+                .validate()
+                .is_err()
+        );
         assert!(ExecRequest::new(["true"], "rel.pid").validate().is_err());
-        assert!(ExecRequest::new(["true"], "/tmp/p")
-            .with_env("A=B", "c")
-            .validate()
-            .is_err());
-        assert!(ExecRequest::new(["true"], "/tmp/p")
-            .with_workdir("x")
-            .validate()
-            .is_err());
-        assert!(ExecRequest::new(["true"], "/tmp/p")
-            .with_env("A", "b=c")
-            .validate()
-            .is_ok());
+        assert!(
+            ExecRequest::new(["true"], "/tmp/p")
+                .with_env("A=B", "c")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ExecRequest::new(["true"], "/tmp/p")
+                .with_workdir("x")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ExecRequest::new(["true"], "/tmp/p")
+                .with_env("A", "b=c")
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -44,17 +44,17 @@ use std::time::Duration;
 
 use bollard::Docker;
 
-pub use agent::{agent_available, AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT};
+pub use agent::{AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT, agent_available};
 pub use container::{
-    ContainerState, ManagedContainer, ProcessInfo, LABEL_LEASE, LABEL_MANAGED, LABEL_SPEC_HASH,
-    LABEL_STORE, LABEL_WORKER,
+    ContainerState, LABEL_LEASE, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_STORE, LABEL_WORKER,
+    ManagedContainer, ProcessInfo,
 };
 pub use error::EngineError;
-pub use exec::{ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind, DEFAULT_KILL_GRACE};
+pub use exec::{DEFAULT_KILL_GRACE, ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind};
 pub use image::{BuildSpec, EnsureImage, ImageHow, ImageInfo, ImageProgress};
 pub use spec::{
-    ContainerSpec, CredentialMount, Network, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS,
-    DEFAULT_PIDS_LIMIT, DEFAULT_USER, SANDBOX_UID, WORKSPACE_DIR,
+    ContainerSpec, CredentialMount, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS, DEFAULT_PIDS_LIMIT,
+    DEFAULT_USER, Network, SANDBOX_UID, WORKSPACE_DIR,
 };
 
 /// Re-exported so callers can pass a token without naming the crate version themselves.
@@ -109,7 +109,7 @@ impl Engine {
                 return Err(unavailable(format!(
                     "no answer within {}s",
                     CONNECT_TIMEOUT.as_secs()
-                )))
+                )));
             }
         };
         Ok(Engine {

@@ -315,10 +315,10 @@ fn docker_socket_paths() -> Vec<PathBuf> {
         "/run/docker.sock".into(),
         "/run/containerd/containerd.sock".into(),
     ];
-    if let Ok(host) = std::env::var("DOCKER_HOST") {
-        if let Some(path) = host.strip_prefix("unix://") {
-            candidates.push(path.into());
-        }
+    if let Ok(host) = std::env::var("DOCKER_HOST")
+        && let Some(path) = host.strip_prefix("unix://")
+    {
+        candidates.push(path.into());
     }
     if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR") {
         candidates.push(Path::new(&dir).join("docker.sock"));
@@ -374,18 +374,24 @@ mod tests {
         assert!(ContainerSpec::new("i").validate().is_ok());
         assert!(ContainerSpec::new("i").with_user("0").validate().is_err());
         assert!(ContainerSpec::new("i").with_user("0:0").validate().is_err());
-        assert!(ContainerSpec::new("i")
-            .with_user("root")
-            .validate()
-            .is_err());
-        assert!(ContainerSpec::new("i")
-            .with_pids_limit(0)
-            .validate()
-            .is_err());
-        assert!(ContainerSpec::new("i")
-            .with_memory_bytes(1024)
-            .validate()
-            .is_err());
+        assert!(
+            ContainerSpec::new("i")
+                .with_user("root")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ContainerSpec::new("i")
+                .with_pids_limit(0)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ContainerSpec::new("i")
+                .with_memory_bytes(1024)
+                .validate()
+                .is_err()
+        );
         assert!(ContainerSpec::new(" ").validate().is_err());
         assert!("host".parse::<Network>().is_err());
         assert_eq!("none".parse::<Network>().ok(), Some(Network::None));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{unique, Harness};
+use common::{Harness, unique};
 use stigmer_docker::{BuildSpec, EngineError, EnsureImage, ImageHow, ImageProgress};
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{sh, Harness};
+use common::{Harness, sh};
 use stigmer_docker::{CancellationToken, StreamKind};
 
 fn rss_kib() -> u64 {

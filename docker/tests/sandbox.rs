@@ -6,10 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{sh, status_field, unique, Harness};
+use common::{Harness, sh, status_field, unique};
 use stigmer_docker::{
-    CancellationToken, EngineError, ExecEnd, ExecRequest, Network, AGENT_PATH, LABEL_AGENT,
-    LABEL_LEASE, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_STORE, LABEL_WORKER,
+    AGENT_PATH, CancellationToken, EngineError, ExecEnd, ExecRequest, LABEL_AGENT, LABEL_LEASE,
+    LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_STORE, LABEL_WORKER, Network,
 };
 
 macro_rules! harness {
@@ -69,11 +69,12 @@ async fn runs_as_uid_1000_without_capabilities_or_new_privileges() {
     assert_eq!(hc.pids_limit, Some(512));
     assert_eq!(hc.nano_cpus, Some(2_000_000_000));
     assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
-    assert!(hc
-        .security_opt
-        .unwrap_or_default()
-        .iter()
-        .any(|o| o.starts_with("no-new-privileges")));
+    assert!(
+        hc.security_opt
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.starts_with("no-new-privileges"))
+    );
     assert_ne!(hc.privileged, Some(true));
     let config = inspect.config.expect("config");
     assert_eq!(config.working_dir.as_deref(), Some("/workspace"));
@@ -112,8 +113,9 @@ async fn network_none_has_only_loopback_and_bridge_has_eth0() {
 #[tokio::test]
 async fn only_the_requested_environment_reaches_the_command() {
     let h = harness!();
-    // A variable of this (host) process must not appear in the sandbox.
-    std::env::set_var("STIGMER_TEST_HOST_SECRET", "hunter2");
+    // A variable of this (host) process must not appear in the sandbox: cargo gives every
+    // test process its manifest dir (set_var is unsound beside other test threads).
+    let host_value = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let id = h.container(&h.spec()).await;
     let r = h
         .run(
@@ -122,12 +124,8 @@ async fn only_the_requested_environment_reaches_the_command() {
         )
         .await;
     assert_eq!(r.outcome.exit_code, Some(0));
-    assert!(
-        !r.stdout.contains("STIGMER_TEST_HOST_SECRET"),
-        "{}",
-        r.stdout
-    );
-    assert!(!r.stdout.contains("hunter2"));
+    assert!(!r.stdout.contains("CARGO_MANIFEST_DIR"), "{}", r.stdout);
+    assert!(!r.stdout.contains(&host_value), "{}", r.stdout);
     assert!(r.stdout.lines().any(|l| l == "GIVEN=yes"), "{}", r.stdout);
     assert!(r.stdout.lines().any(|l| l == "SPACED=a b"), "{}", r.stdout);
     // Nothing else but what the image itself declares and what Docker always sets.
@@ -354,11 +352,12 @@ async fn background_job_left_running_is_reported_and_kill_exec_ends_it() {
     assert!(r.outcome.stray_processes, "{:?}", r.outcome);
     assert!(h.engine.kill_exec(&id, &pid_file).await.expect("kill"));
     assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
-    assert!(!h
-        .engine
-        .kill_exec(&id, &pid_file)
-        .await
-        .expect("kill again"));
+    assert!(
+        !h.engine
+            .kill_exec(&id, &pid_file)
+            .await
+            .expect("kill again")
+    );
 
     // With the check skipped on success, the caller checks before reuse. (The agent checks
     // every command itself, at no cost: then the outcome says so.)
@@ -377,17 +376,19 @@ async fn background_job_left_running_is_reported_and_kill_exec_ends_it() {
         "{:?}",
         r.outcome
     );
-    assert!(h
-        .engine
-        .check_leftovers(&id, &pid_file)
-        .await
-        .expect("check"));
+    assert!(
+        h.engine
+            .check_leftovers(&id, &pid_file)
+            .await
+            .expect("check")
+    );
     assert!(h.engine.kill_exec(&id, &pid_file).await.expect("kill"));
-    assert!(!h
-        .engine
-        .check_leftovers(&id, &pid_file)
-        .await
-        .expect("check"));
+    assert!(
+        !h.engine
+            .check_leftovers(&id, &pid_file)
+            .await
+            .expect("check")
+    );
     // A failing command is checked anyway.
     let r = h.run(&id, sh("exit 2").skip_check_on_success()).await;
     assert!(r.outcome.checked);
@@ -417,11 +418,12 @@ async fn kill_exec_stops_a_command_whose_client_is_gone() {
     assert_eq!(outcome.exit_code, Some(143));
     assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
     // No pid file, nothing to kill.
-    assert!(!h
-        .engine
-        .kill_exec(&id, "/tmp/stigmer-never-written.pid")
-        .await
-        .expect("kill"));
+    assert!(
+        !h.engine
+            .kill_exec(&id, "/tmp/stigmer-never-written.pid")
+            .await
+            .expect("kill")
+    );
 }
 
 #[tokio::test]
@@ -569,12 +571,13 @@ async fn the_docker_socket_is_never_mounted() {
             assert!(!err.is_retryable());
         }
     }
-    assert!(h
-        .engine
-        .list_managed(&h.store)
-        .await
-        .expect("list")
-        .is_empty());
+    assert!(
+        h.engine
+            .list_managed(&h.store)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -807,11 +810,13 @@ async fn without_an_agent_dir_the_agent_is_copied_in_and_serves_alike() {
         inspect.config.and_then(|c| c.cmd),
         Some(vec![AGENT_PATH.to_string()])
     );
-    assert!(!inspect
-        .mounts
-        .unwrap_or_default()
-        .iter()
-        .any(|m| m.destination.as_deref() == Some(AGENT_PATH)));
+    assert!(
+        !inspect
+            .mounts
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.destination.as_deref() == Some(AGENT_PATH))
+    );
     let mut out = Vec::new();
     let outcome = engine
         .exec(

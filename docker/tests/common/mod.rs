@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use stigmer_docker::{
-    CancellationToken, ContainerSpec, Engine, ExecOutcome, ExecRequest, StreamKind, LABEL_LEASE,
-    LABEL_STORE, LABEL_WORKER,
+    CancellationToken, ContainerSpec, Engine, ExecOutcome, ExecRequest, LABEL_LEASE, LABEL_STORE,
+    LABEL_WORKER, StreamKind,
 };
 
 /// The image the tests run in: `STIGMER_TEST_IMAGE` or `stigmer-base:bookworm`.
