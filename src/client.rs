@@ -196,7 +196,8 @@ async fn run_via_daemon(
     request: RunRequest,
     format: OutputFormat,
 ) -> Result<i32> {
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    let mut frames = protocol::Frames::new(reader);
     protocol::write_json(&mut writer, Tag::Request, &request).await?;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
@@ -207,7 +208,7 @@ async fn run_via_daemon(
     let mut progress = Progress::new();
     loop {
         tokio::select! {
-            frame = protocol::read_frame(&mut reader) => {
+            frame = frames.next() => {
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(e) => {

@@ -28,6 +28,7 @@ use stigmer_activities::store::Store;
 use stigmer_workflows::{AgentExecution, Backend, ExecutionResult, Mode, RequestedMode, Status};
 use temporalio_client::{Client, WorkflowCancelOptions};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Creates the data dir (private to the user) and checks it can be written.
@@ -79,11 +80,12 @@ pub fn running_pid(cfg: &Config) -> Option<i32> {
 
 /// Asks the daemon over its socket how it is.
 pub async fn ping(cfg: &Config) -> Result<DaemonStatus> {
-    let mut stream = UnixStream::connect(cfg.socket_path())
+    let stream = UnixStream::connect(cfg.socket_path())
         .await
         .with_context(|| format!("no daemon answers at {}", cfg.socket_path().display()))?;
-    protocol::write_frame(&mut stream, Tag::Ping, b"").await?;
-    match protocol::read_frame(&mut stream).await? {
+    let (reader, mut writer) = stream.into_split();
+    protocol::write_frame(&mut writer, Tag::Ping, b"").await?;
+    match protocol::Frames::new(reader).next().await? {
         Some((Tag::Pong, body)) => Ok(serde_json::from_slice(&body)?),
         other => bail!(
             "unexpected answer from the daemon: {:?}",
@@ -658,8 +660,10 @@ async fn wait_for_shutdown_signal() {
     }
 }
 
-async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()> {
-    let Some((tag, body)) = protocol::read_frame(&mut stream).await? else {
+async fn handle_connection(shared: Shared, stream: UnixStream) -> Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut frames = protocol::Frames::new(reader);
+    let Some((tag, body)) = frames.next().await? else {
         return Ok(());
     };
     match tag {
@@ -678,17 +682,17 @@ async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()>
                 task_queue: shared.cfg.task_queue.value.clone(),
                 worker_id: shared.worker_id.clone(),
             };
-            protocol::write_json(&mut stream, Tag::Pong, &status).await
+            protocol::write_json(&mut writer, Tag::Pong, &status).await
         }
         Tag::Request => {
             let request: RunRequest = match serde_json::from_slice(&body) {
                 Ok(r) => r,
                 Err(e) => {
                     let msg = format!("malformed run request: {e}");
-                    return protocol::write_frame(&mut stream, Tag::Fatal, msg.as_bytes()).await;
+                    return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
                 }
             };
-            handle_run(shared, stream, request).await
+            handle_run(shared, frames, writer, request).await
         }
         other => bail!("unexpected first frame {other:?}"),
     }
@@ -736,8 +740,12 @@ async fn docker_missing(shared: &Shared, request: &RunRequest) -> Option<String>
     answered.err().map(|e| no_docker_message(request, &e))
 }
 
-async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> Result<()> {
-    let (mut reader, mut writer) = stream.into_split();
+async fn handle_run(
+    shared: Shared,
+    mut frames: protocol::Frames<OwnedReadHalf>,
+    mut writer: OwnedWriteHalf,
+    request: RunRequest,
+) -> Result<()> {
     if let Some(msg) = docker_missing(&shared, &request).await {
         return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
     }
@@ -809,7 +817,7 @@ async fn handle_run(shared: Shared, stream: UnixStream, request: RunRequest) -> 
                 Some(HubEvent::Ended(_)) => {}
                 None => break,
             },
-            frame = protocol::read_frame(&mut reader), if client_open => match frame {
+            frame = frames.next(), if client_open => match frame {
                 Ok(Some((Tag::Cancel, _))) if !cancel_sent => {
                     cancel_sent = true;
                     let reason = "cancelled by the client (Ctrl-C)".to_string();

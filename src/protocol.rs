@@ -6,12 +6,16 @@
 //! (or `Fatal` when the request could not be run at all).
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use stigmer_workflows::{CommandSpec, Mode, RequestedMode, SandboxSpec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-/// Largest frame accepted (a request carries the caller's environment).
+/// Largest frame payload accepted (a request carries the caller's environment).
 const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The tag byte and the big-endian u32 length.
+const HEADER: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -87,7 +91,7 @@ pub struct DaemonStatus {
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, tag: Tag, payload: &[u8]) -> Result<()> {
     let len = u32::try_from(payload.len()).context("frame too large")?;
-    let mut header = [0u8; 5];
+    let mut header = [0u8; HEADER];
     header[0] = tag as u8;
     header[1..].copy_from_slice(&len.to_be_bytes());
     w.write_all(&header).await?;
@@ -105,25 +109,88 @@ pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
     write_frame(w, tag, &bytes).await
 }
 
-/// Reads one frame; `None` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Tag, Vec<u8>)>> {
-    let mut header = [0u8; 5];
-    match r.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// The frames arriving on a connection. Built on `tokio-util`'s length-delimited codec (the
+/// tag sits before the length), so reading is cancel-safe: `run` and the daemon read frames
+/// inside `select!` beside Ctrl-C and the workflow's end, and a frame half read when another
+/// branch wins is kept for the next read instead of desynchronising the stream.
+pub struct Frames<R>(FramedRead<R, LengthDelimitedCodec>);
+
+impl<R: AsyncRead + Unpin> Frames<R> {
+    pub fn new(reader: R) -> Self {
+        let codec = LengthDelimitedCodec::builder()
+            .length_field_offset(1)
+            .length_field_length(4)
+            // Keep the header in the frame (the tag is read from it): the frame is the
+            // header and the length's payload.
+            .num_skip(0)
+            .length_adjustment(HEADER as isize)
+            .max_frame_length(MAX_FRAME)
+            .new_codec();
+        Self(FramedRead::new(reader, codec))
     }
-    let Some(tag) = Tag::from_byte(header[0]) else {
-        bail!(
-            "unknown frame tag {:#x}: is the daemon the same version as this client?",
-            header[0]
-        );
-    };
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > MAX_FRAME {
-        bail!("frame of {len} bytes is larger than the {MAX_FRAME} allowed");
+
+    /// The next frame; `None` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<(Tag, Vec<u8>)>> {
+        let Some(frame) = self.0.next().await else {
+            return Ok(None);
+        };
+        let frame = frame.context("could not read a frame from the socket")?;
+        let Some(tag) = Tag::from_byte(frame[0]) else {
+            bail!(
+                "unknown frame tag {:#x}: is the daemon the same version as this client?",
+                frame[0]
+            );
+        };
+        Ok(Some((tag, frame[HEADER..].to_vec())))
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    Ok(Some((tag, payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_frame_half_read_when_another_branch_wins_is_still_read_whole() {
+        let (client, daemon) = tokio::io::duplex(64);
+        let (_, mut writer) = tokio::io::split(client);
+        let mut frames = Frames::new(daemon);
+        let payload = vec![b'x'; 1000];
+        let sent = payload.clone();
+        // The frame trickles in, so reads are cut off mid-frame by the timer below, as
+        // `run`'s reads are by Ctrl-C.
+        tokio::spawn(async move {
+            let mut bytes = vec![Tag::Stdout as u8];
+            bytes.extend_from_slice(&1000u32.to_be_bytes());
+            bytes.extend_from_slice(&sent);
+            bytes.push(Tag::Cancel as u8);
+            bytes.extend_from_slice(&0u32.to_be_bytes());
+            for piece in bytes.chunks(100) {
+                writer.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let mut got = Vec::new();
+        let mut interrupted = 0;
+        while got.len() < 2 {
+            tokio::select! {
+                frame = frames.next() => got.push(frame.unwrap().unwrap()),
+                () = tokio::time::sleep(Duration::from_millis(2)) => interrupted += 1,
+            }
+        }
+        assert!(interrupted > 0, "no read was cut off");
+        assert_eq!(got[0], (Tag::Stdout, payload));
+        assert_eq!(got[1], (Tag::Cancel, Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_unknown_frame_is_refused() {
+        let mut bytes = vec![Tag::Request as u8];
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        let err = Frames::new(&bytes[..]).next().await.unwrap_err();
+        assert!(format!("{err:#}").contains("frame"), "{err:#}");
+        let bytes = [b'?', 0, 0, 0, 0];
+        let err = Frames::new(&bytes[..]).next().await.unwrap_err();
+        assert!(err.to_string().contains("unknown frame tag"), "{err}");
+    }
 }
