@@ -5,8 +5,20 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Where the user asked a command to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
 pub enum RequestedMode {
     Local,
     Sandbox,
@@ -19,35 +31,21 @@ impl RequestedMode {
 
     #[must_use]
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Sandbox => "sandbox",
-            Self::Auto => "auto",
-            Self::Cloud => "cloud",
-        }
+        self.into()
     }
 
     /// Parses a mode name as users write it (case-insensitive).
     pub fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "local" => Some(Self::Local),
-            "sandbox" => Some(Self::Sandbox),
-            "auto" => Some(Self::Auto),
-            "cloud" => Some(Self::Cloud),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for RequestedMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        value.trim().parse().ok()
     }
 }
 
 /// Where a command actually runs (auto resolved to one of these before the workflow starts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::Display, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Mode {
     Local,
     Sandbox,
@@ -57,17 +55,7 @@ pub enum Mode {
 impl Mode {
     #[must_use]
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Sandbox => "sandbox",
-            Self::Cloud => "cloud",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -510,8 +498,21 @@ impl ExecutionInput {
 }
 
 /// Lifecycle of an execution as the store and `executions show` report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Queued,
     Running,
@@ -524,37 +525,16 @@ pub enum Status {
 impl Status {
     #[must_use]
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::TimedOut => "timed_out",
-        }
+        self.into()
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "queued" => Self::Queued,
-            "running" => Self::Running,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            "timed_out" => Self::TimedOut,
-            _ => return None,
-        })
+        value.parse().ok()
     }
 
     #[must_use]
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -603,6 +583,41 @@ impl ExecutionResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_stored_and_serialized_ones() {
+        // The store and `executions show` hold these strings; serde writes the same ones.
+        let statuses = [
+            (Status::Queued, "queued"),
+            (Status::Running, "running"),
+            (Status::Succeeded, "succeeded"),
+            (Status::Failed, "failed"),
+            (Status::Cancelled, "cancelled"),
+            (Status::TimedOut, "timed_out"),
+        ];
+        for (status, name) in statuses {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(status.to_string(), name);
+            assert_eq!(Status::parse(name), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), name);
+        }
+        assert_eq!(Status::parse("TimedOut"), None);
+        for mode in [
+            RequestedMode::Local,
+            RequestedMode::Sandbox,
+            RequestedMode::Auto,
+            RequestedMode::Cloud,
+        ] {
+            let name = serde_json::to_value(mode).unwrap();
+            assert_eq!(mode.as_str(), name);
+            assert_eq!(
+                RequestedMode::parse(&format!(" {} ", mode.as_str().to_uppercase())),
+                Some(mode)
+            );
+        }
+        assert_eq!(RequestedMode::parse("host"), None);
+        assert_eq!(Mode::Cloud.to_string(), "cloud");
+    }
 
     fn spec() -> SandboxSpec {
         SandboxSpec {
