@@ -790,7 +790,6 @@ async fn handle_run(
         &started.workflow_id,
     ));
 
-    let mut client_open = true;
     let mut cancel_sent = false;
     loop {
         tokio::select! {
@@ -817,7 +816,7 @@ async fn handle_run(
                 Some(HubEvent::Ended(_)) => {}
                 None => break,
             },
-            frame = frames.next(), if client_open => match frame {
+            frame = frames.next() => match frame {
                 Ok(Some((Tag::Cancel, _))) if !cancel_sent => {
                     cancel_sent = true;
                     let reason = "cancelled by the client (Ctrl-C)".to_string();
@@ -829,10 +828,7 @@ async fn handle_run(
                 Ok(Some(_)) => {}
                 // The client went away without cancelling: the execution carries on (durable);
                 // its output stays in the store for `stigmer logs`.
-                Ok(None) | Err(_) => {
-                    client_open = false;
-                    break;
-                }
+                Ok(None) | Err(_) => break,
             },
             result = &mut workflow_result => {
                 // Drain what the hub still holds before the result.
@@ -847,7 +843,6 @@ async fn handle_run(
             }
         }
     }
-    let _ = client_open;
     shared.hub.unsubscribe(&id);
     Ok(())
 }
