@@ -254,9 +254,14 @@ pub struct RunArgs {
     /// Sandbox network: bridge (own namespace, outbound allowed) or none (cut off).
     #[arg(long, value_name = "bridge|none")]
     pub network: Option<String>,
-    /// Host directory bind-mounted at /workspace in the sandbox.
-    #[arg(long, value_name = "DIR")]
+    /// Host directory bind-mounted at /workspace in the sandbox, where the command starts; its
+    /// files are handed back to you afterwards. In auto mode the working directory is mounted
+    /// unless --no-workspace.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_workspace")]
     pub workspace: Option<PathBuf>,
+    /// In auto mode, do not mount the working directory into the sandbox.
+    #[arg(long)]
+    pub no_workspace: bool,
     /// Sandbox memory limit, e.g. 512m, 2g (default 2g).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
@@ -713,7 +718,14 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
         extra
     };
     let sandbox = if effective == Mode::Sandbox {
-        Some(sandbox_spec(args, cfg)?)
+        let mut spec = sandbox_spec(args, cfg)?;
+        // Auto mode isolates the host, not the project: the command works on the project's
+        // files, and what it writes there is handed back to the caller.
+        if requested == RequestedMode::Auto && spec.workspace.is_none() && !args.no_workspace {
+            spec.workspace_owner = Some(caller_ids());
+            spec.workspace = Some(workdir.display().to_string());
+        }
+        Some(spec)
     } else if effective == Mode::Cloud {
         if cfg.daytona_api_key.value.is_none() {
             bail!(usage(
@@ -776,6 +788,14 @@ fn parse_size(raw: &str) -> Option<i64> {
     };
     let n: f64 = digits.parse().ok()?;
     (n > 0.0).then_some((n * mult as f64) as i64)
+}
+
+/// Who a workspace is handed back to: the caller's uid and gid.
+fn caller_ids() -> (u32, u32) {
+    (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    )
 }
 
 /// The sandbox container's settings from flags and configuration.
@@ -877,12 +897,7 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         memory_bytes,
         nano_cpus,
         pids_limit,
-        workspace_owner: workspace.as_ref().map(|_| {
-            (
-                nix::unistd::getuid().as_raw(),
-                nix::unistd::getgid().as_raw(),
-            )
-        }),
+        workspace_owner: workspace.as_ref().map(|_| caller_ids()),
         workspace,
         credential_mounts,
         requirements,
@@ -946,6 +961,45 @@ mod tests {
             "{err:#} is a usage error"
         );
         err.to_string()
+    }
+
+    #[test]
+    fn auto_mode_mounts_the_working_directory_in_the_sandbox_unless_told_not_to() {
+        let project = tempfile::tempdir().unwrap();
+        let dir = common_path(project.path());
+        let installs = [
+            "--mode",
+            "auto",
+            "--workdir",
+            &dir,
+            "pip install -r requirements.txt",
+        ];
+        let spec = request(&installs)
+            .unwrap()
+            .sandbox
+            .expect("auto chose the sandbox");
+        let canonical = std::fs::canonicalize(project.path()).unwrap();
+        assert_eq!(spec.workspace.as_deref(), canonical.to_str());
+        assert_eq!(spec.workspace_owner, Some(caller_ids()));
+
+        let mut opted_out = installs.to_vec();
+        opted_out.insert(0, "--no-workspace");
+        let spec = request(&opted_out).unwrap().sandbox.expect("sandbox");
+        assert_eq!(spec.workspace, None);
+        assert_eq!(spec.workspace_owner, None);
+
+        // Sandbox mode mounts only what --workspace names, as before.
+        let spec = request(&["--mode", "sandbox", "--workdir", &dir, "true"])
+            .unwrap()
+            .sandbox
+            .expect("sandbox");
+        assert_eq!(spec.workspace, None);
+        let local = request(&["--mode", "auto", "--workdir", &dir, "ls"]).unwrap();
+        assert_eq!(local.effective_mode, Mode::Local);
+    }
+
+    fn common_path(path: &std::path::Path) -> String {
+        path.to_str().expect("a UTF-8 temp path").to_string()
     }
 
     #[test]

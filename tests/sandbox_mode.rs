@@ -367,6 +367,79 @@ fn the_sandbox_works_in_a_workspace_it_does_not_own_and_hands_the_files_back() {
         "stat -c %u /etc/passwd",
     ]);
     assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
+
+    // Auto mode sends an install to the sandbox with the project mounted where it starts, so
+    // `pip install -r requirements.txt` works on the project's own files (here a local wheel,
+    // no network), and what it writes there is the caller's.
+    write_wheel(&ws);
+    std::fs::write(
+        ws.join("requirements.txt"),
+        "./hello-1.0-py3-none-any.whl\n",
+    )
+    .unwrap();
+    let mut cmd = env.cmd();
+    cmd.current_dir(&ws).args([
+        "run",
+        "--mode",
+        "auto",
+        "pip install --no-index -r requirements.txt --target deps && ls deps/hello",
+    ]);
+    let out = common::output_within(cmd, Duration::from_secs(120));
+    let err = text(&out.stderr);
+    assert!(err.contains("auto mode chose sandbox"), "{err}");
+    assert!(out.status.success(), "stderr: {err}");
+    assert!(
+        text(&out.stdout).contains("__init__.py"),
+        "{}",
+        text(&out.stdout)
+    );
+    for path in ["deps", "deps/hello", "deps/hello/__init__.py"] {
+        let meta = std::fs::symlink_metadata(ws.join(path)).unwrap();
+        assert_eq!(meta.uid(), me, "{path} belongs to the caller afterwards");
+    }
+    // --no-workspace keeps the project out: the same install finds no requirements file.
+    let mut cmd = env.cmd();
+    cmd.current_dir(&ws).args([
+        "run",
+        "--mode",
+        "auto",
+        "--no-workspace",
+        "pip install --no-index -r requirements.txt --target deps",
+    ]);
+    let out = common::output_within(cmd, Duration::from_secs(120));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("requirements.txt")
+            || text(&out.stdout).contains("requirements.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A pure-Python wheel (`hello`), built by hand so the test needs no network or build tools.
+fn write_wheel(dir: &std::path::Path) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+files = {
+    "hello/__init__.py": "GREETING = 'hello from a wheel'\n",
+    "hello-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: hello\nVersion: 1.0\n",
+    "hello-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: stigmer-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(sys.argv[1], "w") as wheel:
+    for name, text in files.items():
+        wheel.writestr(name, text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{name},sha256={digest.decode()},{len(text)}")
+    record.append("hello-1.0.dist-info/RECORD,,")
+    wheel.writestr("hello-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.join("hello-1.0-py3-none-any.whl"))
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "could not write the wheel");
 }
 
 #[test]
