@@ -672,8 +672,13 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             ))),
         }
     }
-    if args.timeout == Some(0) {
-        bail!(usage("--timeout must be at least 1 second"));
+    match args.timeout {
+        Some(0) => bail!(usage("--timeout must be at least 1 second")),
+        Some(secs) if secs > limits::MAX_TIMEOUT_SECS => bail!(usage(format!(
+            "--timeout {secs}: give at most {} seconds (30 days), or no --timeout to run without one",
+            limits::MAX_TIMEOUT_SECS
+        ))),
+        _ => {}
     }
     let requested = cfg.execution_mode.value;
     let (effective, reason) = match requested {
@@ -1087,6 +1092,10 @@ mod tests {
             (&["--env", "NOEQUALS", "true"], "is not K=V"),
             (&["--env", "=v", "true"], "is not K=V"),
             (&["--timeout", "0", "true"], "at least 1 second"),
+            (
+                &["--timeout", "18446744073709551615", "true"],
+                "at most 2592000 seconds",
+            ),
             (&["--requirements", "r.txt", "true"], "needs the sandbox"),
         ] {
             let message = usage_message(args);

@@ -139,6 +139,17 @@ fn parse_u64(raw: &str) -> Result<u64, String> {
         .map_err(|_| "allowed values: a whole number ≥ 0".to_string())
 }
 
+/// Seconds an idle container is kept: 0 (never reused) up to 30 days.
+fn parse_ttl(raw: &str) -> Result<u64, String> {
+    let max = stigmer_workflows::limits::MAX_TTL_SECS;
+    match raw.trim().parse::<u64>() {
+        Ok(secs) if secs <= max => Ok(secs),
+        _ => Err(format!(
+            "allowed values: a whole number of seconds from 0 (never reuse) to {max} (30 days)"
+        )),
+    }
+}
+
 /// `HOST:PORT` for the metrics listener: an IP address (or `localhost`) and a port.
 fn parse_metrics_addr(raw: &str) -> Result<Option<SocketAddr>, String> {
     let raw = raw.trim();
@@ -329,7 +340,7 @@ impl Config {
                 || true,
                 parse_bool,
             )?,
-            sandbox_ttl: layers.get("sandbox_ttl", &["STIGMER_SANDBOX_TTL"], || 3600, parse_u64)?,
+            sandbox_ttl: layers.get("sandbox_ttl", &["STIGMER_SANDBOX_TTL"], || 3600, parse_ttl)?,
             sandbox_network: layers.get(
                 "sandbox_network",
                 &["STIGMER_SANDBOX_NETWORK"],

@@ -262,3 +262,62 @@ async fn a_late_taint_never_reaches_the_next_holder_and_the_warm_hint_sees_only_
     );
     assert_eq!(store.idle_engine("docker", spec).await.unwrap(), None);
 }
+
+/// A store that fails while a local command runs ends the run with the error, and the command
+/// goes with it: it must not run on while its execution is recorded failed.
+#[test]
+fn a_command_whose_store_fails_mid_run_is_killed_not_left_running() {
+    use std::time::Duration;
+    use stigmer_activities::hub::Hub;
+    use stigmer_activities::local::{self, Stopper};
+    use stigmer_activities::output::OutputSink;
+    use stigmer_activities::process::alive;
+
+    let env = common::Env::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let id = "aex-store-fails";
+    let store = runtime.block_on(open(&env));
+    runtime
+        .block_on(store.insert_execution(&new_execution(id)))
+        .unwrap();
+    // The output table goes away under the running command: its next flush fails.
+    common::exec_sql(&env.database_url, "DROP TABLE output");
+    let pid_file = env.dir.path().join("command.pid");
+    let script = format!(
+        "echo $$ > {}; sleep 30 & while :; do echo tick; sleep 0.05; done",
+        pid_file.display()
+    );
+    let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
+    let workdir = common::path_str(env.dir.path());
+    let ended = runtime.block_on(async {
+        let mut sink = OutputSink::new(store.clone(), Hub::new(), id, 1 << 20);
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            local::run(&argv, &workdir, &[], &mut sink, &Stopper::new(), |_| {}),
+        )
+        .await
+    });
+    let Ok(ended) = ended else {
+        panic!("the run did not end when its store failed");
+    };
+    assert!(ended.is_err(), "the store error ends the run: {ended:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    assert!(
+        common::eventually(Duration::from_secs(2), || !alive(pid)),
+        "the command is still running after its run failed"
+    );
+    let in_group = |p: &i32| nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p))) == Ok(pid);
+    assert!(
+        common::eventually(Duration::from_secs(2), || !common::processes_matching(
+            "sleep 30"
+        )
+        .iter()
+        .any(in_group)),
+        "a child of the command is still running after its run failed"
+    );
+}

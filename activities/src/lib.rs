@@ -116,10 +116,22 @@ impl Activities {
                 Ok(ended)
             }
             Err(e) if e.is_store() => Err(e),
-            Err(e) => Ok(Ended::Failed {
-                exit_code: None,
-                reason: format!("{} could not run the command: {e}", B::NAME),
-            }),
+            Err(e) => {
+                // The backend failed mid-command: nothing says the command is not still
+                // running in the container, so it is never lent again.
+                let _ = self
+                    .store
+                    .taint_lease(
+                        &placement.lease_id,
+                        "the backend failed while the command ran",
+                        None,
+                    )
+                    .await;
+                Ok(Ended::Failed {
+                    exit_code: None,
+                    reason: format!("{} could not run the command: {e}", B::NAME),
+                })
+            }
         }
     }
 

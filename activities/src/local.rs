@@ -116,6 +116,9 @@ pub async fn run(
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // From here, every way out kills the group, errors included (a store that fails mid-run
+    // must not leave the command running while its execution is recorded failed).
+    let mut group = crate::process::GroupGuard::new(pgid);
     if let Some(pgid) = pgid {
         on_spawn(pgid.as_raw());
     }
@@ -151,10 +154,12 @@ pub async fn run(
             },
             exited = child.wait(), if status.is_none() => {
                 status = Some(exited);
-                // The command is done: whatever it left running in its group goes with it.
+                // The command is done: whatever it left running in its group goes with it,
+                // now, before its pid can be reused.
                 if let Some(pgid) = pgid {
                     let _ = killpg(pgid, Signal::SIGKILL);
                 }
+                group.disarm();
             }
             _ = flush_tick.tick() => sink.flush().await?,
         }

@@ -67,6 +67,32 @@ async fn wait_gone(target: Target, limit: Duration) -> bool {
     }
 }
 
+/// Kills a command's process group when dropped, unless [`GroupGuard::disarm`]ed first: every
+/// way out of running a command (an error through `?`, a panic, the activity's future dropped)
+/// takes what it started with it, so a command never runs on after its execution is recorded
+/// as failed.
+#[must_use = "the group is killed when the guard is dropped"]
+pub struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    pub fn new(pgid: Option<Pid>) -> Self {
+        Self(pgid)
+    }
+
+    /// The group has been dealt with (killed at the command's end): nothing to do on drop.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// Whether a process exists and is not a zombie.
 #[must_use]
 pub fn alive(pid: Pid) -> bool {

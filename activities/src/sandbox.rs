@@ -639,18 +639,34 @@ impl crate::backend::ContainerBackend for SandboxBackend {
         let mut flush_tick = tokio::time::interval(crate::output::FLUSH_INTERVAL);
         let mut outcome = None;
         let mut streams_open = true;
-        while outcome.is_none() || streams_open {
-            tokio::select! {
-                result = &mut run, if outcome.is_none() => outcome = Some(result),
-                chunk = rx.recv(), if streams_open => match chunk {
-                    Some(chunk) => {
-                        crate::chaos::point("mid-exec");
-                        sink.write(chunk.kind, chunk.data.to_vec(), stop.token()).await?;
-                    }
-                    None => streams_open = false,
-                },
-                _ = flush_tick.tick() => sink.flush().await?,
+        let pumped: Result<(), StoreError> = async {
+            while outcome.is_none() || streams_open {
+                tokio::select! {
+                    result = &mut run, if outcome.is_none() => outcome = Some(result),
+                    chunk = rx.recv(), if streams_open => match chunk {
+                        Some(chunk) => {
+                            crate::chaos::point("mid-exec");
+                            sink.write(chunk.kind, chunk.data.to_vec(), stop.token()).await?;
+                        }
+                        None => streams_open = false,
+                    },
+                    _ = flush_tick.tick() => sink.flush().await?,
+                }
             }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = pumped {
+            // The store failed mid-run: the command must not run on in the container while its
+            // execution is recorded failed, and the caller gets its workspace back.
+            if outcome.is_none() {
+                let pid_file = ExecRequest::pid_file_for(execution_id);
+                let _ = engine.kill_exec(&placement.container_id, &pid_file).await;
+            }
+            if let Some((dir, uid, gid)) = lent {
+                lend_workspace(&dir, uid, gid).await;
+            }
+            return Err(e.into());
         }
         let Some(outcome) = outcome else {
             return Ok((

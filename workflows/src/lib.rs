@@ -458,10 +458,11 @@ fn failure_message(err: &ActivityExecutionError) -> String {
 }
 
 /// The exec activity's start-to-close: the user's timeout (enforced inside the activity) plus
-/// room to kill and report, or a day when there is none (heartbeats catch a lost worker).
+/// room to kill and report, or a day when there is none (heartbeats catch a lost worker). The
+/// timeout is bounded, so an input from elsewhere cannot ask for one Temporal cannot encode.
 fn exec_start_to_close(input: &ExecutionInput) -> Duration {
     match input.timeout_secs {
-        Some(secs) => Duration::from_secs(secs.saturating_add(60)),
+        Some(secs) => Duration::from_secs(secs.min(limits::MAX_TIMEOUT_SECS) + 60),
         None => Duration::from_secs(24 * 3600),
     }
 }

@@ -222,6 +222,11 @@ pub mod limits {
     pub const MIN_PIDS: i64 = 8;
     /// CPUs, as Docker counts them.
     pub const MAX_CPUS: f64 = 1024.0;
+    /// The longest `--timeout`: 30 days. Longer cannot be a Temporal timeout (a huge value made
+    /// the start hang), and no command here is meant to run for a month.
+    pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+    /// The longest an idle container is kept for reuse: 30 days.
+    pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 }
 
 /// What runs a sandbox execution's container.
@@ -271,6 +276,13 @@ impl SandboxSpec {
                 "process limit {}: give at least {}",
                 self.pids_limit,
                 limits::MIN_PIDS
+            ));
+        }
+        if self.ttl_secs > limits::MAX_TTL_SECS {
+            return Err(format!(
+                "sandbox TTL {} s: give at most {} s (30 days)",
+                self.ttl_secs,
+                limits::MAX_TTL_SECS
             ));
         }
         Ok(())
