@@ -254,16 +254,39 @@ pub(crate) fn is_missing_table(e: &sqlx::Error) -> bool {
 /// Removes a password from a database URL so it can appear in messages.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    /// Query parameters that carry a secret (libpq's and sqlx's names among them).
+    const SECRET_PARAMS: &[&str] = &[
+        "password",
+        "passwd",
+        "pwd",
+        "sslpassword",
+        "secret",
+        "token",
+    ];
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Not a URL this can read: show only that there was one.
+        return match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(not shown: it does not parse as a URL)"),
+            None => url.to_string(),
+        };
     };
-    let Some((creds, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                (
+                    k.into_owned(),
+                    if secret { "***".into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -277,5 +300,16 @@ mod tests {
             "postgres://stigmer:***@db:5432/stigmer"
         );
         assert_eq!(redact_url("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+        // A password holding `@`, and one given as a query parameter.
+        let shown = redact_url("postgres://stigmer:p@ss@db:5432/stigmer");
+        assert_eq!(shown, "postgres://stigmer:***@db:5432/stigmer");
+        let shown = redact_url("postgres://db/stigmer?user=me&password=s3cret&sslmode=require");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("user=me") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
+        let shown = redact_url("postgres://me:s3cret@[::1/db");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }
