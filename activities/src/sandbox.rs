@@ -538,15 +538,136 @@ async fn lend_workspace(dir: &str, uid: u32, gid: u32) {
     }
 }
 
-fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
+/// Chowns `root` and everything below it. Below the root nothing is followed: each directory
+/// is opened relative to the one held open above it with `O_NOFOLLOW`, and each entry is
+/// chowned relative to its directory with `AT_SYMLINK_NOFOLLOW`. So a process in the container
+/// that swaps a directory for a link to a host path while the walk runs changes which link is
+/// chowned, never the host path behind it (a path-based walk would follow it).
+fn chown_tree(root: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use nix::dir::Dir;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    let owner = Some(nix::unistd::Uid::from_raw(uid));
+    let group = Some(nix::unistd::Gid::from_raw(gid));
+    // The root is the caller's own path (it may be reached through links it chose).
+    let dir = Dir::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    nix::unistd::fchown(dir.as_raw_fd(), owner, group)?;
+    chown_below(dir, owner, group)
+}
+
+fn chown_below(
+    mut dir: nix::dir::Dir,
+    owner: Option<nix::unistd::Uid>,
+    group: Option<nix::unistd::Gid>,
+) -> std::io::Result<()> {
+    use nix::dir::{Dir, Type};
+    use nix::errno::Errno;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    let mut subdirs = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        match nix::unistd::fchownat(Some(fd), name, owner, group, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            // Gone since it was listed: nothing to hand back.
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if matches!(entry.file_type(), Some(Type::Directory) | None) {
+            subdirs.push(name.to_owned());
+        }
+    }
+    for name in subdirs {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
+            Ok(sub) => chown_below(sub, owner, group)?,
+            // A link or a file by now (or gone): not followed.
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod chown_tests {
+    use super::chown_tree;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn the_hand_back_never_follows_a_link_even_one_swapped_in_during_the_walk() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chowning to another user needs root");
+            return;
+        }
+        let host = tempfile::tempdir().unwrap();
+        let outside = host.path().join("outside");
+        // The host directory looks like the workspace's `sub`, so a walk by path that is led
+        // there finds the names it expects.
+        std::fs::create_dir_all(outside.join("deeper")).unwrap();
+        std::fs::write(outside.join("deeper/f"), "host file").unwrap();
+        let ws = host.path().join("ws");
+        std::fs::create_dir_all(ws.join("sub/deeper")).unwrap();
+        std::fs::write(ws.join("sub/deeper/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+
+        chown_tree(&ws, 1000, 1000).unwrap();
+        for path in ["", "sub", "sub/deeper", "sub/deeper/f"] {
+            assert_eq!(
+                std::fs::metadata(ws.join(path)).unwrap().uid(),
+                1000,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            std::fs::symlink_metadata(ws.join("link")).unwrap().uid(),
+            1000
+        );
+        assert_eq!(
+            std::fs::metadata(outside.join("deeper/f")).unwrap().uid(),
+            0
+        );
+
+        // A process keeps swapping `sub` for a link to the host directory while walks run.
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (ws, outside, stop) = (ws.clone(), outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (sub, parked) = (ws.join("sub"), ws.join("parked"));
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::rename(&sub, &parked);
+                    let _ = std::os::unix::fs::symlink(&outside, &sub);
+                    let _ = std::fs::remove_file(&sub);
+                    let _ = std::fs::rename(&parked, &sub);
+                }
+            })
+        };
+        for round in 0..20_000 {
+            let _ = chown_tree(&ws, 1000 + round % 2, 1000);
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        for file in [outside.join("deeper"), outside.join("deeper/f")] {
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().uid(),
+                0,
+                "{} was chowned through a swapped-in link",
+                file.display()
+            );
+        }
+    }
 }
 
 /// The name of a lease's container: a crash before its id is recorded can still find it.
