@@ -599,77 +599,6 @@ fn chown_below(
     Ok(())
 }
 
-#[cfg(test)]
-mod chown_tests {
-    use super::chown_tree;
-    use std::os::unix::fs::MetadataExt;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    #[test]
-    fn the_hand_back_never_follows_a_link_even_one_swapped_in_during_the_walk() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: chowning to another user needs root");
-            return;
-        }
-        let host = tempfile::tempdir().unwrap();
-        let outside = host.path().join("outside");
-        // The host directory looks like the workspace's `sub`, so a walk by path that is led
-        // there finds the names it expects.
-        std::fs::create_dir_all(outside.join("deeper")).unwrap();
-        std::fs::write(outside.join("deeper/f"), "host file").unwrap();
-        let ws = host.path().join("ws");
-        std::fs::create_dir_all(ws.join("sub/deeper")).unwrap();
-        std::fs::write(ws.join("sub/deeper/f"), "x").unwrap();
-        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
-
-        chown_tree(&ws, 1000, 1000).unwrap();
-        for path in ["", "sub", "sub/deeper", "sub/deeper/f"] {
-            assert_eq!(
-                std::fs::metadata(ws.join(path)).unwrap().uid(),
-                1000,
-                "{path}"
-            );
-        }
-        assert_eq!(
-            std::fs::symlink_metadata(ws.join("link")).unwrap().uid(),
-            1000
-        );
-        assert_eq!(
-            std::fs::metadata(outside.join("deeper/f")).unwrap().uid(),
-            0
-        );
-
-        // A process keeps swapping `sub` for a link to the host directory while walks run.
-        let stop = Arc::new(AtomicBool::new(false));
-        let swapper = {
-            let (ws, outside, stop) = (ws.clone(), outside.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let (sub, parked) = (ws.join("sub"), ws.join("parked"));
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = std::fs::rename(&sub, &parked);
-                    let _ = std::os::unix::fs::symlink(&outside, &sub);
-                    let _ = std::fs::remove_file(&sub);
-                    let _ = std::fs::rename(&parked, &sub);
-                }
-            })
-        };
-        for round in 0..20_000 {
-            let _ = chown_tree(&ws, 1000 + round % 2, 1000);
-        }
-        stop.store(true, Ordering::Relaxed);
-        swapper.join().unwrap();
-        for file in [outside.join("deeper"), outside.join("deeper/f")] {
-            assert_eq!(
-                std::fs::metadata(&file).unwrap().uid(),
-                0,
-                "{} was chowned through a swapped-in link",
-                file.display()
-            );
-        }
-    }
-}
-
 /// The name of a lease's container: a crash before its id is recorded can still find it.
 #[must_use]
 pub fn container_name(lease_id: &str) -> String {
@@ -930,5 +859,76 @@ impl crate::backend::ContainerBackend for SandboxBackend {
             reused: true,
             task_queue: self.host_queue(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod chown_tests {
+    use super::chown_tree;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn the_hand_back_never_follows_a_link_even_one_swapped_in_during_the_walk() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chowning to another user needs root");
+            return;
+        }
+        let host = tempfile::tempdir().unwrap();
+        let outside = host.path().join("outside");
+        // The host directory looks like the workspace's `sub`, so a walk by path that is led
+        // there finds the names it expects.
+        std::fs::create_dir_all(outside.join("deeper")).unwrap();
+        std::fs::write(outside.join("deeper/f"), "host file").unwrap();
+        let ws = host.path().join("ws");
+        std::fs::create_dir_all(ws.join("sub/deeper")).unwrap();
+        std::fs::write(ws.join("sub/deeper/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+
+        chown_tree(&ws, 1000, 1000).unwrap();
+        for path in ["", "sub", "sub/deeper", "sub/deeper/f"] {
+            assert_eq!(
+                std::fs::metadata(ws.join(path)).unwrap().uid(),
+                1000,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            std::fs::symlink_metadata(ws.join("link")).unwrap().uid(),
+            1000
+        );
+        assert_eq!(
+            std::fs::metadata(outside.join("deeper/f")).unwrap().uid(),
+            0
+        );
+
+        // A process keeps swapping `sub` for a link to the host directory while walks run.
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (ws, outside, stop) = (ws.clone(), outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (sub, parked) = (ws.join("sub"), ws.join("parked"));
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::rename(&sub, &parked);
+                    let _ = std::os::unix::fs::symlink(&outside, &sub);
+                    let _ = std::fs::remove_file(&sub);
+                    let _ = std::fs::rename(&parked, &sub);
+                }
+            })
+        };
+        for round in 0..20_000 {
+            let _ = chown_tree(&ws, 1000 + round % 2, 1000);
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        for file in [outside.join("deeper"), outside.join("deeper/f")] {
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().uid(),
+                0,
+                "{} was chowned through a swapped-in link",
+                file.display()
+            );
+        }
     }
 }
