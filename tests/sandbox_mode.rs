@@ -521,6 +521,27 @@ fn a_command_that_leaves_a_process_behind_taints_its_container() {
     let out = env.stigmer(&["run", "true"]);
     assert!(out.status.success());
     assert_eq!(env.last_execution()["container_id"], clean.as_str());
+
+    // A process that leaves the command's group for a session of its own is a leftover too:
+    // the next execution never meets it.
+    let out = env.stigmer(&[
+        "run",
+        "setsid -f sh -c 'sleep 4848' >/dev/null 2>&1; echo left",
+    ]);
+    assert_eq!(text(&out.stdout), "left\n", "{}", text(&out.stderr));
+    assert_eq!(env.last_execution()["container_id"], clean.as_str());
+    assert!(
+        eventually(Duration::from_secs(20), || !container_exists(&clean)),
+        "a container with a process in a new session is removed, never reused"
+    );
+    let out = env.stigmer(&["run", "ps -eo args"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("sleep 4848"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_ne!(env.last_execution()["container_id"], clean.as_str());
 }
 
 /// The container's keep-alive command, as the engine reports it.

@@ -250,6 +250,10 @@ impl Agent<'_> {
         if !alive {
             let _ = std::fs::write(&r.pid_file, b"");
         }
+        // A process that left the command's group (`setsid`, a double fork into a new session)
+        // escapes the group check; anything alive besides init and this agent is a leftover,
+        // and the container must not reach the next execution with it.
+        let alive = alive || others_alive();
         let (pm1, ok1) = counters();
         let payload = format!(
             "{} {code} {} {} {pm1} {ok1} {}",
@@ -454,11 +458,22 @@ fn group_alive(pgid: c_int) -> bool {
     if pgid <= 1 {
         return false;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        // SAFETY: kill(2) with signal 0 probes a process group; no memory is involved.
-        return unsafe { kill(-pgid, 0) } == 0;
-    };
-    entries.flatten().any(|entry| {
+    // SAFETY: kill(2) with signal 0 probes a process group; no memory is involved.
+    any_live_process(|_, pgrp| pgrp == pgid).unwrap_or_else(|| unsafe { kill(-pgid, 0) } == 0)
+}
+
+/// Whether a live process other than init (PID 1) and this agent runs in the container. Where
+/// /proc cannot be read, nothing can be told, and the container is taken as not clean.
+fn others_alive() -> bool {
+    let me = std::process::id() as c_int;
+    any_live_process(|pid, _| pid != 1 && pid != me).unwrap_or(true)
+}
+
+/// Whether a live (not zombie) process matching `wanted(pid, pgrp)` is listed in /proc; `None`
+/// when /proc cannot be read.
+fn any_live_process(wanted: impl Fn(c_int, c_int) -> bool) -> Option<bool> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    Some(entries.flatten().any(|entry| {
         let name = entry.file_name();
         let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
             return false;
@@ -472,9 +487,14 @@ fn group_alive(pgid: c_int) -> bool {
         };
         let mut fields = rest.split_whitespace();
         let state = fields.next().unwrap_or("Z");
-        let pgrp = fields.nth(1).and_then(|g| g.parse::<c_int>().ok());
-        pgrp == Some(pgid) && state != "Z" && state != "X"
-    })
+        let Some(pgrp) = fields.nth(1).and_then(|g| g.parse::<c_int>().ok()) else {
+            return false;
+        };
+        let Ok(pid) = pid.parse::<c_int>() else {
+            return false;
+        };
+        state != "Z" && state != "X" && wanted(pid, pgrp)
+    }))
 }
 
 /// The container's cgroup counters: pids-limit hits and OOM kills (`-` when unreadable), read
