@@ -91,6 +91,27 @@ fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variable
         "lo\n",
         "--network none leaves only loopback"
     );
+
+    // The channel to the worker is out of the command's reach: PID 1 is the agent, not
+    // dumpable, so neither its stdio (where the next request, with its environment, arrives)
+    // nor any other process's file descriptors can be opened, though they share the uid.
+    let out = env.stigmer(&[
+        "run",
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+         for p in /proc/[0-9]*; do if [ \"$p\" != /proc/$$ ] && ls $p/fd >/dev/null 2>&1; then echo \"open: $p\"; fi; done; \
+         exec 3</proc/1/fd/0 && echo 'stdin of PID 1 opened'; true",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(stigmer_docker::AGENT_PATH),
+        "PID 1 is the agent: {stdout}"
+    );
+    assert!(!stdout.contains("stdin of PID 1 opened"), "{stdout}");
+    let open: Vec<&str> = stdout.lines().filter(|l| l.starts_with("open:")).collect();
+    assert!(
+        open.is_empty(),
+        "another process's descriptors were readable: {open:?}"
+    );
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! A `docker exec` costs the engine a runc exec (tens of milliseconds) before the command's first
 //! instruction; this process is already inside the container, so it spawns a command with a
 //! fork. The worker copies it into the container before starting it (it is a static binary with
-//! no dependency on the image), makes it the container's command under `docker-init`, and talks
-//! to it over the container's attached stdio: requests are lines on stdin, answers are frames on
+//! no dependency on the image), makes it the container's first process (PID 1, no `docker-init`:
+//! init would hold the same stdio, dumpable, where a command could read `/proc/1/fd/0`), and
+//! talks to it over the container's attached stdio: requests are lines on stdin, answers are frames on
 //! stdout. That channel needs no network (it works with `--network none`) and no shared file
 //! system (it works with a remote engine).
 //!
@@ -21,11 +22,13 @@
 //!
 //! The pid file has the format of the exec wrapper (`<pgid> <pids_max> <oom_kill>`), so the
 //! exec-based kill and leftover checks work on either kind of container. Single-threaded (poll):
-//! an idle container holds two tasks, docker-init and this process. Not dumpable: a command of
-//! the same uid can neither read this process's memory (where the next request's environment
-//! passes) nor write to its stdio.
+//! an idle container holds one task, this process. Not dumpable: a command of the same uid can
+//! neither read this process's memory (where the next request's environment passes) nor open
+//! its stdio through `/proc/1/fd`. As PID 1 it reaps the orphans commands leave (never the
+//! command itself, which its `Child` waits for) and exits on SIGTERM, which PID 1 would
+//! otherwise ignore.
 
-use std::ffi::{c_int, c_long, c_ulong};
+use std::ffi::{c_int, c_long, c_uint, c_ulong};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
@@ -49,6 +52,41 @@ unsafe extern "C" {
     fn kill(pid: c_int, sig: c_int) -> c_int;
     fn syscall(num: c_long, ...) -> c_long;
     fn prctl(option: c_int, ...) -> c_int;
+    fn waitid(idtype: c_int, id: c_uint, infop: *mut c_int, options: c_int) -> c_int;
+    fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
+    fn _exit(status: c_int) -> !;
+}
+
+const P_ALL: c_int = 0;
+const WNOHANG: c_int = 1;
+const WEXITED: c_int = 4;
+const WNOWAIT: c_int = 0x0100_0000;
+/// Where `si_pid` sits in a `siginfo_t` (128 bytes on every Linux), counted in `c_int`s: after
+/// signo, errno and code, and on 64-bit targets the padding that aligns the union.
+const SI_PID: usize = if cfg!(target_pointer_width = "64") { 4 } else { 3 };
+/// How often an idle PID 1 reaps orphans (a command running wakes it more often anyway).
+const REAP_TICK: Duration = Duration::from_secs(1);
+
+extern "C" fn exit_on_term(_: c_int) {
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { _exit(0) }
+}
+
+/// As PID 1, reaps every exited child but `command`, which its `Child` reaps: `WNOWAIT` looks
+/// first, so the command's status is never taken from it.
+fn reap_orphans(command: Option<c_int>) {
+    loop {
+        let mut info = [0 as c_int; 32];
+        // SAFETY: `info` is a 128-byte buffer, the size of siginfo_t, valid for the call.
+        let r = unsafe { waitid(P_ALL, 0, info.as_mut_ptr(), WEXITED | WNOHANG | WNOWAIT) };
+        let pid = info[SI_PID];
+        if r != 0 || pid == 0 || Some(pid) == command {
+            return;
+        }
+        // SAFETY: reaps the one exited child named; a null status pointer is allowed.
+        unsafe { waitpid(pid, std::ptr::null_mut(), WNOHANG) };
+    }
 }
 
 const POLLIN: i16 = 0x1;
@@ -69,6 +107,12 @@ fn main() {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's own attributes.
     unsafe {
         prctl(PR_SET_DUMPABLE, 0 as c_ulong);
+    }
+    if std::process::id() == 1 {
+        // SAFETY: installs a handler that only calls _exit (async-signal-safe).
+        unsafe {
+            signal(SIGTERM, exit_on_term);
+        }
     }
     // SAFETY: fd 1 is the container's stdout for the life of the process; never closed here.
     let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
@@ -158,6 +202,11 @@ impl Agent<'_> {
                     let left = due.saturating_duration_since(now);
                     wait = Some(wait.map_or(left, |w| w.min(left)));
                 }
+            }
+            let pid1 = std::process::id() == 1;
+            if pid1 {
+                reap_orphans(self.running.as_ref().map(|r| r.pgid));
+                wait = Some(wait.map_or(REAP_TICK, |w| w.min(REAP_TICK)));
             }
             let timeout_ms = wait.map_or(-1, |w| w.as_nanos().div_ceil(1_000_000).min(60_000) as c_int);
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call's duration.

@@ -39,7 +39,9 @@ pub const LABEL_AGENT: &str = "io.stigmer.agent";
 /// The protocol of `agent/stigmer-agent.rs`. A container labelled with another one was made by
 /// a worker of another release: it is served by exec, and workers remove it rather than reuse it
 /// (`stigmer-activities`' `reuse_idle`), so a framing change never meets an old agent.
-pub const AGENT_PROTOCOL: &str = "1";
+///
+/// 2: the agent is the container's PID 1 (no docker-init holding its stdio).
+pub const AGENT_PROTOCOL: &str = "2";
 
 /// The agent binary built for this crate's target, empty where it could not be built.
 static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stigmer-agent"));

@@ -1,9 +1,9 @@
 //! Sandbox containers: create (hardened, labelled, kept alive), inspect, list, stop, remove.
 //!
-//! A sandbox container runs nothing of its own: `docker-init` as pid 1 reaping orphans, and a
-//! keep-alive holding the container up between executions so that it can be reused within its
-//! TTL: the agent (module `agent`), which also runs the commands, or `sleep infinity` where the
-//! agent cannot run, with commands as execs ([`crate::exec`]). Every container carries the
+//! A sandbox container runs nothing of its own but a keep-alive holding it up between
+//! executions so that it can be reused within its TTL: the agent (module `agent`) as PID 1,
+//! which also runs the commands and reaps orphans, or, where the agent cannot run, `sleep
+//! infinity` under `docker-init` (which reaps), with commands as execs ([`crate::exec`]). Every container carries the
 //! `io.stigmer.*` labels, so that a crash at any instant leaves something the reaper can find,
 //! and a reaper only ever lists (and so only ever removes) its own store's containers.
 //!
@@ -103,7 +103,7 @@ impl Engine {
     ///
     /// Hardening is not optional: the caller's user (non-root), all capabilities dropped,
     /// `no-new-privileges`, the container's own network namespace (bridge or none), memory
-    /// without swap, CPU and pids limits, `docker-init` as pid 1, a private IPC namespace, an
+    /// without swap, CPU and pids limits, a reaping PID 1 (the agent, or `docker-init`), a private IPC namespace, an
     /// empty environment apart from the image's own, and no mount that exposes the Docker socket.
     ///
     /// Idempotent per name: if a container of that name already exists with the same labels
@@ -324,6 +324,7 @@ impl Engine {
     /// runs, at the cost of a file read. Any other count, or no such file (a remote engine, a
     /// worker in a container), asks the engine.
     pub async fn processes_besides_keepalive(&self, id: &str) -> Result<usize, EngineError> {
+        // Only containers without the agent come here: docker-init and `sleep infinity`.
         if pids_current_on_this_host(id) == Some(2) {
             return Ok(0);
         }
@@ -493,7 +494,8 @@ fn container_body(
         )])
     });
     let host_config = HostConfig {
-        init: Some(true),
+        // The agent is PID 1 itself (it reaps orphans); `sleep infinity` needs docker-init.
+        init: Some(!agent),
         cap_drop: Some(vec!["ALL".into()]),
         cap_add: Some(vec![]),
         security_opt: Some(vec!["no-new-privileges".into()]),
@@ -523,7 +525,8 @@ fn container_body(
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
-        // docker-init (Init: true) is pid 1 and reaps orphans; the keep-alive holds it up.
+        // The keep-alive holds the container up: the agent as PID 1, or `sleep infinity` under
+        // docker-init.
         cmd: Some(keepalive),
         entrypoint: Some(vec![]),
         env: Some(vec![]),
