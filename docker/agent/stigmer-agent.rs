@@ -295,14 +295,30 @@ impl Agent<'_> {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        let alive = group_alive(r.pgid);
+        // What the command left behind goes with it, as its group does on the host: in its
+        // group or in a session of its own (`setsid`, a double fork), anything alive besides
+        // init and this agent. kill(-1) reaches every process this user may signal but PID 1
+        // and the caller. Whatever survives that makes the container unfit for the next
+        // execution (it would meet it, and could read its environment).
+        if others_alive() {
+            // SAFETY: kill(2) with pid -1 signals processes; no memory is involved.
+            unsafe {
+                kill(-1, SIGKILL);
+            }
+            for _ in 0..200 {
+                if std::process::id() == 1 {
+                    reap_orphans(None);
+                }
+                if !others_alive() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let alive = others_alive();
         if !alive {
             let _ = std::fs::write(&r.pid_file, b"");
         }
-        // A process that left the command's group (`setsid`, a double fork into a new session)
-        // escapes the group check; anything alive besides init and this agent is a leftover,
-        // and the container must not reach the next execution with it.
-        let alive = alive || others_alive();
         let (pm1, ok1) = counters();
         let payload = format!(
             "{} {code} {} {} {pm1} {ok1} {}",

@@ -63,7 +63,8 @@ async fn runs_as_uid_1000_without_capabilities_or_new_privileges() {
         .expect("inspect");
     let hc = inspect.host_config.expect("host config");
     assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
-    assert_eq!(hc.init, Some(true));
+    // The agent is PID 1 and reaps; without it, docker-init is.
+    assert_eq!(hc.init, Some(!h.engine.agent_enabled()));
     assert_eq!(hc.memory, Some(2 * 1024 * 1024 * 1024));
     assert_eq!(hc.memory_swap, hc.memory, "no swap");
     assert_eq!(hc.pids_limit, Some(512));
@@ -349,6 +350,18 @@ async fn background_job_left_running_is_reported_and_kill_exec_ends_it() {
     let pid_file = req.pid_file.clone();
     let r = h.run(&id, req).await;
     assert_eq!(r.outcome.exit_code, Some(0));
+    if h.engine.agent_enabled() {
+        // The agent kills what a command leaves behind when it ends, as the host kills a local
+        // command's group: nothing is left to report or to kill.
+        assert!(
+            r.outcome.checked && !r.outcome.stray_processes,
+            "{:?}",
+            r.outcome
+        );
+        assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
+        assert!(!h.engine.kill_exec(&id, &pid_file).await.expect("kill"));
+        return;
+    }
     assert!(r.outcome.stray_processes, "{:?}", r.outcome);
     assert!(h.engine.kill_exec(&id, &pid_file).await.expect("kill"));
     assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
@@ -359,20 +372,13 @@ async fn background_job_left_running_is_reported_and_kill_exec_ends_it() {
             .expect("kill again")
     );
 
-    // With the check skipped on success, the caller checks before reuse. (The agent checks
-    // every command itself, at no cost: then the outcome says so.)
+    // With the check skipped on success, the caller checks before reuse.
     let req = sh("sleep 300 >/dev/null 2>&1 & echo bg").skip_check_on_success();
     let pid_file = req.pid_file.clone();
     let r = h.run(&id, req).await;
     assert_eq!(r.outcome.exit_code, Some(0));
-    assert_eq!(
-        r.outcome.checked, r.outcome.stray_processes,
-        "{:?}",
-        r.outcome
-    );
-    assert_eq!(
-        r.outcome.checked,
-        h.engine.agent_enabled(),
+    assert!(
+        !r.outcome.checked && !r.outcome.stray_processes,
         "{:?}",
         r.outcome
     );
@@ -612,8 +618,16 @@ async fn connect_to_a_missing_socket_says_what_to_do() {
 async fn a_command_that_kills_everything_it_can_taints_the_container() {
     let h = harness!();
     let id = h.container(&h.spec()).await;
-    // SIGKILL to every process uid 1000 may signal: the keep-alive dies, the container stops.
+    // SIGKILL to every process uid 1000 may signal. The agent is PID 1, which kill(-1) spares:
+    // the container stays up, clean, and serves the next command.
     let r = h.sh(&id, "kill -KILL -1").await;
+    if h.engine.agent_enabled() {
+        assert!(!r.outcome.stray_processes, "{:?}", r.outcome);
+        let next = h.sh(&id, "echo alive").await;
+        assert_eq!(next.stdout, "alive\n", "{:?}", next.outcome);
+        return;
+    }
+    // Without the agent the keep-alive (`sleep infinity`) dies, and the container stops.
     assert!(r.outcome.stray_processes, "{:?}", r.outcome);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -737,7 +751,7 @@ async fn the_agent_keeps_the_container_and_commands_cannot_touch_it() {
             .expect("labels")
             .get(LABEL_AGENT)
             .map(String::as_str),
-        Some("1")
+        Some(stigmer_docker::AGENT_PROTOCOL)
     );
     // Its output (the commands' output) is kept by no log driver.
     let log = inspect
@@ -771,9 +785,9 @@ async fn the_agent_keeps_the_container_and_commands_cannot_touch_it() {
         r.stdout,
         r.stderr
     );
-    // Idle, the container holds docker-init and the agent and nothing else.
+    // Idle, the container holds the agent (its PID 1) and nothing else.
     assert_eq!(leftover_processes(&h, &id).await, Vec::<String>::new());
-    assert_eq!(h.engine.processes(&id).await.expect("top").len(), 2);
+    assert_eq!(h.engine.processes(&id).await.expect("top").len(), 1);
     // Bind-mounted read-only from this host, not copied in.
     let mount = inspect
         .mounts
