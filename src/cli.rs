@@ -795,6 +795,18 @@ fn parse_size(raw: &str) -> Option<i64> {
     (n > 0.0).then_some((n * mult as f64) as i64)
 }
 
+/// Whose containers a sandbox execution may reuse: a user, and within CI one run. The CI
+/// identity is the client's claim, so this keeps pipelines from meeting by accident, not an
+/// attacker with the same uid.
+#[must_use]
+pub fn owner_of(uid: u32, ci_identity: Option<&str>) -> String {
+    // The run, not its details: `SYSTEM:PROJECT@RUN`, the identity's first word.
+    match ci_identity.and_then(|ci| ci.split_whitespace().next()) {
+        Some(run) => format!("uid:{uid} {run}"),
+        None => format!("uid:{uid}"),
+    }
+}
+
 /// Who a workspace is handed back to: the caller's uid and gid.
 fn caller_ids() -> (u32, u32) {
     (
@@ -908,6 +920,11 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         requirements,
         execution_id: None,
         backend: Backend::Docker,
+        // The caller as this process sees it; the daemon puts the uid its socket sees instead.
+        owner: Some(owner_of(
+            nix::unistd::getuid().as_raw(),
+            client::ci_identity().as_deref(),
+        )),
     })
 }
 

@@ -547,6 +547,32 @@ fn what_a_command_leaves_behind_is_killed_and_never_meets_the_next_execution() {
         .collect();
     assert!(others.is_empty(), "processes besides the agent: {listed}");
     assert!(container_exists(&first));
+
+    // Containers are reused within one owner only: two CI runs of the same user never meet.
+    let in_run = |run: &str| {
+        let mut cmd = env.cmd();
+        cmd.env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_REPOSITORY", "acme/app")
+            .env("GITHUB_RUN_ID", run)
+            .args(["run", "true"]);
+        let out = common::output_within(cmd, Duration::from_secs(120));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        env.last_execution()["container_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let run_1 = in_run("1");
+    assert_ne!(
+        run_1, first,
+        "a CI run reused a container of the user outside CI"
+    );
+    assert_eq!(in_run("1"), run_1, "the same run reuses its own container");
+    let run_2 = in_run("2");
+    assert!(
+        run_2 != run_1 && run_2 != first,
+        "another run reused a container"
+    );
 }
 
 /// The container's keep-alive command, as the engine reports it.

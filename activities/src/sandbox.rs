@@ -144,6 +144,9 @@ impl SandboxBackend {
         if let Some(dir) = &spec.workspace {
             c = c.with_workspace(dir.clone());
         }
+        if let Some(owner) = &spec.owner {
+            c = c.with_owner(owner.clone());
+        }
         for mount in &spec.credential_mounts {
             c.credential_mounts.push(CredentialMount {
                 source: PathBuf::from(&mount.host),

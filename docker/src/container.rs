@@ -34,6 +34,8 @@ pub const LABEL_LEASE: &str = "io.stigmer.lease";
 pub const LABEL_WORKER: &str = "io.stigmer.worker";
 /// Label carrying [`ContainerSpec::spec_hash`], set by [`Engine::create_container`].
 pub const LABEL_SPEC_HASH: &str = "io.stigmer.spec-hash";
+/// Label: the owner a container is reused for (absent: shared by its spec).
+pub const LABEL_OWNER: &str = "io.stigmer.owner";
 
 /// How long a stop waits for the keep-alive to exit before the engine kills it.
 const STOP_GRACE_SECS: i32 = 5;
@@ -121,6 +123,9 @@ impl Engine {
             labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         all_labels.insert(LABEL_MANAGED.into(), "true".into());
         all_labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
+        if let Some(owner) = &spec.owner {
+            all_labels.insert(LABEL_OWNER.into(), owner.clone());
+        }
 
         let mut agent = !spec.readonly_rootfs && self.agent_fits(&spec.image).await;
         let mut mount = if agent {

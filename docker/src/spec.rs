@@ -111,6 +111,9 @@ pub struct ContainerSpec {
     /// `npm` and most tools write to `$HOME` and their caches, which is the sandbox's main job;
     /// the container is disposable and non-root, so a writable root harms nothing but itself.
     pub readonly_rootfs: bool,
+    /// Whose container it is (a user, a CI run): containers are reused only by their owner.
+    /// `None` shares it with every caller of the same spec (as before owners existed).
+    pub owner: Option<String>,
 }
 
 impl ContainerSpec {
@@ -127,7 +130,15 @@ impl ContainerSpec {
             workspace: None,
             credential_mounts: Vec::new(),
             readonly_rootfs: false,
+            owner: None,
         }
+    }
+
+    /// Sets the owner: only an execution of the same owner reuses the container.
+    #[must_use]
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 
     /// Sets the network namespace.
@@ -206,7 +217,7 @@ impl ContainerSpec {
             .map(|m| (m.source.to_string_lossy().into_owned(), m.target.clone()))
             .collect();
         mounts.sort();
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "v": 1,
             "image": self.image,
             "user": self.user,
@@ -219,6 +230,10 @@ impl ContainerSpec {
             "credential_mounts": mounts,
             "readonly_rootfs": self.readonly_rootfs,
         });
+        // Only when set, so the hash of an ownerless spec is what it always was.
+        if let Some(owner) = &self.owner {
+            canonical["owner"] = serde_json::json!(owner);
+        }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
@@ -353,6 +368,7 @@ mod tests {
             base.clone()
                 .with_credential_mount("/tmp", "/home/sandbox/.aws"),
             base.clone().with_readonly_rootfs(true),
+            base.clone().with_owner("uid:1000"),
         ] {
             assert_ne!(other.spec_hash(), h, "{other:?}");
         }

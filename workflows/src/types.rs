@@ -133,6 +133,10 @@ pub struct SandboxSpec {
     /// (`image` is then the Daytona snapshot). Histories before 0.2 carry `"cloud": bool`.
     #[serde(default, alias = "cloud", deserialize_with = "backend_or_cloud_flag")]
     pub backend: Backend,
+    /// Whose container it is: the caller's uid (as the daemon's socket sees it) and CI run.
+    /// Containers are reused only by the same owner; none (older inputs) shares by spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A sandbox's network. Never the host's.
