@@ -135,6 +135,25 @@ pub(crate) fn with_text(w: &Word, text: &str) -> Word {
     v
 }
 
+/// `git clone`'s options that take a value (so the value is not read as the URL or directory).
+pub(crate) const GIT_CLONE: Spec = Spec {
+    short: "bojcu",
+    long: &[
+        "branch",
+        "origin",
+        "depth",
+        "template",
+        "reference",
+        "separate-git-dir",
+        "config",
+        "jobs",
+        "filter",
+        "upload-pack",
+        "shallow-since",
+        "shallow-exclude",
+    ],
+};
+
 pub(crate) fn operands(args: &[Word], spec: Spec) -> Vec<&Word> {
     parse_args(args, spec, false)
         .into_iter()
@@ -949,24 +968,7 @@ pub(crate) fn write_targets(prog: &str, args: &[Word]) -> Option<(Vec<Word>, &'s
                         .iter()
                         .position(|w| w.text == "clone")
                         .map_or(args.len(), |p| p + 1);
-                    let clone_ops = operands(
-                        &args[pos..],
-                        Spec {
-                            short: "bojc",
-                            long: &[
-                                "branch",
-                                "origin",
-                                "depth",
-                                "template",
-                                "reference",
-                                "separate-git-dir",
-                                "config",
-                                "jobs",
-                                "filter",
-                                "upload-pack",
-                            ],
-                        },
-                    );
+                    let clone_ops = operands(&args[pos..], GIT_CLONE);
                     (
                         clone_ops.into_iter().skip(1).take(1).cloned().collect(),
                         "writes",

@@ -2250,26 +2250,7 @@ impl<'p> Walker<'p> {
                     .iter()
                     .position(|w| w.text == "clone")
                     .map_or(args.len(), |p| p + 1);
-                let clone = programs::operands(
-                    &args[pos..],
-                    programs::Spec {
-                        short: "bojcu",
-                        long: &[
-                            "branch",
-                            "origin",
-                            "depth",
-                            "template",
-                            "reference",
-                            "separate-git-dir",
-                            "config",
-                            "jobs",
-                            "filter",
-                            "upload-pack",
-                            "shallow-since",
-                            "shallow-exclude",
-                        ],
-                    },
-                );
+                let clone = programs::operands(&args[pos..], programs::GIT_CLONE);
                 let dir = match clone.as_slice() {
                     [_, dir, ..] => Some(dir.text.clone()),
                     [url] => url
