@@ -1,11 +1,13 @@
-//! `stigmer audit verify` and `stigmer audit export`: the commands over the hash-chained audit
-//! trail kept by `stigmer_activities::audit`. They only read the store.
+//! `stigmer audit head`, `verify`, `export` and `keygen`: the commands over the hash-chained
+//! audit trail kept by `stigmer_activities::audit`. They only read the store. Also the loading
+//! of the signing key (for the daemon and workers) and of the verify key.
 
 use crate::client::OutputFormat;
-use crate::config::Config;
-use anyhow::Result;
+use crate::config::{Config, Source};
+use anyhow::{Context, Result, bail};
 use std::io::Write;
-use stigmer_activities::audit;
+use std::path::Path;
+use stigmer_activities::audit::{self, Anchor, Signer, VerifyKey, VerifyOptions};
 use stigmer_activities::store::Store;
 
 /// Exit code of `audit verify` when the chain is broken (1 is any other failure, 2 bad usage).
@@ -52,17 +54,120 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-/// `stigmer audit verify`: 0 when the chain holds, [`EXIT_CHAIN_BROKEN`] at the first break.
-pub async fn verify(cfg: &Config, format: OutputFormat) -> Result<i32> {
+fn usage(msg: String) -> anyhow::Error {
+    crate::cli::UsageError(msg).into()
+}
+
+/// The lines of a key file that hold the key: comments (`#`) and blank lines are skipped.
+fn key_text(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// The audit signing key the daemon or a worker signs each new head with, from
+/// `audit_signing_key` (`STIGMER_AUDIT_SIGNING_KEY`); `None` when unset.
+pub fn load_signer(cfg: &Config) -> Result<Option<Signer>> {
+    let Some(path) = &cfg.audit_signing_key.value else {
+        return Ok(None);
+    };
+    let source = &cfg.audit_signing_key.source;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "could not read the audit signing key {} (audit_signing_key, from {source}): make \
+             it readable by this user, or write one with `stigmer audit keygen PATH`",
+            path.display()
+        )
+    })?;
+    let mut seed = [0u8; 32];
+    if hex::decode_to_slice(key_text(&text), &mut seed).is_err() {
+        bail!(
+            "{} (audit_signing_key, from {source}) is not an audit signing key: it must hold 64 \
+             hex characters (an ed25519 secret), as `stigmer audit keygen PATH` writes",
+            path.display()
+        );
+    }
+    Ok(Some(Signer::from_seed(&seed)))
+}
+
+/// The key `audit verify` checks signatures with: `--verify-key` or `audit_verify_key`, given
+/// as the public key itself or as a file holding it; `None` when unset.
+fn load_verify_key(cfg: &Config) -> Result<Option<VerifyKey>> {
+    let Some(raw) = &cfg.audit_verify_key.value else {
+        return Ok(None);
+    };
+    let name = match &cfg.audit_verify_key.source {
+        Source::Flag(flag) => flag.clone(),
+        other => format!("audit_verify_key (from {other})"),
+    };
+    let looks_like_key = raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+    let text = if looks_like_key || !Path::new(raw).exists() {
+        raw.clone()
+    } else {
+        key_text(
+            &std::fs::read_to_string(raw)
+                .with_context(|| format!("could not read the verify key file {raw} ({name})"))?,
+        )
+    };
+    VerifyKey::from_hex(&text)
+        .map(Some)
+        .map_err(|e| usage(format!("{name}: {e}, or the path of a file holding it")))
+}
+
+/// `stigmer audit head`: the chain head, to save outside the store and pass back to
+/// `audit verify --expect` later.
+pub async fn head(cfg: &Config, format: OutputFormat) -> Result<i32> {
     let store = Store::open(&cfg.database_url.value, false).await?;
-    let report = audit::verify(&store).await?;
+    let head = audit::head(&store).await?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&head)?),
+        OutputFormat::Text => {
+            println!("{}:{}", head.seq, head.hash);
+            if let (Some(signature), Some(key_id)) = (&head.signature, &head.key_id) {
+                println!("signature {signature} (key {key_id})");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `stigmer audit verify`: 0 when the chain holds (and holds `expect`, and its signatures
+/// verify), [`EXIT_CHAIN_BROKEN`] at the first break.
+pub async fn verify(cfg: &Config, format: OutputFormat, expect: Option<Anchor>) -> Result<i32> {
+    let key = load_verify_key(cfg)?;
+    let store = Store::open(&cfg.database_url.value, false).await?;
+    let options = VerifyOptions { expect, key };
+    let report = audit::verify_with(&store, &options).await?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
         OutputFormat::Text => match &report.broken {
-            None => println!(
-                "audit chain intact: {} record(s); head seq {} hash {}",
-                report.intact, report.head_seq, report.head_hash
-            ),
+            None => {
+                println!(
+                    "audit chain intact: {} record(s); head seq {} hash {}",
+                    report.intact, report.head_seq, report.head_hash
+                );
+                if let Some(anchor) = &report.expected {
+                    println!("it holds the saved head {anchor}");
+                }
+                if let Some(key) = &options.key {
+                    println!(
+                        "{} signature(s) verified with key {}, the head's among them{}",
+                        report.signatures_checked,
+                        key.key_id(),
+                        match report.signatures_other_key {
+                            0 => String::new(),
+                            n => format!("; {n} by other keys not checked"),
+                        }
+                    );
+                }
+                if report.running > 0 {
+                    println!(
+                        "{} execution(s) started and not yet ended (still running)",
+                        report.running
+                    );
+                }
+            }
             Some(b) => {
                 println!(
                     "audit chain BROKEN at seq {} (execution {}): {}",
@@ -75,6 +180,60 @@ pub async fn verify(cfg: &Config, format: OutputFormat) -> Result<i32> {
         },
     }
     Ok(if report.ok() { 0 } else { EXIT_CHAIN_BROKEN })
+}
+
+/// `stigmer audit keygen PATH`: a new ed25519 signing key in PATH (created, mode 0600, never
+/// overwritten); the public key on stdout.
+pub fn keygen(path: &Path) -> Result<i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .context("could not read random bytes from /dev/urandom")?;
+    let signer = Signer::from_seed(&seed);
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(usage(format!(
+                "{} already exists: a key file is never overwritten (the old key may still be \
+                 needed to verify). Give another path, or remove it first",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "could not create {}: give a path in a directory you can write",
+                    path.display()
+                )
+            });
+        }
+    };
+    let public = signer.verify_key().to_hex();
+    let text = format!(
+        "# stigmer audit signing key (ed25519 secret, hex). Public key {public}, key id {}.\n\
+         # Keep it where the database's writers cannot read it: see docs/audit.md.\n{}\n",
+        signer.key_id(),
+        hex::encode(seed)
+    );
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("could not write {}", path.display()))?;
+    println!("{public}");
+    eprintln!(
+        "stigmer: wrote an audit signing key to {} (mode 0600), key id {}.\n\
+         Workers sign with it: audit_signing_key = \"{}\" (or STIGMER_AUDIT_SIGNING_KEY).\n\
+         Auditors check with the public key above: stigmer audit verify --verify-key {public}",
+        path.display(),
+        signer.key_id(),
+        path.display()
+    );
+    Ok(0)
 }
 
 /// `stigmer audit export`: JSON lines on stdout, one record per line with its hash.

@@ -396,7 +396,11 @@ async fn serve(cfg: Config) -> Result<()> {
 
 async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) -> Result<()> {
     let metrics = MetricsServer::bind(cfg).await?;
-    let store = Store::open(&cfg.database_url.value, true).await?;
+    // A bad signing key stops the start here, before anything is served.
+    let signer = crate::audit::load_signer(cfg)?;
+    let store = Store::open(&cfg.database_url.value, true)
+        .await?
+        .with_audit_signer(signer);
     let worker_id = worker_identity();
     let (client, engine_id) = tokio::join!(
         temporal_server::wait_ready(cfg, Duration::from_secs(30), None),
@@ -495,7 +499,11 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
         );
     }
     let metrics = MetricsServer::bind(&cfg).await?;
-    let store = Store::open(&cfg.database_url.value, true).await?;
+    // A bad signing key stops the start here, before anything is served.
+    let signer = crate::audit::load_signer(&cfg)?;
+    let store = Store::open(&cfg.database_url.value, true)
+        .await?
+        .with_audit_signer(signer);
     let worker_id = worker_identity();
     let (client, engine_id) = tokio::join!(
         temporal_server::wait_ready(&cfg, Duration::from_secs(60), None),
@@ -681,17 +689,39 @@ async fn handle_connection(shared: Shared, mut stream: UnixStream) -> Result<()>
             protocol::write_json(&mut stream, Tag::Pong, &status).await
         }
         Tag::Request => {
-            let request: RunRequest = match serde_json::from_slice(&body) {
+            let mut request: RunRequest = match serde_json::from_slice(&body) {
                 Ok(r) => r,
                 Err(e) => {
                     let msg = format!("malformed run request: {e}");
                     return protocol::write_frame(&mut stream, Tag::Fatal, msg.as_bytes()).await;
                 }
             };
+            // Who ran it is who the kernel says is on the other end of the socket, not the
+            // client's `$USER`, which any client can set.
+            match peer_user(&stream) {
+                Ok(user) => request.os_user = Some(user),
+                Err(e) => tracing::warn!(
+                    "could not read the socket peer's credentials ({e}); recording the user the \
+                     client claims ({:?})",
+                    request.os_user
+                ),
+            }
             handle_run(shared, stream, request).await
         }
         other => bail!("unexpected first frame {other:?}"),
     }
+}
+
+/// The user on the other end of a socket connection, from its credentials (`SO_PEERCRED`): the
+/// user name of its uid, or `uid:N` when the uid has no name on this host.
+fn peer_user(stream: &UnixStream) -> std::io::Result<String> {
+    let uid = stream.peer_cred()?.uid();
+    Ok(
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid:{uid}"),
+        },
+    )
 }
 
 /// Ends the execution's span when its workflow ends, whether or not a client still follows.

@@ -214,7 +214,8 @@ impl Store {
             "SELECT e.id FROM executions e \
              WHERE e.status IN ('{succeeded}', '{failed}', '{cancelled}', '{timed_out}') \
                AND e.finished_at IS NOT NULL AND e.finished_at < $1 \
-               AND EXISTS (SELECT 1 FROM audit_log a WHERE a.execution_id = e.id) \
+               AND EXISTS (SELECT 1 FROM audit_log a \
+                           WHERE a.execution_id = e.id AND a.event = 'ended') \
                AND NOT EXISTS (SELECT 1 FROM leases l \
                                WHERE l.execution_id = e.id AND l.state <> '{removed}')"
         );
