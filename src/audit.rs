@@ -88,7 +88,49 @@ pub fn load_signer(cfg: &Config) -> Result<Option<Signer>> {
             path.display()
         );
     }
-    Ok(Some(Signer::from_seed(&seed)))
+    let signer = Signer::from_seed(&seed);
+    if beside_database(cfg, path) {
+        eprintln!("stigmer: warning: {}", beside_database_warning(path));
+    }
+    Ok(Some(signer))
+}
+
+/// Whether `path` lies in the data dir, or in the directory of a SQLite database: where
+/// whoever can rewrite the database can most likely read it too.
+fn beside_database(cfg: &Config, path: &Path) -> bool {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let Some(dir) = path.parent().and_then(|d| {
+        canonical(if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        })
+    }) else {
+        return false;
+    };
+    let mut guarded = vec![cfg.data_dir.value.clone()];
+    if let Some(db) = cfg
+        .database_url
+        .value
+        .strip_prefix("sqlite://")
+        .or_else(|| cfg.database_url.value.strip_prefix("sqlite:"))
+        && let Some(parent) = Path::new(db).parent()
+    {
+        guarded.push(parent.to_path_buf());
+    }
+    guarded
+        .iter()
+        .filter_map(|g| canonical(g))
+        .any(|g| dir.starts_with(g))
+}
+
+fn beside_database_warning(path: &Path) -> String {
+    format!(
+        "the audit signing key {} is beside the database (in the data dir): whoever can \
+         rewrite the database can most likely read the key and sign what they wrote, so the \
+         signatures add little. Keep the key where only the workers can read it (docs/audit.md)",
+        path.display()
+    )
 }
 
 /// The key `audit verify` checks signatures with: `--verify-key` or `audit_verify_key`, given
@@ -115,20 +157,35 @@ fn load_verify_key(cfg: &Config) -> Result<Option<VerifyKey>> {
         .map_err(|e| usage(format!("{name}: {e}, or the path of a file holding it")))
 }
 
+/// Prints `text` on stdout in one write. A reader that stopped early (`stigmer audit head |
+/// head -n 1`) is not an error.
+fn print_out(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("could not write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `stigmer audit head`: the chain head, to save outside the store and pass back to
 /// `audit verify --expect` later.
 pub async fn head(cfg: &Config, format: OutputFormat) -> Result<i32> {
     let store = Store::open(&cfg.database_url.value, false).await?;
     let head = audit::head(&store).await?;
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&head)?),
+    let mut text = match format {
+        OutputFormat::Json => serde_json::to_string(&head)?,
         OutputFormat::Text => {
-            println!("{}:{}", head.seq, head.hash);
+            let mut text = format!("{}:{}", head.seq, head.hash);
             if let (Some(signature), Some(key_id)) = (&head.signature, &head.key_id) {
-                println!("signature {signature} (key {key_id})");
+                text.push_str(&format!("\nsignature {signature} (key {key_id})"));
             }
+            text
         }
-    }
+    };
+    text.push('\n');
+    print_out(&text)?;
     Ok(0)
 }
 
@@ -139,19 +196,20 @@ pub async fn verify(cfg: &Config, format: OutputFormat, expect: Option<Anchor>) 
     let store = Store::open(&cfg.database_url.value, false).await?;
     let options = VerifyOptions { expect, key };
     let report = audit::verify_with(&store, &options).await?;
+    let mut lines = Vec::new();
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Json => lines.push(serde_json::to_string(&report)?),
         OutputFormat::Text => match &report.broken {
             None => {
-                println!(
+                lines.push(format!(
                     "audit chain intact: {} record(s); head seq {} hash {}",
                     report.intact, report.head_seq, report.head_hash
-                );
+                ));
                 if let Some(anchor) = &report.expected {
-                    println!("it holds the saved head {anchor}");
+                    lines.push(format!("it holds the saved head {anchor}"));
                 }
                 if let Some(key) = &options.key {
-                    println!(
+                    lines.push(format!(
                         "{} signature(s) verified with key {}, the head's among them{}",
                         report.signatures_checked,
                         key.key_id(),
@@ -159,26 +217,28 @@ pub async fn verify(cfg: &Config, format: OutputFormat, expect: Option<Anchor>) 
                             0 => String::new(),
                             n => format!("; {n} by other keys not checked"),
                         }
-                    );
+                    ));
                 }
                 if report.running > 0 {
-                    println!(
+                    lines.push(format!(
                         "{} execution(s) started and not yet ended (still running)",
                         report.running
-                    );
+                    ));
                 }
             }
             Some(b) => {
-                println!(
+                lines.push(format!(
                     "audit chain BROKEN at seq {} (execution {}): {}",
                     b.seq,
                     b.execution_id.as_deref().unwrap_or("unknown"),
                     b.problem
-                );
-                println!("{} record(s) before it are intact", report.intact);
+                ));
+                lines.push(format!("{} record(s) before it are intact", report.intact));
             }
         },
     }
+    lines.push(String::new());
+    print_out(&lines.join("\n"))?;
     Ok(if report.ok() { 0 } else { EXIT_CHAIN_BROKEN })
 }
 
@@ -225,6 +285,12 @@ pub fn keygen(path: &Path) -> Result<i32> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("could not write {}", path.display()))?;
     println!("{public}");
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Ok(cfg) = Config::load(&crate::config::Flags::new())
+        && beside_database(&cfg, path)
+    {
+        eprintln!("stigmer: warning: {}", beside_database_warning(path));
+    }
     eprintln!(
         "stigmer: wrote an audit signing key to {} (mode 0600), key id {}.\n\
          Workers sign with it: audit_signing_key = \"{}\" (or STIGMER_AUDIT_SIGNING_KEY).\n\

@@ -238,6 +238,22 @@ fn every_execution_is_chained_when_it_starts_and_ends_signed_and_tampering_is_na
     );
     let saved = saved_head(&env);
     assert_eq!(saved, format!("8:{}", lines[7]["hash"].as_str().unwrap()));
+    // As a pipeline saves it: only the first line, the reader closing the pipe early.
+    let template = env.cmd();
+    let mut piped = std::process::Command::new("bash");
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => piped.env(k, v),
+            None => piped.env_remove(k),
+        };
+    }
+    piped
+        .arg("-c")
+        .arg("set -o pipefail; \"$0\" audit head | head -n 1")
+        .arg(common::bin());
+    let out = common::output_within(piped, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), saved);
     let earlier = format!("3:{}", lines[2]["hash"].as_str().unwrap());
     for anchor in [&saved, &earlier] {
         let (code, said) = verify_with(&env, &["--expect", anchor, "--verify-key", &public]);

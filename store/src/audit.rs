@@ -156,7 +156,8 @@ impl VerifyKey {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(raw, &mut bytes).map_err(|_| {
             format!(
-                "{} is not an ed25519 public key: give the 64 hex characters `stigmer audit                  keygen` printed",
+                "{} is not an ed25519 public key: give the 64 hex characters `stigmer audit keygen` \
+                 printed",
                 if raw.len() > 80 {
                     format!("a value of {} characters", raw.len())
                 } else {
