@@ -202,9 +202,9 @@ impl Store {
     }
 
     /// Removes ended executions that finished before `before_ms`, with their stored output.
-    /// Only executions whose audit record exists and that no live lease points at are touched,
-    /// so the audit trail stays whole. With `dry_run` nothing is removed: the report says what
-    /// would be.
+    /// Only executions whose end record is in the audit chain and that no live lease points at
+    /// are touched, so the audit trail stays whole. With `dry_run` nothing is removed: the
+    /// report says what would be.
     pub async fn prune_executions(&self, before_ms: i64, dry_run: bool) -> Result<PruneReport> {
         // The statuses and the lease state are this crate's own names, spelt into the SQL from
         // their enums; only the cutoff ($1) comes from outside.
