@@ -208,7 +208,14 @@ pub async fn verify(cfg: &Config, format: OutputFormat, expect: Option<Anchor>) 
                 if let Some(anchor) = &report.expected {
                     lines.push(format!("it holds the saved head {anchor}"));
                 }
-                if let Some(key) = &options.key {
+                if let Some(key) = &options.key
+                    && report.head_seq == 0
+                {
+                    lines.push(format!(
+                        "no records yet, so no signatures to check with key {}",
+                        key.key_id()
+                    ));
+                } else if let Some(key) = &options.key {
                     lines.push(format!(
                         "{} signature(s) verified with key {}, the head's among them{}",
                         report.signatures_checked,
@@ -221,7 +228,8 @@ pub async fn verify(cfg: &Config, format: OutputFormat, expect: Option<Anchor>) 
                 }
                 if report.running > 0 {
                     lines.push(format!(
-                        "{} execution(s) started and not yet ended (still running)",
+                        "{} execution(s) started and not yet ended (running, or their end \
+                         record is being appended)",
                         report.running
                     ));
                 }
