@@ -179,10 +179,24 @@ pub enum SandboxCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check the whole chain; names the first edited or missing record (exit 3) if any.
+    /// Print the chain head as SEQ:HASH (with its signature when signed): save it outside the
+    /// store, and pass it to `audit verify --expect` next time.
+    Head {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Check the whole chain; names the first edited, missing or forged record (exit 3) if any.
     Verify {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+        /// A head saved earlier (`stigmer audit head`): the chain must still hold the record
+        /// HASH at SEQ, which catches truncation and a rewritten chain.
+        #[arg(long, value_name = "SEQ:HASH", allow_hyphen_values = true)]
+        expect: Option<String>,
+        /// Check signatures with this public key (64 hex characters, or a file holding them);
+        /// the head must be signed by it. Default: the audit_verify_key setting.
+        #[arg(long, value_name = "KEY|FILE")]
+        verify_key: Option<String>,
     },
     /// Print audit records as JSON lines on stdout, one record per line with its hash.
     Export {
@@ -191,6 +205,12 @@ pub enum AuditCommand {
         since: Option<String>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: crate::audit::ExportFormat,
+    },
+    /// Write a new ed25519 signing key to PATH (mode 0600, never overwritten) and print its
+    /// public key. Workers sign with it (audit_signing_key); auditors verify with the public key.
+    Keygen {
+        /// Where to write the key: somewhere the database's writers cannot read.
+        path: PathBuf,
     },
 }
 
@@ -381,9 +401,28 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             tag,
         }) => crate::sandbox_images::build(flavour, offline, tag.as_deref()),
         Command::Sandbox(SandboxCommand::Test { image }) => crate::sandbox_images::test(&image),
-        Command::Audit(AuditCommand::Verify { output }) => {
-            crate::audit::verify(&load_config(&Flags::new())?, output).await
+        Command::Audit(AuditCommand::Head { output }) => {
+            crate::audit::head(&load_config(&Flags::new())?, output).await
         }
+        Command::Audit(AuditCommand::Verify {
+            output,
+            expect,
+            verify_key,
+        }) => {
+            let expect = match expect {
+                Some(raw) => Some(
+                    raw.parse::<stigmer_activities::audit::Anchor>()
+                        .map_err(|e| usage(format!("--expect: {e}")))?,
+                ),
+                None => None,
+            };
+            let mut flags = Flags::new();
+            if let Some(key) = verify_key {
+                flags.insert("audit_verify_key", ("--verify-key".into(), key));
+            }
+            crate::audit::verify(&load_config(&flags)?, output, expect).await
+        }
+        Command::Audit(AuditCommand::Keygen { path }) => crate::audit::keygen(&path),
         Command::Audit(AuditCommand::Export { since, format }) => {
             let since_ms = match since {
                 Some(raw) => Some(

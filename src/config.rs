@@ -65,6 +65,12 @@ pub struct Config {
     pub daytona_api_key: Setting<Option<String>>,
     pub daytona_api_url: Setting<String>,
     pub daytona_snapshot_id: Setting<Option<String>>,
+    /// The file holding the ed25519 key that signs each new audit chain head (workers and the
+    /// daemon read it; unset: records are not signed).
+    pub audit_signing_key: Setting<Option<PathBuf>>,
+    /// The public key `audit verify` checks head signatures with: 64 hex characters, or a file
+    /// holding them (unset: signatures are not checked).
+    pub audit_verify_key: Setting<Option<String>>,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -196,6 +202,8 @@ const FILE_KEYS: &[&str] = &[
     "metrics_addr",
     "daytona_api_url",
     "daytona_snapshot_id",
+    "audit_signing_key",
+    "audit_verify_key",
 ];
 
 fn home_dir() -> PathBuf {
@@ -428,6 +436,24 @@ impl Config {
                 || None,
                 |raw| Ok(Some(raw.trim().to_string())),
             )?,
+            audit_signing_key: layers.get(
+                "audit_signing_key",
+                &["STIGMER_AUDIT_SIGNING_KEY"],
+                || None,
+                |raw| match raw.trim() {
+                    "" => Err("allowed values: the path of a key file written by `stigmer audit keygen PATH`".into()),
+                    path => Ok(Some(PathBuf::from(expand_home(path)))),
+                },
+            )?,
+            audit_verify_key: layers.get(
+                "audit_verify_key",
+                &["STIGMER_AUDIT_VERIFY_KEY"],
+                || None,
+                |raw| match raw.trim() {
+                    "" => Err("allowed values: the public key `stigmer audit keygen` printed (64 hex characters), or the path of a file holding it".into()),
+                    key => Ok(Some(expand_home(key))),
+                },
+            )?,
             file: file_path,
         })
     }
@@ -491,6 +517,16 @@ impl Config {
             }),
             row("daytona_api_url", &self.daytona_api_url, Clone::clone),
             row("daytona_snapshot_id", &self.daytona_snapshot_id, opt),
+            row("audit_signing_key", &self.audit_signing_key, |v| {
+                v.as_ref().map_or_else(
+                    || "(unset: audit records are not signed)".into(),
+                    |p| p.display().to_string(),
+                )
+            }),
+            row("audit_verify_key", &self.audit_verify_key, |v| {
+                v.clone()
+                    .unwrap_or_else(|| "(unset: signatures are not checked)".into())
+            }),
         ]
     }
 

@@ -398,7 +398,11 @@ async fn serve(cfg: Config) -> Result<()> {
 
 async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) -> Result<()> {
     let metrics = MetricsServer::bind(cfg).await?;
-    let store = Store::open(&cfg.database_url.value, true).await?;
+    // A bad signing key stops the start here, before anything is served.
+    let signer = crate::audit::load_signer(cfg)?;
+    let store = Store::open(&cfg.database_url.value, true)
+        .await?
+        .with_audit_signer(signer);
     let worker_id = worker_identity();
     let (client, engine_id) = tokio::join!(
         temporal_server::wait_ready(cfg, Duration::from_secs(30), None),
@@ -497,7 +501,11 @@ pub async fn run_worker(cfg: Config) -> Result<()> {
         );
     }
     let metrics = MetricsServer::bind(&cfg).await?;
-    let store = Store::open(&cfg.database_url.value, true).await?;
+    // A bad signing key stops the start here, before anything is served.
+    let signer = crate::audit::load_signer(&cfg)?;
+    let store = Store::open(&cfg.database_url.value, true)
+        .await?
+        .with_audit_signer(signer);
     let worker_id = worker_identity();
     let (client, engine_id) = tokio::join!(
         temporal_server::wait_ready(&cfg, Duration::from_secs(60), None),
@@ -661,6 +669,7 @@ async fn wait_for_shutdown_signal() {
 }
 
 async fn handle_connection(shared: Shared, stream: UnixStream) -> Result<()> {
+    let peer = stream.peer_cred().map(|c| c.uid());
     let (reader, mut writer) = stream.into_split();
     let mut frames = protocol::Frames::new(reader);
     let Some((tag, body)) = frames.next().await? else {
@@ -685,16 +694,42 @@ async fn handle_connection(shared: Shared, stream: UnixStream) -> Result<()> {
             protocol::write_json(&mut writer, Tag::Pong, &status).await
         }
         Tag::Request => {
-            let request: RunRequest = match serde_json::from_slice(&body) {
+            let mut request: RunRequest = match serde_json::from_slice(&body) {
                 Ok(r) => r,
                 Err(e) => {
                     let msg = format!("malformed run request: {e}");
                     return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
                 }
             };
+            // Who ran it is who the kernel says is on the other end of the socket, not the
+            // client's `$USER`, which any client can set; it also owns the containers the
+            // execution may reuse (with the CI run the client names).
+            match &peer {
+                Ok(uid) => {
+                    request.os_user = Some(user_name(*uid));
+                    if let Some(spec) = request.sandbox.as_mut() {
+                        spec.owner =
+                            Some(crate::cli::owner_of(*uid, request.ci_identity.as_deref()));
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "could not read the socket peer's credentials ({e}); recording the user the \
+                     client claims ({:?})",
+                    request.os_user
+                ),
+            }
             handle_run(shared, frames, writer, request).await
         }
         other => bail!("unexpected first frame {other:?}"),
+    }
+}
+
+/// The user name of a uid (the socket peer's, from `SO_PEERCRED`), or `uid:N` when it has no
+/// name on this host.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid:{uid}"),
     }
 }
 

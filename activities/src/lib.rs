@@ -159,6 +159,16 @@ impl Activities {
         }
     }
 
+    /// Appends the execution's start record to the audit chain, once (a retry that finds it
+    /// already there appends nothing), so an execution deleted from the store while it runs
+    /// leaves a start without an end. A store error is logged rather than failing the step: the
+    /// command is already claimed, and failing here would report it lost without running it.
+    async fn record_start(&self, id: &str) {
+        if let Err(e) = audit::append_started(&self.store, id).await {
+            tracing::warn!("could not append the start record of {id} to the audit chain: {e}");
+        }
+    }
+
     /// Says in the client's terminal which container the command runs in.
     async fn announce_container(&self, id: &str, placement: &Placement, image: &str) {
         let how = if placement.reused {
@@ -264,7 +274,7 @@ impl Activities {
             .await
             .map_err(retryable)?
         {
-            StartClaim::Claimed => {}
+            StartClaim::Claimed => self.record_start(&id).await,
             StartClaim::AlreadyFinished(result) => {
                 // A worker lost between recording the result and appending its audit record
                 // leaves the append to this retry.
@@ -278,6 +288,8 @@ impl Activities {
                 )));
             }
             StartClaim::AlreadyStarted { worker_id } if !input.retry_exec => {
+                // A worker lost between the claim and its start record leaves it to this retry.
+                self.record_start(&id).await;
                 self.kill_leftover(&id).await;
                 self.abandon_container(&id, &input).await;
                 let who = worker_id.unwrap_or_else(|| "unknown".into());
@@ -297,6 +309,7 @@ impl Activities {
                     .map_err(retryable);
             }
             StartClaim::AlreadyStarted { .. } => {
+                self.record_start(&id).await;
                 self.kill_leftover(&id).await;
                 self.abandon_container(&id, &input).await;
                 self.store

@@ -202,9 +202,9 @@ impl Store {
     }
 
     /// Removes ended executions that finished before `before_ms`, with their stored output.
-    /// Only executions whose audit record exists and that no live lease points at are touched,
-    /// so the audit trail stays whole. With `dry_run` nothing is removed: the report says what
-    /// would be.
+    /// Only executions whose end record is in the audit chain and that no live lease points at
+    /// are touched, so the audit trail stays whole. With `dry_run` nothing is removed: the
+    /// report says what would be.
     pub async fn prune_executions(&self, before_ms: i64, dry_run: bool) -> Result<PruneReport> {
         // The statuses and the lease state are this crate's own names, spelt into the SQL from
         // their enums; only the cutoff ($1) comes from outside.
@@ -214,7 +214,8 @@ impl Store {
             "SELECT e.id FROM executions e \
              WHERE e.status IN ('{succeeded}', '{failed}', '{cancelled}', '{timed_out}') \
                AND e.finished_at IS NOT NULL AND e.finished_at < $1 \
-               AND EXISTS (SELECT 1 FROM audit_log a WHERE a.execution_id = e.id) \
+               AND EXISTS (SELECT 1 FROM audit_log a \
+                           WHERE a.execution_id = e.id AND a.event = 'ended') \
                AND NOT EXISTS (SELECT 1 FROM leases l \
                                WHERE l.execution_id = e.id AND l.state <> '{removed}')"
         );

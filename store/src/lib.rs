@@ -99,6 +99,8 @@ pub struct Store {
     pub(crate) pool: Pool,
     url: String,
     store_id: String,
+    /// Signs each new head of the audit chain, when this writer holds the key.
+    pub(crate) signer: Option<audit::Signer>,
 }
 
 /// The embedded migrations, ignoring ones the store has that this binary does not know.
@@ -155,6 +157,7 @@ impl Store {
             pool,
             url: url.to_string(),
             store_id: String::new(),
+            signer: None,
         };
         if migrate {
             store.migrate().await?;
@@ -209,6 +212,19 @@ impl Store {
                 source: e,
             }),
         }
+    }
+
+    /// This handle signs every audit record it appends with `signer` (none: unsigned).
+    #[must_use]
+    pub fn with_audit_signer(mut self, signer: Option<audit::Signer>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// The key this handle signs audit records with, if any.
+    #[must_use]
+    pub fn audit_signer(&self) -> Option<&audit::Signer> {
+        self.signer.as_ref()
     }
 
     /// This installation's id (labels its containers).
