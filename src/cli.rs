@@ -72,6 +72,9 @@ pub enum Command {
     /// Project policies (`.stigmer/policy.toml`): auto mode obeys one only once you trust it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The key that encrypts every Temporal payload (docs/temporal-api.md).
+    #[command(subcommand)]
+    Codec(CodecCommand),
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -211,6 +214,17 @@ pub enum AuditCommand {
     Keygen {
         /// Where to write the key: somewhere the database's writers cannot read.
         path: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CodecCommand {
+    /// Print the key new payloads are encrypted with (made on first use): give it to a client
+    /// that starts executions with Temporal's AES-256-GCM sample codec. It is as secret as the
+    /// right to run commands on this worker.
+    Key {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
     },
 }
 
@@ -389,6 +403,27 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Policy(command) => policy_command(command),
+        Command::Codec(CodecCommand::Key { output }) => {
+            let cfg = load_config(&Flags::new())?;
+            let keys = crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?;
+            let key = keys.newest();
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "key_id": key.id,
+                        "key": key.base64(),
+                        "key_file": cfg.codec_key_file.value,
+                    })
+                ),
+                OutputFormat::Text => {
+                    println!("key_id: {}", key.id);
+                    println!("key: {}", key.base64());
+                    println!("key_file: {}", cfg.codec_key_file.value.display());
+                }
+            }
+            Ok(0)
+        }
         Command::Leases(LeasesCommand::List { all, output }) => {
             client::leases_list(&load_config(&Flags::new())?, all, output).await
         }

@@ -71,6 +71,9 @@ pub struct Config {
     /// The public key `audit verify` checks head signatures with: 64 hex characters, or a file
     /// holding them (unset: signatures are not checked).
     pub audit_verify_key: Setting<Option<String>>,
+    /// The file of keys that encrypt every Temporal payload (docs/temporal-api.md): made on
+    /// first use when missing. Every worker and client of one cluster must share it.
+    pub codec_key_file: Setting<PathBuf>,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -204,6 +207,7 @@ const FILE_KEYS: &[&str] = &[
     "daytona_snapshot_id",
     "audit_signing_key",
     "audit_verify_key",
+    "codec_key_file",
 ];
 
 fn home_dir() -> PathBuf {
@@ -307,6 +311,7 @@ impl Config {
             |raw| Ok(PathBuf::from(expand_home(raw))),
         )?;
         let default_db = format!("sqlite:{}", data_dir.value.join("stigmer.db").display());
+        let default_codec_key = data_dir.value.join("codec.key");
         let temporal_port = layers.get(
             "temporal_port",
             &["STIGMER_TEMPORAL_PORT"],
@@ -454,6 +459,15 @@ impl Config {
                     key => Ok(Some(expand_home(key))),
                 },
             )?,
+            codec_key_file: layers.get(
+                "codec_key_file",
+                &["STIGMER_CODEC_KEY_FILE"],
+                move || default_codec_key,
+                |raw| match raw.trim() {
+                    "" => Err("allowed values: the path of a codec key file (made on first use; see `stigmer codec key`)".into()),
+                    path => Ok(PathBuf::from(expand_home(path))),
+                },
+            )?,
             file: file_path,
         })
     }
@@ -526,6 +540,9 @@ impl Config {
             row("audit_verify_key", &self.audit_verify_key, |v| {
                 v.clone()
                     .unwrap_or_else(|| "(unset: signatures are not checked)".into())
+            }),
+            row("codec_key_file", &self.codec_key_file, |v| {
+                v.display().to_string()
             }),
         ]
     }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

@@ -281,9 +281,12 @@ pub async fn connect(cfg: &Config, identity: &str) -> Result<Client> {
     let connection = Connection::connect(options)
         .await
         .with_context(|| format!("could not connect to Temporal at {target}"))?;
+    let keys = crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?;
     let client = Client::new(
         connection,
         ClientOptions::new(cfg.temporal_namespace.value.clone())
+            // Every payload is encrypted; the worker built on this client decodes with it too.
+            .data_converter(crate::codec::Codec::new(keys).data_converter())
             // With tracing on, workflow starts, workflows and activities are traced and the
             // context crosses processes in Temporal headers; workers inherit the plugin.
             .plugins(crate::telemetry::temporal_plugin())

@@ -3,9 +3,15 @@
 
 mod common;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{Env, eventually, processes_matching, text, wait_output};
+use sha2::{Digest, Sha256};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use stigmer::codec::{Codec, Keyring};
+use stigmer_workflows::codec_marks;
+use temporalio_common::protos::temporal::api::common::v1::Payload;
 
 #[test]
 fn first_run_on_a_fresh_machine_starts_the_daemon_and_streams_both_streams() {
@@ -60,7 +66,7 @@ fn output_is_streamed_as_it_is_produced() {
 }
 
 #[test]
-fn runs_in_the_callers_directory_with_the_callers_environment_and_keeps_values_out_of_history() {
+fn runs_in_the_callers_directory_with_the_callers_environment() {
     let env = Env::new();
     let workdir = env.dir.path().join("project");
     std::fs::create_dir_all(&workdir).unwrap();
@@ -86,57 +92,277 @@ fn runs_in_the_callers_directory_with_the_callers_environment_and_keeps_values_o
     );
     assert_eq!(lines[1], secret);
     assert_eq!(lines[2], "from-flag");
-
-    // The workflow history (what Temporal stores and shows) must not contain the value.
-    let record = env.last_execution();
-    let wf = record["workflow_id"].as_str().unwrap().to_string();
-    let history = common::workflow_history(&env, &wf);
-    assert!(
-        history.status.success(),
-        "temporal workflow show: {}",
-        text(&history.stderr)
-    );
-    // Payloads are base64 in the JSON: decode every one so the search sees what is stored.
-    let history = decoded_history(&history.stdout);
-    assert!(history.contains("AgentExecution"), "history was read");
-    assert!(
-        history.contains("STIGMER_TEST_SECRET"),
-        "the variable's name is recorded"
-    );
-    assert!(
-        !history.contains(secret),
-        "the variable's value leaked into Temporal history"
-    );
 }
 
-fn decoded_history(json: &[u8]) -> String {
-    use base64::Engine;
-    fn walk(v: &serde_json::Value, out: &mut String) {
+/// One payload of a recorded history, with where it sits: the event type and, for a scheduled
+/// activity, the activity's type.
+struct HistoryPayload {
+    at: String,
+    payload: Payload,
+}
+
+/// Every payload of `temporal workflow show --output json` (bytes are base64 in that JSON).
+fn history_payloads(json: &[u8]) -> Vec<HistoryPayload> {
+    fn walk(v: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
         match v {
             serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    if k == "data"
-                        && let Some(s) = v.as_str()
-                        && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s)
-                    {
-                        out.push_str(&String::from_utf8_lossy(&bytes));
-                        out.push('\n');
-                    }
-                    walk(v, out);
+                if map.get("data").is_some_and(serde_json::Value::is_string)
+                    && map
+                        .get("metadata")
+                        .is_some_and(serde_json::Value::is_object)
+                {
+                    found.push(v.clone());
+                    return;
                 }
+                // The summaries the Web UI lists (the command, as `executions list` shows it)
+                // and search attributes (the patch names, indexed by the server) are plain text
+                // by design; everything else is a payload of the codec.
+                map.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "userMetadata" | "searchAttributes"))
+                    .for_each(|(_, v)| walk(v, found));
             }
-            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
-            serde_json::Value::String(s) => {
-                out.push_str(s);
-                out.push('\n');
-            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, found)),
             _ => {}
         }
     }
-    let value: serde_json::Value = serde_json::from_slice(json).expect("history json");
-    let mut out = String::new();
-    walk(&value, &mut out);
+    let b64 = |v: &serde_json::Value| {
+        BASE64
+            .decode(v.as_str().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let history: serde_json::Value = serde_json::from_slice(json).expect("history json");
+    let mut out = Vec::new();
+    for event in history["events"].as_array().expect("events") {
+        let mut at = event["eventType"].as_str().unwrap_or_default().to_string();
+        if let Some(kind) =
+            event["activityTaskScheduledEventAttributes"]["activityType"]["name"].as_str()
+        {
+            at = format!("{at} {kind}");
+        }
+        // A patch marker holds only the patch's name, written by the SDK's core in plain text.
+        if event["markerRecordedEventAttributes"]["markerName"] == "core_patch" {
+            continue;
+        }
+        let mut found = Vec::new();
+        walk(event, &mut found);
+        for p in found {
+            let metadata = p["metadata"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), b64(v))).collect())
+                .unwrap_or_default();
+            out.push(HistoryPayload {
+                at: at.clone(),
+                payload: Payload {
+                    metadata,
+                    data: b64(&p["data"]),
+                    ..Default::default()
+                },
+            });
+        }
+    }
     out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every file under `dir` that holds `needle` in plain text.
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(t)
+                    if t.is_file()
+                        && std::fs::read(&path).is_ok_and(|bytes| contains(&bytes, needle)) =>
+                {
+                    hits.push(path.display().to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    hits
+}
+
+/// The Temporal contract's closed half: the worker runs only inputs encrypted with its key and
+/// bound to their own workflow id, and an environment value is never at rest in plain text
+/// (the store, its WAL, Temporal's database, the logs), during or after the run: it travels
+/// only inside the encrypted workflow input and the `exec` step's input.
+#[test]
+fn only_inputs_encrypted_with_the_key_run_and_env_values_are_never_at_rest_in_plain_text() {
+    let env = Env::new();
+    let secret = "zq-value-3e9d51-never-at-rest";
+    let mut cmd = env.cmd();
+    cmd.env("STIGMER_TEST_SECRET", secret)
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "sleep 4; printf %s \"$STIGMER_TEST_SECRET\" | sha256sum",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let running = eventually(Duration::from_secs(90), || {
+        let out = env.stigmer(&["executions", "list", "--output", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|rows| rows.iter().any(|r| r["status"] == "running"))
+    });
+    assert!(running, "the execution never showed as running");
+    let during = files_holding(&env.data_dir(), secret);
+    assert!(
+        during.is_empty(),
+        "the value is at rest in plain text while the command runs: {during:?}"
+    );
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    assert!(
+        text(&out.stdout).contains(&digest),
+        "the command saw the value: {}",
+        text(&out.stdout)
+    );
+    let after = files_holding(&env.data_dir(), secret);
+    assert!(
+        after.is_empty(),
+        "the value is at rest in plain text after the run: {after:?}"
+    );
+
+    // In history every payload is encrypted; decrypted with the key, the value is in the
+    // workflow input and the exec step's input, and nowhere else.
+    let record = env.last_execution();
+    let wf = record["workflow_id"].as_str().unwrap().to_string();
+    let shown = common::workflow_history(&env, &wf);
+    assert!(
+        shown.status.success(),
+        "temporal workflow show: {}",
+        text(&shown.stderr)
+    );
+    let payloads = history_payloads(&shown.stdout);
+    assert!(
+        payloads.len() >= 3,
+        "history was read: {} payloads",
+        payloads.len()
+    );
+    let codec = Codec::new(Keyring::load_or_create(&env.data_dir().join("codec.key")).unwrap());
+    let mut carried = Vec::new();
+    let mut started_input = None;
+    for p in &payloads {
+        assert_eq!(
+            p.payload.metadata.get("encoding").map(Vec::as_slice),
+            Some(&b"binary/encrypted"[..]),
+            "a payload of {} is not encrypted: {:?}",
+            p.at,
+            String::from_utf8_lossy(&p.payload.data)
+        );
+        assert!(
+            !contains(&p.payload.data, secret),
+            "{} holds the value in plain text",
+            p.at
+        );
+        let opened = codec.decrypt(p.payload.clone());
+        assert!(
+            opened.metadata.contains_key(codec_marks::DECRYPTED_WITH),
+            "a payload of {} did not decrypt with the data dir's key",
+            p.at
+        );
+        if contains(&opened.data, secret) {
+            carried.push(p.at.clone());
+        }
+        if p.at == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED" && started_input.is_none() {
+            started_input = Some((p.payload.clone(), opened.data.clone()));
+        }
+    }
+    carried.sort();
+    assert_eq!(
+        carried,
+        [
+            "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED exec",
+            "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED"
+        ],
+        "where the value travels"
+    );
+
+    let (sealed, plain) = started_input.expect("the workflow input");
+    let temporal = |args: &[&str]| {
+        let bin = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["workflow", "execute", "--address"])
+            .arg(format!("127.0.0.1:{}", env.port))
+            .args(["--type", "AgentExecution", "--task-queue", "stigmer"])
+            .args(args);
+        let started = Instant::now();
+        let out = common::output_within(cmd, Duration::from_secs(60));
+        (out, started.elapsed())
+    };
+
+    // A well-formed input in plain text, as any local process could send it: refused at once,
+    // and nothing runs.
+    let marker = env.dir.path().join("forged-ran");
+    let mut forged: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    forged["id"] = "aex-forged".into();
+    forged["command"] = serde_json::json!({"argv": ["touch", common::path_str(&marker)]});
+    forged["env"] = serde_json::json!([]);
+    forged["env_names"] = serde_json::json!([]);
+    let (out, took) = temporal(&[
+        "--workflow-id",
+        "stigmer/agent-execution/aex-forged",
+        "--input",
+        &forged.to_string(),
+    ]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "a plain-text start was not refused: {said}"
+    );
+    assert!(
+        said.contains("refused") && said.contains("plain text"),
+        "{said}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "refused only after {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!marker.exists(), "the forged command ran");
+    let shown = env.stigmer(&["executions", "show", "aex-forged"]);
+    assert!(
+        !shown.status.success(),
+        "a refused start left an execution record"
+    );
+
+    // The real encrypted input, copied under another workflow id: refused too.
+    let key_id = String::from_utf8(sealed.metadata["encryption-key-id"].clone()).unwrap();
+    let (out, _) = temporal(&[
+        "--workflow-id",
+        "stigmer/agent-execution/aex-copied",
+        "--input-base64",
+        "--input",
+        &BASE64.encode(&sealed.data),
+        "--input-meta",
+        "encoding=binary/encrypted",
+        "--input-meta",
+        &format!("encryption-key-id={key_id}"),
+    ]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "a copied input was not refused: {said}"
+    );
+    assert!(said.contains("another workflow id"), "{said}");
 }
 
 #[test]

@@ -319,7 +319,13 @@ impl Activities {
             }
         }
 
-        let env = self.store.execution_env(&id).await.map_err(retryable)?;
+        // The values travel in the (encrypted) input; executions started before kept them in
+        // the store.
+        let env = if input.env.is_empty() {
+            self.store.execution_env(&id).await.map_err(retryable)?
+        } else {
+            input.env.0.clone()
+        };
         let mut sink = OutputSink::new(
             self.store.clone(),
             self.hub.clone(),

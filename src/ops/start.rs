@@ -56,7 +56,7 @@ pub async fn start_execution(
             ci_identity: request.ci_identity.clone(),
             client_host: request.client_host.clone(),
             timeout_secs: request.timeout_secs,
-            env: request.env.clone(),
+            env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
         })
         .await;
     if let Err(e) = recorded {
@@ -77,6 +77,7 @@ pub async fn start_execution(
         timeout_secs: request.timeout_secs,
         retry_exec: request.retry_exec,
         env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
+        env: stigmer_workflows::EnvValues(request.env.clone()),
         sandbox: request.sandbox.clone().map(|mut spec| {
             spec.execution_id = Some(id.clone());
             spec
@@ -97,22 +98,26 @@ pub async fn start_execution(
         .enable_eager_workflow_start(eager)
         .static_summary(input.display_command())
         .build();
-    let start = client.start_workflow(AgentExecution::run, input.clone(), options);
-    let handle = match span.run_in(start).await {
+    let started = match input.to_raw() {
+        Ok(raw) => span
+            .run_in(client.start_workflow(AgentExecution::run, raw, options))
+            .await
+            .map_err(anyhow::Error::new),
+        Err(e) => Err(anyhow::Error::new(e).context("the workflow input did not serialize")),
+    };
+    let handle = match started {
         Ok(handle) => handle,
         Err(e) => {
             let failed = ExecutionResult::ended(
                 &id,
                 Status::Failed,
-                &format!("could not start the workflow: {e}"),
+                &format!("could not start the workflow: {e:#}"),
             );
             if let Ok(finished) = store.finish(&failed, None).await {
                 stigmer_activities::metrics::count_finished(finished);
             }
             span.end(&failed);
-            return Err(
-                anyhow::Error::new(e).context("could not start the AgentExecution workflow")
-            );
+            return Err(e.context("could not start the AgentExecution workflow"));
         }
     };
     let run_id = handle.run_id().unwrap_or_default().to_string();

@@ -25,7 +25,9 @@ pub struct NewExecution {
     pub ci_identity: Option<String>,
     pub client_host: Option<String>,
     pub timeout_secs: Option<u64>,
-    pub env: Vec<(String, String)>,
+    /// The names of its environment variables. Their values are never written to the store: they
+    /// travel inside the execution's encrypted workflow input.
+    pub env_names: Vec<String>,
     /// The OpenTelemetry trace the execution's spans belong to (32 hex), when tracing is on.
     pub trace_id: Option<String>,
 }
@@ -129,16 +131,17 @@ pub struct PruneReport {
 }
 
 impl Store {
-    /// Records a new execution as `queued`, with its environment (kept until it ends).
+    /// Records a new execution as `queued`, with the names of its environment (kept until it
+    /// ends).
     pub async fn insert_execution(&self, new: &NewExecution) -> Result<()> {
         let argv = new
             .argv
             .as_ref()
             .map(|a| serde_json::to_string(a).unwrap_or_default());
         let env: serde_json::Map<String, serde_json::Value> = new
-            .env
+            .env_names
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .map(|k| (k.clone(), serde_json::Value::Null))
             .collect();
         let env = serde_json::Value::Object(env).to_string();
         with_pool!(self, pool => sqlx::query(
@@ -257,7 +260,9 @@ impl Store {
         })
     }
 
-    /// The environment values recorded for an execution (empty once it has ended).
+    /// The environment values an execution started before they moved into its encrypted input
+    /// recorded here (empty once it has ended, and for every execution since: the store keeps
+    /// only names).
     pub async fn execution_env(&self, id: &str) -> Result<Vec<(String, String)>> {
         let row: Option<(Option<String>,)> = with_pool!(self, pool =>
             sqlx::query_as("SELECT env FROM executions WHERE id = $1")

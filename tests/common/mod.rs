@@ -89,6 +89,9 @@ impl Env {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
             "OTEL_SDK_DISABLED",
+            "STIGMER_CODEC_KEY_FILE",
+            "STIGMER_AUDIT_SIGNING_KEY",
+            "STIGMER_AUDIT_VERIFY_KEY",
         ] {
             cmd.env_remove(var);
         }

@@ -12,12 +12,14 @@ pub use types::*;
 
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
+use temporalio_common::data_converters::RawValue;
+use temporalio_common::error::ApplicationFailure;
 use temporalio_common::protos::temporal::api::enums::v1::TimeoutType;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions,
     WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
-    activities::ActivityError,
+    WorkflowTermination, activities::ActivityError,
 };
 
 /// The prefix of every execution's workflow id: `stigmer/agent-execution/<execution id>`.
@@ -92,22 +94,49 @@ pub mod activity_defs {
     };
 }
 
+/// The marks the payload codec leaves on a payload it decoded (the codec lives with the
+/// clients; the workflow only reads the marks, which never travel).
+pub mod codec_marks {
+    /// On a payload that decrypted: the id of the key it decrypted with.
+    pub const DECRYPTED_WITH: &str = "stigmer-decrypted-with";
+    /// On the sentinel an undecryptable payload becomes: why it did not decrypt.
+    pub const CODEC_ERROR: &str = "stigmer-codec-error";
+}
+
+/// The patch under which the workflow accepts only an input that decrypted with a key this
+/// worker holds and names the workflow's own id. Histories from before it replay without it.
+pub const ENCRYPTED_INPUT_PATCH: &str = "encrypted-input-v1";
+
+/// The failure type of an input the workflow refuses (nothing ran).
+pub const INVALID_INPUT: &str = "InvalidInput";
+
 /// One agent execution: a command, where it runs, and its outcome.
 #[workflow]
 pub struct AgentExecution {
-    input: ExecutionInput,
+    /// The input as it arrived: read inside `run`, so that bad input fails the workflow with a
+    /// message instead of failing its workflow task forever.
+    input: RawValue,
 }
 
 #[workflow_methods]
 impl AgentExecution {
     #[init]
-    fn new(_ctx: &WorkflowContextView, input: ExecutionInput) -> Self {
+    fn new(_ctx: &WorkflowContextView, input: RawValue) -> Self {
         Self { input }
     }
 
     #[run(name = "AgentExecution")]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionResult> {
-        let mut input = ctx.state(|s| s.input.clone());
+        let raw = ctx.state(|s| s.input.clone());
+        let checked = ctx.patched(ENCRYPTED_INPUT_PATCH);
+        let mut input = accept_input(raw, checked.then(|| ctx.workflow_id())).map_err(|why| {
+            WorkflowTermination::failed_application(
+                ApplicationFailure::builder(why)
+                    .type_name(INVALID_INPUT.to_string())
+                    .non_retryable(true)
+                    .build(),
+            )
+        })?;
         let outcome = match input.route {
             Route::Direct => run_exec(ctx, &input).await,
             Route::Acquire | Route::Warm { .. } | Route::ReadyHost { .. } => {
@@ -119,6 +148,62 @@ impl AgentExecution {
             Err(terminal) => record_terminal(ctx, terminal).await,
         }
     }
+}
+
+impl ExecutionInput {
+    /// The workflow's input as a starter sends it (JSON; the client's codec encrypts it).
+    pub fn to_raw(&self) -> Result<RawValue, serde_json::Error> {
+        use temporalio_common::protos::temporal::api::common::v1::Payload;
+        Ok(RawValue::new(vec![Payload {
+            metadata: [("encoding".to_string(), b"json/plain".to_vec())].into(),
+            data: serde_json::to_vec(self)?,
+            ..Default::default()
+        }]))
+    }
+}
+
+/// Reads the workflow's input. With `bound_to` (the workflow's id, under
+/// [`ENCRYPTED_INPUT_PATCH`]) it must also have decrypted with a key this worker holds and be
+/// the input of that workflow id: a plain-text start, or an input copied to another id, runs
+/// nothing. The message names what is wrong and never echoes a value (failure text stays in
+/// history).
+fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<ExecutionInput, String> {
+    let payload = raw.payloads.into_iter().next().unwrap_or_default();
+    if bound_to.is_some() && !payload.metadata.contains_key(codec_marks::DECRYPTED_WITH) {
+        let why = payload
+            .metadata
+            .get(codec_marks::CODEC_ERROR)
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .unwrap_or_else(|| "it arrived in plain text".into());
+        return Err(format!(
+            "refused: the input was not encrypted with a key this worker holds ({why}). Start \
+             executions with the AES-256-GCM codec and the cluster's key (docs/temporal-api.md, \
+             `stigmer codec key`); nothing ran"
+        ));
+    }
+    let mut reader = serde_json::Deserializer::from_slice(&payload.data);
+    let input: ExecutionInput = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let at = e.path().to_string();
+        let what = match e.inner().classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "is not JSON",
+            _ => "has a missing field or a value of the wrong type",
+        };
+        format!(
+            "refused: the input {what} at `{at}` (line {}, column {}); the input is \
+                 documented in docs/temporal-api.md; nothing ran",
+            e.inner().line(),
+            e.inner().column()
+        )
+    })?;
+    if let Some(own) = bound_to
+        && workflow_id(&input.id) != own
+    {
+        return Err(format!(
+            "refused: the input belongs to another workflow id than this one ({own:?}); an \
+             input cannot be started again under another id; nothing ran"
+        ));
+    }
+    Ok(input)
 }
 
 /// Records a terminal state when `exec` could not: even when the workflow itself is being

@@ -384,8 +384,13 @@ pub struct ExecutionInput {
     pub timeout_secs: Option<u64>,
     /// Re-run the command if its worker is lost mid-run (not idempotent by default).
     pub retry_exec: bool,
-    /// Names of the environment variables stored for this execution (values are in the store).
+    /// Names of the environment variables of this execution.
     pub env_names: Vec<String>,
+    /// Their values. They travel only inside this input, which the payload codec encrypts, and
+    /// reach only `exec`; the store keeps the names. Empty in inputs from before, whose values
+    /// are in the store.
+    #[serde(default, skip_serializing_if = "EnvValues::is_empty")]
+    pub env: EnvValues,
     pub sandbox: Option<SandboxSpec>,
     /// Where a sandbox command runs; filled in by the workflow after `acquire_container`.
     pub placement: Option<Placement>,
@@ -412,6 +417,8 @@ mod wire {
         timeout_secs: Option<u64>,
         retry_exec: bool,
         env_names: Vec<String>,
+        #[serde(default)]
+        env: EnvValues,
         sandbox: Option<SandboxSpec>,
         #[serde(default)]
         placement: Option<Placement>,
@@ -443,11 +450,33 @@ mod wire {
                 timeout_secs: w.timeout_secs,
                 retry_exec: w.retry_exec,
                 env_names: w.env_names,
+                env: w.env,
                 sandbox: w.sandbox,
                 placement: w.placement,
                 route,
             }
         }
+    }
+}
+
+/// An execution's environment values. Shown by name only, so that no log line or error made
+/// from an input's `Debug` carries a value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnvValues(pub Vec<(String, String)>);
+
+impl EnvValues {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for EnvValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}=…")))
+            .finish()
     }
 }
 
