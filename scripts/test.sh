@@ -56,6 +56,13 @@ if ! command -v check-jsonschema >/dev/null 2>&1 || ! command -v zizmor >/dev/nu
   python3 -m pip install --quiet check-jsonschema zizmor
   hash -r
 fi
+# The foreign client the codec is checked against: the official Temporal Python SDK and the
+# `cryptography` its encryption sample uses.
+if ! python3 -c 'import temporalio, cryptography' >/dev/null 2>&1; then
+  log "installing the Temporal Python SDK (pip install temporalio cryptography)"
+  python3 -m pip install --quiet temporalio cryptography
+fi
+
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   log "installing docker-compose"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

@@ -130,6 +130,8 @@ fn compose_config_accepts_the_file_and_wires_workers_to_temporal_postgres_and_do
     for needle in [
         "/var/run/docker.sock:/var/run/docker.sock",
         "TEMPORAL_ADDRESS: temporal:7233",
+        "STIGMER_CODEC_KEY_FILE: /etc/stigmer/codec.key",
+        "/etc/stigmer/codec.key",
         "STIGMER_DATABASE_URL: postgres://stigmer:s3cret@postgres:5432/stigmer",
         "POSTGRES_PWD: s3cret",
         "DB: postgres12",
@@ -229,6 +231,13 @@ fn the_stack_comes_up_from_offline_images_and_its_workers_run_commands() {
         ("STIGMER_SANDBOX_IMAGE".to_string(), sandbox_image),
         ("STIGMER_SANDBOX_AUTO_PULL".to_string(), "false".to_string()),
     ]);
+    // The cluster's payload key, made here before the stack comes up; the workers read it
+    // through the compose file's mount, the client from here.
+    let key_file = env.dir.path().join("codec.key");
+    env.extra
+        .push(("STIGMER_CODEC_KEY_FILE".to_string(), path_str(&key_file)));
+    let key = env.stigmer(&["codec", "key", "--output", "json"]);
+    assert!(key.status.success(), "{}", describe(&key));
     let stack = Stack {
         project: format!("stigmer-deploy-test-{}", std::process::id()),
         env: &env,
@@ -241,6 +250,7 @@ fn the_stack_comes_up_from_offline_images_and_its_workers_run_commands() {
             // The client runs here, in a directory the workers see at the same path.
             ("STIGMER_WORKSPACES".into(), path_str(env.dir.path())),
             ("RUST_LOG".into(), "info".into()),
+            ("STIGMER_CODEC_KEY_FILE".into(), path_str(&key_file)),
         ],
     };
     let up = stack.compose(&[

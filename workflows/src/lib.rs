@@ -577,3 +577,93 @@ fn describe_failure(err: &ActivityExecutionError) -> String {
     }
     format!("exec failed: {}", failure.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use temporalio_common::protos::temporal::api::common::v1::Payload;
+
+    fn input(id: &str) -> ExecutionInput {
+        ExecutionInput {
+            id: id.into(),
+            command: CommandSpec::Shell("true".into()),
+            requested_mode: RequestedMode::Local,
+            effective_mode: Mode::Local,
+            reason: "requested".into(),
+            workdir: "/tmp".into(),
+            timeout_secs: None,
+            retry_exec: false,
+            env_names: vec!["TOKEN".into()],
+            env: EnvValues(vec![("TOKEN".into(), "hunter2".into())]),
+            sandbox: None,
+            placement: None,
+            route: Route::Direct,
+        }
+    }
+
+    fn decrypted(mut raw: RawValue) -> RawValue {
+        raw.payloads[0]
+            .metadata
+            .insert(codec_marks::DECRYPTED_WITH.into(), b"k1".to_vec());
+        raw
+    }
+
+    #[test]
+    fn under_the_patch_only_a_decrypted_input_of_this_workflow_id_is_read() {
+        let own = workflow_id("aex-1");
+        let raw = input("aex-1").to_raw().unwrap();
+        let err = accept_input(raw.clone(), Some(&own)).unwrap_err();
+        assert!(err.contains("plain text") && err.contains("nothing ran"), "{err}");
+        let read = accept_input(decrypted(raw.clone()), Some(&own)).unwrap();
+        assert_eq!(read.env.0, [("TOKEN".to_string(), "hunter2".to_string())]);
+        let err = accept_input(decrypted(raw.clone()), Some(&workflow_id("aex-2"))).unwrap_err();
+        assert!(err.contains("another workflow id"), "{err}");
+        // Histories from before the patch: read as they were.
+        assert_eq!(accept_input(raw, None).unwrap().id, "aex-1");
+    }
+
+    #[test]
+    fn an_undecryptable_input_says_why_and_a_bad_one_names_the_field_not_the_value() {
+        let own = workflow_id("aex-1");
+        let sentinel = RawValue::new(vec![Payload {
+            metadata: [
+                ("encoding".to_string(), b"json/plain".to_vec()),
+                (
+                    codec_marks::CODEC_ERROR.to_string(),
+                    b"the payload was encrypted with key \"k9\", which this worker does not hold"
+                        .to_vec(),
+                ),
+            ]
+            .into(),
+            data: b"null".to_vec(),
+            ..Default::default()
+        }]);
+        let err = accept_input(sentinel, Some(&own)).unwrap_err();
+        assert!(err.contains("does not hold"), "{err}");
+
+        let mut json = serde_json::to_value(input("aex-1")).unwrap();
+        json["timeout_secs"] = "secret-looking-value".into();
+        let raw = RawValue::new(vec![Payload {
+            metadata: [("encoding".to_string(), b"json/plain".to_vec())].into(),
+            data: json.to_string().into_bytes(),
+            ..Default::default()
+        }]);
+        let err = accept_input(decrypted(raw), Some(&own)).unwrap_err();
+        assert!(err.contains("`timeout_secs`"), "{err}");
+        assert!(!err.contains("secret-looking-value"), "the value is echoed: {err}");
+
+        let raw = RawValue::new(vec![Payload {
+            data: b"{not json".to_vec(),
+            ..Default::default()
+        }]);
+        let err = accept_input(decrypted(raw), Some(&own)).unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
+    }
+
+    #[test]
+    fn env_values_never_show_in_debug_output() {
+        let shown = format!("{:?}", input("aex-1"));
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,5 +1,6 @@
-//! Request and result types of an agent execution. They travel through Temporal history, so they
-//! carry no secrets: environment values stay in the store and the history holds only their names.
+//! Request and result types of an agent execution. They travel through Temporal history, where
+//! every payload is encrypted by the clients' codec: environment values travel only inside the
+//! workflow input and `exec`'s, and never in the store.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -370,7 +371,7 @@ impl Route {
     }
 }
 
-/// The workflow's input: everything needed to run the command, minus environment values.
+/// The workflow's input: everything needed to run the command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(from = "wire::ExecutionInputWire")]
 pub struct ExecutionInput {
