@@ -103,16 +103,19 @@ OFFLINE_IMAGES = STIGMER_WORKER_IMAGE=stigmer-worker:local POSTGRES_IMAGE=stigme
 deploy-images: build sandbox-base
 	STIGMER_BASE_IMAGE='$(SANDBOX_OFFLINE_BASE)' deploy/offline/build.sh --stigmer-bin $(STIGMER)
 
+DEV_CODEC_KEY ?= $(CURDIR)/codec.key
+
 ## dev-full: the whole stack (docker-compose.yml) with DEV_WORKERS workers, then how to use it
-dev-full:
-	@if [ "$(OFFLINE)" != 0 ] && { [ "$(OFFLINE)" = 1 ] || ! timeout 120 docker pull -q postgres:16-bookworm >/dev/null 2>&1; }; then \
+dev-full: build
+	@STIGMER_CODEC_KEY_FILE='$(DEV_CODEC_KEY)' $(STIGMER) codec key >/dev/null
+	@export STIGMER_CODEC_KEY_FILE='$(DEV_CODEC_KEY)'; if [ "$(OFFLINE)" != 0 ] && { [ "$(OFFLINE)" = 1 ] || ! timeout 120 docker pull -q postgres:16-bookworm >/dev/null 2>&1; }; then \
 	  echo "dev-full: no registry (or OFFLINE=1): making the images here" >&2; \
 	  $(MAKE) deploy-images && \
 	  $(OFFLINE_IMAGES) $(COMPOSE) up -d --no-build --scale worker=$(DEV_WORKERS) postgres temporal worker; \
 	else \
 	  $(COMPOSE) up -d --build --scale worker=$(DEV_WORKERS); \
 	fi
-	@echo "export TEMPORAL_ADDRESS=127.0.0.1:7233 STIGMER_DATABASE_URL=postgres://stigmer:stigmer@127.0.0.1:5432/stigmer"
+	@echo "export TEMPORAL_ADDRESS=127.0.0.1:7233 STIGMER_DATABASE_URL=postgres://stigmer:stigmer@127.0.0.1:5432/stigmer STIGMER_CODEC_KEY_FILE='$(DEV_CODEC_KEY)'"
 	@echo "then: $(STIGMER) run --mode sandbox 'python3 --version'   (make dev-full-down stops it)"
 
 ## dev-full-down: stop the stack and remove its volumes
