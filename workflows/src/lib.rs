@@ -613,7 +613,10 @@ mod tests {
         let own = workflow_id("aex-1");
         let raw = input("aex-1").to_raw().unwrap();
         let err = accept_input(raw.clone(), Some(&own)).unwrap_err();
-        assert!(err.contains("plain text") && err.contains("nothing ran"), "{err}");
+        assert!(
+            err.contains("plain text") && err.contains("nothing ran"),
+            "{err}"
+        );
         let read = accept_input(decrypted(raw.clone()), Some(&own)).unwrap();
         assert_eq!(read.env.0, [("TOKEN".to_string(), "hunter2".to_string())]);
         let err = accept_input(decrypted(raw.clone()), Some(&workflow_id("aex-2"))).unwrap_err();
@@ -650,7 +653,10 @@ mod tests {
         }]);
         let err = accept_input(decrypted(raw), Some(&own)).unwrap_err();
         assert!(err.contains("`timeout_secs`"), "{err}");
-        assert!(!err.contains("secret-looking-value"), "the value is echoed: {err}");
+        assert!(
+            !err.contains("secret-looking-value"),
+            "the value is echoed: {err}"
+        );
 
         let raw = RawValue::new(vec![Payload {
             data: b"{not json".to_vec(),
