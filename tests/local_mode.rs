@@ -363,6 +363,56 @@ fn only_inputs_encrypted_with_the_key_run_and_env_values_are_never_at_rest_in_pl
         "a copied input was not refused: {said}"
     );
     assert!(said.contains("another workflow id"), "{said}");
+
+    // A foreign client: the official Python SDK with the sample codec and the key `stigmer codec
+    // key` hands out. Its payloads decrypt; a workflow retry policy it sets is refused.
+    let key = env.stigmer(&["codec", "key", "--output", "json"]);
+    assert!(key.status.success(), "{}", text(&key.stderr));
+    let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
+    let python = |id: &str, extra: &[&str]| {
+        let mut foreign = forged.clone();
+        foreign["id"] = id.into();
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/foreign/start.py"
+        ))
+        .arg(format!("127.0.0.1:{}", env.port))
+        .arg(key["key_id"].as_str().unwrap())
+        .arg(key["key"].as_str().unwrap())
+        .arg(format!("stigmer/agent-execution/{id}"))
+        .arg(foreign.to_string())
+        .args(extra);
+        let out = common::output_within(cmd, Duration::from_secs(90));
+        assert!(
+            out.status.success(),
+            "the Python client (scripts/test.sh installs temporalio and cryptography): {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let retried = python("aex-foreign-retry", &["--retry"]);
+    assert_eq!(retried["status"], "failed", "{retried}");
+    assert_eq!(retried["type"], "InvalidInput", "{retried}");
+    assert!(
+        retried["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retry policy")),
+        "{retried}"
+    );
+    // Without one the input is accepted, and meets today's limit: only stigmer's own clients
+    // write the execution's record before starting it (a public input is not built yet).
+    // The Python client reads the (encrypted) result as well.
+    let accepted = python("aex-foreign", &[]);
+    assert_eq!(accepted["status"], "completed", "{accepted}");
+    assert_eq!(accepted["result"]["status"], "failed", "{accepted}");
+    assert!(
+        accepted["result"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not in the store")),
+        "{accepted}"
+    );
+    assert!(!marker.exists(), "a foreign start ran a command");
 }
 
 #[test]

@@ -460,6 +460,7 @@ impl Activities {
         ctx: ActivityContext,
         input: ExecutionInput,
     ) -> Result<ExecutionResult, ActivityError> {
+        own_execution(&ctx, &input.id)?;
         self.run_exec(&ctx, input).await
     }
 
@@ -469,6 +470,10 @@ impl Activities {
         ctx: ActivityContext,
         spec: SandboxSpec,
     ) -> Result<ImageReady, ActivityError> {
+        // Inputs from before the spec named its execution carry none: nothing to check there.
+        if let Some(id) = &spec.execution_id {
+            own_execution(&ctx, id)?;
+        }
         let execution = spec.execution_id.clone();
         annotate_execution(execution.as_deref());
         telemetry::annotate([KeyValue::new("stigmer.sandbox.image", spec.image.clone())]);
@@ -508,6 +513,7 @@ impl Activities {
         ctx: ActivityContext,
         request: AcquireRequest,
     ) -> Result<Placement, ActivityError> {
+        own_execution(&ctx, &request.execution_id)?;
         annotate_execution(Some(&request.execution_id));
         let placement = with_backend!(self, request.spec.backend, |backend| {
             with_heartbeats(&ctx, ContainerBackend::acquire(backend, &request))
@@ -526,6 +532,7 @@ impl Activities {
         ctx: ActivityContext,
         request: ReleaseRequest,
     ) -> Result<String, ActivityError> {
+        own_execution(&ctx, &request.execution_id)?;
         annotate_execution(Some(&request.execution_id));
         let held = match request.placement.clone() {
             Some(placement) => Some(placement),
@@ -569,6 +576,7 @@ impl Activities {
         ctx: ActivityContext,
         result: ExecutionResult,
     ) -> Result<ExecutionResult, ActivityError> {
+        own_execution(&ctx, &result.id)?;
         annotate_execution(Some(&result.id));
         self.record_run_id(&ctx, &result.id).await;
         // `exec` gave up (its worker lost, say): what that worker left running on this host
@@ -709,6 +717,25 @@ fn backend_error<E: BackendError>(e: E) -> ActivityError {
     } else {
         non_retryable(e.to_string())
     }
+}
+
+/// Every step acts only on its own workflow's execution: an input naming another execution (a
+/// workflow started to take over a queued or running one) fails at once and touches nothing.
+fn own_execution(ctx: &ActivityContext, id: &str) -> Result<(), ActivityError> {
+    let workflow = ctx.info().workflow_id.as_deref();
+    if workflow == Some(stigmer_workflows::workflow_id(id).as_str()) {
+        return Ok(());
+    }
+    Err(ActivityError::application(
+        ApplicationFailure::builder(anyhow::anyhow!(
+            "refused: the step's execution is not its workflow's own ({}); a workflow acts \
+                 only on the execution it was started for",
+            workflow.unwrap_or("no workflow")
+        ))
+        .type_name(stigmer_workflows::INVALID_INPUT.to_string())
+        .non_retryable(true)
+        .build(),
+    ))
 }
 
 fn retryable(e: StoreError) -> ActivityError {

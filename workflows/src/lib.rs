@@ -129,7 +129,12 @@ impl AgentExecution {
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionResult> {
         let raw = ctx.state(|s| s.input.clone());
         let checked = ctx.patched(ENCRYPTED_INPUT_PATCH);
-        let mut input = accept_input(raw, checked.then(|| ctx.workflow_id())).map_err(|why| {
+        let info = ctx.info();
+        let repeats =
+            info.cron_schedule().is_some_and(|c| !c.is_empty()) || info.retry_policy().is_some();
+        let accepted = refuse_repeats(checked && repeats)
+            .and_then(|()| accept_input(raw, checked.then(|| ctx.workflow_id())));
+        let mut input = accepted.map_err(|why| {
             WorkflowTermination::failed_application(
                 ApplicationFailure::builder(why)
                     .type_name(INVALID_INPUT.to_string())
@@ -160,6 +165,21 @@ impl ExecutionInput {
             ..Default::default()
         }]))
     }
+}
+
+/// A workflow retry policy or cron schedule set by the starter would start the same execution
+/// again: refused, so that a command runs once unless `retry_exec` asks otherwise.
+fn refuse_repeats(repeats: bool) -> Result<(), String> {
+    if repeats {
+        return Err(
+            "refused: the workflow was started with a retry policy or a cron schedule; an \
+                    execution runs its command once (set retry_exec in the input to re-run a \
+                    command whose worker was lost, and schedule new executions instead of cron); \
+                    nothing ran"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Reads the workflow's input. With `bound_to` (the workflow's id, under
