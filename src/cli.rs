@@ -75,6 +75,13 @@ pub enum Command {
     /// The key that encrypts every Temporal payload (docs/temporal-api.md).
     #[command(subcommand)]
     Codec(CodecCommand),
+    /// Serve Temporal's remote codec protocol (POST /encode, /decode) for the `temporal` CLI
+    /// (`--codec-endpoint`, `--codec-auth`) and the Web UI (docs/temporal-api.md).
+    CodecServer {
+        /// Where to listen.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081")]
+        addr: String,
+    },
     /// Explain where auto mode would run a command, and why.
     Explain {
         #[arg(long, value_enum, default_value = "text")]
@@ -407,6 +414,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = load_config(&Flags::new())?;
             let keys = crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?;
             let key = keys.newest();
+            let codec_auth = crate::codec_server::codec_auth(&keys);
+            let decode_token = crate::codec_server::decode_token(&keys);
             match output {
                 OutputFormat::Json => println!(
                     "{}",
@@ -414,14 +423,29 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                         "key_id": key.id,
                         "key": key.base64(),
                         "key_file": cfg.codec_key_file.value,
+                        "codec_auth": codec_auth,
+                        "decode_token": decode_token,
                     })
                 ),
                 OutputFormat::Text => {
                     println!("key_id: {}", key.id);
                     println!("key: {}", key.base64());
                     println!("key_file: {}", cfg.codec_key_file.value.display());
+                    println!("codec_auth: {codec_auth}");
+                    println!("decode_token: {decode_token}");
                 }
             }
+            Ok(0)
+        }
+        Command::CodecServer { addr } => {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                usage(format!(
+                    "--addr {addr:?} is not HOST:PORT with an IP address, e.g. 127.0.0.1:8081"
+                ))
+            })?;
+            let cfg = load_config(&Flags::new())?;
+            let keys = crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?;
+            crate::codec_server::serve(keys, addr).await?;
             Ok(0)
         }
         Command::Leases(LeasesCommand::List { all, output }) => {

@@ -77,6 +77,11 @@ impl Key {
         BASE64.encode(self.raw)
     }
 
+    /// The raw key, for deriving the codec server's tokens from it.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.raw
+    }
+
     fn line(&self) -> String {
         format!("{} {}\n", self.id, self.base64())
     }

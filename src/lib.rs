@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod codec_server;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

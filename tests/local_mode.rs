@@ -413,6 +413,121 @@ fn only_inputs_encrypted_with_the_key_run_and_env_values_are_never_at_rest_in_pl
         "{accepted}"
     );
     assert!(!marker.exists(), "a foreign start ran a command");
+
+    // The codec server: the temporal CLI shows readable payloads with the token; without it
+    // the server answers 401; the Web UI's login link allows decoding only.
+    let port = common::free_port();
+    let mut server = env.cmd();
+    server
+        .args(["codec-server", "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = common::Children(vec![server.spawn().unwrap()]);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "the codec server never listened"
+    );
+    let bin = std::env::var("STIGMER_TEMPORAL_BIN").unwrap_or_else(|_| "temporal".into());
+    let shown = std::process::Command::new(&bin)
+        .args(["workflow", "show", "--output", "json", "--address"])
+        .arg(format!("127.0.0.1:{}", env.port))
+        .args(["--workflow-id", &wf, "--codec-endpoint", &endpoint])
+        .args(["--codec-auth", key["codec_auth"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let readable = history_payloads(&shown.stdout);
+    let input = readable
+        .iter()
+        .find(|p| p.at == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED")
+        .expect("the workflow input");
+    assert!(
+        contains(&input.payload.data, "STIGMER_TEST_SECRET"),
+        "the CLI shows the input decoded"
+    );
+    let body = format!(
+        r#"{{"payloads":[{{"metadata":{{"encoding":"{}","encryption-key-id":"{}"}},"data":"{}"}}]}}"#,
+        BASE64.encode("binary/encrypted"),
+        BASE64.encode(&key_id),
+        BASE64.encode(&sealed.data)
+    );
+    let (status, _, _) = http(port, "POST", "/decode", &[], &body);
+    assert_eq!(status, 401, "decode without the token");
+    let (status, _, _) = http(port, "POST", "/default/encode", &[], &body);
+    assert_eq!(status, 401, "encode without the token");
+    let auth = format!("Authorization: {}", key["codec_auth"].as_str().unwrap());
+    let (status, _, answer) = http(port, "POST", "/default/decode", &[&auth], &body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(&BASE64.encode("json/plain")), "{answer}");
+    // The Web UI: a preflight echoes its origin; the login link sets a cookie that decodes and
+    // never encodes.
+    let (status, headers, _) = http(
+        port,
+        "OPTIONS",
+        "/decode",
+        &[
+            "Origin: http://127.0.0.1:8233",
+            "Access-Control-Request-Method: POST",
+        ],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains("access-control-allow-origin: http://127.0.0.1:8233"),
+        "{headers}"
+    );
+    let (status, _, _) = http(port, "GET", "/login?token=wrong", &[], "");
+    assert_eq!(status, 401);
+    let login = format!("/login?token={}", key["decode_token"].as_str().unwrap());
+    let (status, headers, _) = http(port, "GET", &login, &[], "");
+    assert_eq!(status, 200);
+    let cookie = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_string();
+    let cookie = format!("Cookie: {cookie}");
+    let (status, _, _) = http(port, "POST", "/decode", &[&cookie], &body);
+    assert_eq!(status, 200, "the cookie decodes");
+    let (status, _, _) = http(port, "POST", "/encode", &[&cookie], &body);
+    assert_eq!(status, 401, "the cookie never encodes");
+    drop(server);
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:PORT: the status, the headers (lowercased) and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.to_string())
 }
 
 #[test]
