@@ -47,6 +47,7 @@ fn run_payloads() -> Vec<Payload> {
         status: Status::Succeeded,
         exit_code: Some(0),
         error: None,
+        report: None,
     };
     let input = serde_json::to_vec(&input).expect("input");
     let result = serde_json::to_vec(&result).expect("result");

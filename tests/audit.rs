@@ -588,6 +588,7 @@ async fn concurrent_appends_from_several_workers_build_one_chain() {
                     },
                     exit_code: Some(if i % 3 == 0 { 1 } else { 0 }),
                     error: None,
+                    report: None,
                 };
                 store.finish(&result, None).await.expect("finish").result
             }));
@@ -658,6 +659,7 @@ async fn record_executions(
             },
             exit_code: Some(i32::from(failed)),
             error: None,
+            report: None,
         };
         let _ = store.finish(&result, None).await.unwrap();
         ids.push(id);

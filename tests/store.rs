@@ -85,6 +85,7 @@ async fn the_first_terminal_state_wins_and_no_environment_value_is_kept() {
         status: Status::Failed,
         exit_code: Some(3),
         error: None,
+        report: None,
     };
     let summary = OutputSummary {
         bytes: 3,

@@ -680,12 +680,14 @@ fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionRes
             status: Status::Succeeded,
             exit_code: Some(0),
             error: None,
+            report: None,
         },
         Ended::Exited(code) => ExecutionResult {
             id: id.to_string(),
             status: Status::Failed,
             exit_code: Some(*code),
             error: None,
+            report: None,
         },
         Ended::TimedOut => ExecutionResult::ended(
             id,
@@ -705,6 +707,7 @@ fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionRes
             status: Status::Failed,
             exit_code: *exit_code,
             error: Some(reason.clone()),
+            report: None,
         },
     }
 }

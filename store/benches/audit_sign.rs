@@ -49,6 +49,7 @@ async fn one_execution(store: &Store, id: &str) -> Duration {
         status: Status::Succeeded,
         exit_code: Some(0),
         error: None,
+        report: None,
     };
     let start = Instant::now();
     let started = audit::append_started(store, id)

@@ -80,6 +80,7 @@ impl ExecutionRecord {
             status: self.status().unwrap_or(Status::Failed),
             exit_code: self.exit_code.map(|c| c as i32),
             error: self.error.clone(),
+            report: None,
         }
     }
 }

@@ -6,8 +6,10 @@
 //! `stigmer-activities` crate. Keeping the declarations here means the workflow compiles
 //! without any I/O code, and a worker written elsewhere can implement the same contract.
 
+mod public;
 mod types;
 
+pub use public::*;
 pub use types::*;
 
 use std::time::Duration;

@@ -600,6 +600,9 @@ pub struct ExecutionResult {
     pub exit_code: Option<i32>,
     /// Set when the status is not the command's own doing (infrastructure, timeout, cancel).
     pub error: Option<String>,
+    /// For a start with the public input: the mode, and the output's head and tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::public::Report>,
 }
 
 impl ExecutionResult {
@@ -611,6 +614,7 @@ impl ExecutionResult {
             status,
             exit_code: None,
             error: Some(error.to_string()),
+            report: None,
         }
     }
 
