@@ -87,12 +87,28 @@ impl StigmerActivities {
     pub fn finish(result: ExecutionResult) -> Result<ExecutionResult, ActivityError> {
         unimplemented!()
     }
+
+    /// Admits a start with the public input (a local activity, so the decision is in history
+    /// and replay never decides again): records the execution under an id derived from the
+    /// workflow id (the same run again is idempotent, another run of the id is refused), decides
+    /// the mode (auto by the worker's own policy) and the sandbox from the worker's settings,
+    /// and returns the input the rest of the workflow runs.
+    #[activity(name = "admit")]
+    pub fn admit(request: AdmitRequest) -> Result<ExecutionInput, ActivityError> {
+        unimplemented!()
+    }
+
+    /// The mode, the reason and the head and tail of the output, for a public start's result.
+    #[activity(name = "collect_output")]
+    pub fn collect_output(request: CollectRequest) -> Result<Report, ActivityError> {
+        unimplemented!()
+    }
 }
 
 /// The typed activity definitions, for the crate that implements them.
 pub mod activity_defs {
     pub use super::stigmer_activities::{
-        AcquireContainer, EnsureImage, Exec, Finish, ReleaseContainer,
+        AcquireContainer, Admit, CollectOutput, EnsureImage, Exec, Finish, ReleaseContainer,
     };
 }
 
@@ -135,26 +151,103 @@ impl AgentExecution {
         let repeats =
             info.cron_schedule().is_some_and(|c| !c.is_empty()) || info.retry_policy().is_some();
         let accepted = refuse_repeats(checked && repeats)
-            .and_then(|()| accept_input(raw, checked.then(|| ctx.workflow_id())));
-        let mut input = accepted.map_err(|why| {
-            WorkflowTermination::failed_application(
-                ApplicationFailure::builder(why)
-                    .type_name(INVALID_INPUT.to_string())
-                    .non_retryable(true)
-                    .build(),
-            )
-        })?;
+            .and_then(|()| accept_input(raw, checked.then(|| ctx.workflow_id())))
+            .map_err(refused)?;
+        let (mut input, public) = match accepted {
+            Accepted::Internal(input) => (input, None),
+            Accepted::Public(public) => (admit(ctx, &public).await?, Some(public)),
+        };
         let outcome = match input.route {
             Route::Direct => run_exec(ctx, &input).await,
             Route::Acquire | Route::Warm { .. } | Route::ReadyHost { .. } => {
                 run_in_sandbox(ctx, &mut input).await
             }
         };
-        match outcome {
-            Ok(result) => Ok(result),
-            Err(terminal) => record_terminal(ctx, terminal).await,
+        let mut result = match outcome {
+            Ok(result) => result,
+            Err(terminal) => record_terminal(ctx, terminal).await?,
+        };
+        if let Some(public) = public {
+            result.report = collect_output(ctx, &result.id, public.output_limit()).await;
         }
+        Ok(result)
     }
+}
+
+/// A refusal of the input, as the workflow's failure: non-retryable, nothing ran.
+fn refused(why: String) -> WorkflowTermination {
+    WorkflowTermination::failed_application(
+        ApplicationFailure::builder(why)
+            .type_name(INVALID_INPUT.to_string())
+            .non_retryable(true)
+            .build(),
+    )
+}
+
+/// What the workflow was started with: stigmer's own clients' input (the execution already
+/// recorded), or the public input any client sends.
+#[derive(Debug)]
+enum Accepted {
+    Internal(ExecutionInput),
+    Public(PublicInput),
+}
+
+/// Has the worker record and place a public start. A refusal there (a mode the input may not
+/// ask for, limits out of range, the workflow id used by another run) fails the workflow with
+/// the worker's message.
+async fn admit(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    public: &PublicInput,
+) -> WorkflowResult<ExecutionInput> {
+    let mut named = public.clone();
+    // The values go to `exec` alone; admitting needs the names.
+    named.env.values_mut().for_each(String::clear);
+    let request = AdmitRequest {
+        workflow_id: ctx.workflow_id().to_string(),
+        run_id: ctx.run_id().to_string(),
+        input: named,
+    };
+    let options = LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(60))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .maximum_attempts(10)
+                .build(),
+        )
+        .build();
+    match ctx
+        .execute_local_activity(StigmerActivities::admit, request, options)
+        .await
+    {
+        Ok(mut input) => {
+            input.env = public.env_values();
+            Ok(input)
+        }
+        Err(ActivityExecutionError::Cancelled(_)) => Err(WorkflowTermination::cancelled()),
+        Err(e) => Err(refused(failure_message(&e))),
+    }
+}
+
+/// The report of a public start's result. Best effort: without it the result still says how
+/// the execution ended, and `stigmer logs ID` has the output.
+async fn collect_output(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    id: &str,
+    limit: u64,
+) -> Option<Report> {
+    let options = LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(60))
+        .cancellation_token(WorkflowCancellationToken::new())
+        .retry_policy(RetryPolicy::builder().maximum_attempts(5).build())
+        .build();
+    let request = CollectRequest {
+        execution_id: id.to_string(),
+        limit,
+    };
+    ctx.execute_local_activity(StigmerActivities::collect_output, request, options)
+        .await
+        .ok()
 }
 
 impl ExecutionInput {
@@ -189,7 +282,7 @@ fn refuse_repeats(repeats: bool) -> Result<(), String> {
 /// the input of that workflow id: a plain-text start, or an input copied to another id, runs
 /// nothing. The message names what is wrong and never echoes a value (failure text stays in
 /// history).
-fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<ExecutionInput, String> {
+fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<Accepted, String> {
     let payload = raw.payloads.into_iter().next().unwrap_or_default();
     if bound_to.is_some() && !payload.metadata.contains_key(codec_marks::DECRYPTED_WITH) {
         let why = payload
@@ -202,6 +295,14 @@ fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<ExecutionInput,
              executions with the AES-256-GCM codec and the cluster's key (docs/temporal-api.md, \
              `stigmer codec key`); nothing ran"
         ));
+    }
+    // The public input says its version; stigmer's own clients' input has none. Before the
+    // patch there was only the latter.
+    if let Some(own) = bound_to
+        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&payload.data)
+            .is_ok_and(|object| object.contains_key("version"))
+    {
+        return PublicInput::read(&payload.data, own).map(Accepted::Public);
     }
     let mut reader = serde_json::Deserializer::from_slice(&payload.data);
     let input: ExecutionInput = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
@@ -225,7 +326,7 @@ fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<ExecutionInput,
              input cannot be started again under another id; nothing ran"
         ));
     }
-    Ok(input)
+    Ok(Accepted::Internal(input))
 }
 
 /// Records a terminal state when `exec` could not: even when the workflow itself is being
@@ -639,12 +740,14 @@ mod tests {
             err.contains("plain text") && err.contains("nothing ran"),
             "{err}"
         );
-        let read = accept_input(decrypted(raw.clone()), Some(&own)).unwrap();
+        let Ok(Accepted::Internal(read)) = accept_input(decrypted(raw.clone()), Some(&own)) else {
+            panic!("not read as stigmer's own input");
+        };
         assert_eq!(read.env.0, [("TOKEN".to_string(), "hunter2".to_string())]);
         let err = accept_input(decrypted(raw.clone()), Some(&workflow_id("aex-2"))).unwrap_err();
         assert!(err.contains("another workflow id"), "{err}");
         // Histories from before the patch: read as they were.
-        assert_eq!(accept_input(raw, None).unwrap().id, "aex-1");
+        assert!(matches!(accept_input(raw, None), Ok(Accepted::Internal(i)) if i.id == "aex-1"));
     }
 
     #[test]
@@ -686,6 +789,23 @@ mod tests {
         }]);
         let err = accept_input(decrypted(raw), Some(&own)).unwrap_err();
         assert!(err.contains("not JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_versioned_input_is_read_as_the_public_one_and_only_under_the_patch() {
+        let public = RawValue::new(vec![Payload {
+            data: br#"{"version":1,"command":"true","workflow_id":"orders-42"}"#.to_vec(),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            accept_input(decrypted(public.clone()), Some("orders-42")),
+            Ok(Accepted::Public(_))
+        ));
+        let err = accept_input(decrypted(public.clone()), Some("orders-43")).err().unwrap();
+        assert!(err.contains("`workflow_id`"), "{err}");
+        // Without the codec: refused before it is read.
+        let err = accept_input(public, Some("orders-42")).err().unwrap();
+        assert!(err.contains("plain text"), "{err}");
     }
 
     #[test]
