@@ -74,6 +74,8 @@ pub struct Config {
     /// The file of keys that encrypt every Temporal payload (docs/temporal-api.md): made on
     /// first use when missing. Every worker and client of one cluster must share it.
     pub codec_key_file: Setting<PathBuf>,
+    /// The modes a start from another Temporal client (the public input) may ask for.
+    pub foreign_modes: Setting<Vec<RequestedMode>>,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -208,6 +210,7 @@ const FILE_KEYS: &[&str] = &[
     "audit_signing_key",
     "audit_verify_key",
     "codec_key_file",
+    "foreign_modes",
 ];
 
 fn home_dir() -> PathBuf {
@@ -468,6 +471,32 @@ impl Config {
                     path => Ok(PathBuf::from(expand_home(path))),
                 },
             )?,
+            foreign_modes: layers.get(
+                "foreign_modes",
+                &["STIGMER_FOREIGN_MODES"],
+                || {
+                    vec![
+                        RequestedMode::Local,
+                        RequestedMode::Sandbox,
+                        RequestedMode::Auto,
+                        RequestedMode::Cloud,
+                    ]
+                },
+                |raw| {
+                    let modes: Option<Vec<RequestedMode>> = raw
+                        .split(',')
+                        .filter(|m| !m.trim().is_empty())
+                        .map(RequestedMode::parse)
+                        .collect();
+                    match modes {
+                        Some(modes) if !modes.is_empty() => Ok(modes),
+                        _ => Err(format!(
+                            "allowed values: a comma-separated list of {}",
+                            RequestedMode::ALLOWED
+                        )),
+                    }
+                },
+            )?,
             file: file_path,
         })
     }
@@ -543,6 +572,9 @@ impl Config {
             }),
             row("codec_key_file", &self.codec_key_file, |v| {
                 v.display().to_string()
+            }),
+            row("foreign_modes", &self.foreign_modes, |v| {
+                v.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
             }),
         ]
     }

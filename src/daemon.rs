@@ -233,7 +233,23 @@ impl Workers {
             cfg.output_retain_bytes.value,
             sandbox.clone(),
             cfg.daytona(),
-        );
+        )
+        .with_admission(stigmer_activities::admit::AdmitSettings {
+            default_mode: cfg.execution_mode.value,
+            allowed_modes: cfg.foreign_modes.value.clone(),
+            sandbox: stigmer_workflows::SandboxSpec {
+                image: cfg.sandbox_image.value.clone(),
+                auto_pull: cfg.sandbox_auto_pull.value,
+                cleanup: cfg.sandbox_cleanup.value,
+                ttl_secs: cfg.sandbox_ttl.value,
+                network: cfg.sandbox_network.value,
+                memory_bytes: stigmer_docker::DEFAULT_MEMORY_BYTES,
+                nano_cpus: stigmer_docker::DEFAULT_NANO_CPUS,
+                pids_limit: stigmer_docker::DEFAULT_PIDS_LIMIT,
+                ..Default::default()
+            },
+            cloud_snapshot: cfg.daytona_snapshot_id.value.clone(),
+        });
         let options = WorkerOptions::new(cfg.task_queue.value.clone())
             .register_workflow::<AgentExecution>()
             .context("could not register the AgentExecution workflow")?

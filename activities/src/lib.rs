@@ -6,6 +6,7 @@
 //! reports the loss instead of silently running the command a second time.
 
 pub use stigmer_store::audit;
+pub mod admit;
 pub mod backend;
 pub mod chaos;
 pub mod cloud;
@@ -29,8 +30,8 @@ use sandbox::SandboxBackend;
 use std::sync::Arc;
 use std::time::Duration;
 use stigmer_workflows::{
-    AcquireRequest, Backend, ExecutionInput, ExecutionResult, ImageReady, Mode, Placement,
-    ReleaseRequest, Route, SandboxSpec, Status,
+    AcquireRequest, AdmitRequest, Backend, CollectRequest, ExecutionInput, ExecutionResult,
+    ImageReady, Mode, Placement, ReleaseRequest, Report, Route, SandboxSpec, Status,
 };
 use store::{StartClaim, Store, StoreError};
 use temporalio_common::error::ApplicationFailure;
@@ -69,6 +70,7 @@ pub struct Activities {
     output_retain_bytes: u64,
     sandbox: SandboxBackend,
     cloud: cloud::CloudBackend,
+    admission: admit::AdmitSettings,
 }
 
 impl Activities {
@@ -89,7 +91,15 @@ impl Activities {
             output_retain_bytes,
             sandbox,
             cloud,
+            admission: admit::AdmitSettings::default(),
         }
+    }
+
+    /// What a start with the public input may ask for, and the defaults it gets.
+    #[must_use]
+    pub fn with_admission(mut self, admission: admit::AdmitSettings) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Taints the lease when the backend says its container may still run the command, and
@@ -570,6 +580,57 @@ impl Activities {
         outcome
     }
 
+    #[activity(definition = stigmer_workflows::activity_defs::Admit)]
+    pub async fn admit(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        request: AdmitRequest,
+    ) -> Result<ExecutionInput, ActivityError> {
+        if ctx.info().workflow_id.as_deref() != Some(request.workflow_id.as_str()) {
+            return Err(refusal(
+                "the start names another workflow than its own".into(),
+            ));
+        }
+        let worker_dir = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "/".into());
+        let planned = admit::plan(
+            &self.admission,
+            &request.workflow_id,
+            &request.input,
+            &worker_dir,
+        )
+        .map_err(|admit::Refusal(why)| refusal(why))?;
+        annotate_execution(Some(&planned.id));
+        if let Err(admit::Refusal(why)) = admit::record(&self.store, &request, &planned)
+            .await
+            .map_err(retryable)?
+        {
+            return Err(refusal(why));
+        }
+        let route = route::route_for(
+            &self.store,
+            Some(&self.sandbox),
+            &ctx.info().task_queue,
+            planned.effective_mode,
+            planned.sandbox.as_ref(),
+        )
+        .await;
+        Ok(ExecutionInput { route, ..planned })
+    }
+
+    #[activity(definition = stigmer_workflows::activity_defs::CollectOutput)]
+    pub async fn collect_output(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        request: CollectRequest,
+    ) -> Result<Report, ActivityError> {
+        own_execution(&ctx, &request.execution_id)?;
+        admit::report(&self.store, &request.execution_id, request.limit)
+            .await
+            .map_err(retryable)
+    }
+
     #[activity(definition = stigmer_workflows::activity_defs::Finish)]
     pub async fn finish(
         self: Arc<Self>,
@@ -726,7 +787,11 @@ fn backend_error<E: BackendError>(e: E) -> ActivityError {
 /// workflow started to take over a queued or running one) fails at once and touches nothing.
 fn own_execution(ctx: &ActivityContext, id: &str) -> Result<(), ActivityError> {
     let workflow = ctx.info().workflow_id.as_deref();
-    if workflow == Some(stigmer_workflows::workflow_id(id).as_str()) {
+    // stigmer's own starts name their workflow after the execution; a public start's execution
+    // id is derived from its workflow id.
+    if workflow == Some(stigmer_workflows::workflow_id(id).as_str())
+        || workflow.is_some_and(|w| admit::execution_id_for(w) == id)
+    {
         return Ok(());
     }
     Err(ActivityError::application(
@@ -739,6 +804,16 @@ fn own_execution(ctx: &ActivityContext, id: &str) -> Result<(), ActivityError> {
         .non_retryable(true)
         .build(),
     ))
+}
+
+/// A start the worker will not run: non-retryable, with what was wrong and what is allowed.
+fn refusal(why: String) -> ActivityError {
+    ActivityError::application(
+        ApplicationFailure::builder(anyhow::anyhow!("refused: {why}; nothing ran"))
+            .type_name(stigmer_workflows::INVALID_INPUT.to_string())
+            .non_retryable(true)
+            .build(),
+    )
 }
 
 fn retryable(e: StoreError) -> ActivityError {

@@ -58,7 +58,9 @@ class EncryptionCodec(PayloadCodec):
 
 async def main() -> None:
     address, key_id, key_b64, workflow_id, raw_input = sys.argv[1:6]
-    retry = "--retry" in sys.argv[6:]
+    flags = sys.argv[6:]
+    retry = "--retry" in flags
+    cancel_after = float(flags[flags.index("--cancel-after") + 1]) if "--cancel-after" in flags else None
     client = await Client.connect(
         address,
         data_converter=DataConverter(
@@ -66,7 +68,7 @@ async def main() -> None:
         ),
     )
     try:
-        result = await client.execute_workflow(
+        handle = await client.start_workflow(
             "AgentExecution",
             json.loads(raw_input),
             id=workflow_id,
@@ -74,6 +76,10 @@ async def main() -> None:
             retry_policy=RetryPolicy(maximum_attempts=3) if retry else None,
             execution_timeout=timedelta(seconds=60),
         )
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            await handle.cancel()
+        result = await handle.result()
         print(json.dumps({"status": "completed", "result": result}))
     except WorkflowFailureError as e:
         cause = e.cause
@@ -82,7 +88,7 @@ async def main() -> None:
                 {
                     "status": "failed",
                     "message": getattr(cause, "message", str(cause)),
-                    "type": getattr(cause, "type", None),
+                    "type": getattr(cause, "type", None) or type(cause).__name__,
                 }
             )
         )

@@ -154,7 +154,7 @@ impl AgentExecution {
             .and_then(|()| accept_input(raw, checked.then(|| ctx.workflow_id())))
             .map_err(refused)?;
         let (mut input, public) = match accepted {
-            Accepted::Internal(input) => (input, None),
+            Accepted::Internal(input) => (*input, None),
             Accepted::Public(public) => (admit(ctx, &public).await?, Some(public)),
         };
         let outcome = match input.route {
@@ -168,7 +168,9 @@ impl AgentExecution {
             Err(terminal) => record_terminal(ctx, terminal).await?,
         };
         if let Some(public) = public {
-            result.report = collect_output(ctx, &result.id, public.output_limit()).await;
+            result.report = collect_output(ctx, &result.id, public.output_limit())
+                .await
+                .map(Box::new);
         }
         Ok(result)
     }
@@ -188,8 +190,8 @@ fn refused(why: String) -> WorkflowTermination {
 /// recorded), or the public input any client sends.
 #[derive(Debug)]
 enum Accepted {
-    Internal(ExecutionInput),
-    Public(PublicInput),
+    Internal(Box<ExecutionInput>),
+    Public(Box<PublicInput>),
 }
 
 /// Has the worker record and place a public start. A refusal there (a mode the input may not
@@ -302,7 +304,7 @@ fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<Accepted, Strin
         && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&payload.data)
             .is_ok_and(|object| object.contains_key("version"))
     {
-        return PublicInput::read(&payload.data, own).map(Accepted::Public);
+        return PublicInput::read(&payload.data, own).map(|p| Accepted::Public(Box::new(p)));
     }
     let mut reader = serde_json::Deserializer::from_slice(&payload.data);
     let input: ExecutionInput = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
@@ -326,7 +328,7 @@ fn accept_input(raw: RawValue, bound_to: Option<&str>) -> Result<Accepted, Strin
              input cannot be started again under another id; nothing ran"
         ));
     }
-    Ok(Accepted::Internal(input))
+    Ok(Accepted::Internal(Box::new(input)))
 }
 
 /// Records a terminal state when `exec` could not: even when the workflow itself is being
@@ -801,7 +803,9 @@ mod tests {
             accept_input(decrypted(public.clone()), Some("orders-42")),
             Ok(Accepted::Public(_))
         ));
-        let err = accept_input(decrypted(public.clone()), Some("orders-43")).err().unwrap();
+        let err = accept_input(decrypted(public.clone()), Some("orders-43"))
+            .err()
+            .unwrap();
         assert!(err.contains("`workflow_id`"), "{err}");
         // Without the codec: refused before it is read.
         let err = accept_input(public, Some("orders-42")).err().unwrap();

@@ -101,8 +101,7 @@ impl PublicInput {
             let at = e.path().to_string();
             let inner = e.inner().to_string();
             // serde's own words name a field for these; for a wrong value they quote it.
-            let what = if inner.starts_with("unknown field") || inner.starts_with("missing field")
-            {
+            let what = if inner.starts_with("unknown field") || inner.starts_with("missing field") {
                 inner
                     .split(" at line")
                     .next()
@@ -172,7 +171,7 @@ impl PublicInput {
                 return refuse(
                     "`env` holds a name that is empty or has `=` or NUL in it, or a value with \
                      NUL"
-                        .into(),
+                    .into(),
                 );
             }
             env_bytes += name.len() + value.len();
@@ -258,22 +257,55 @@ mod tests {
     #[test]
     fn bad_input_names_the_field_and_never_the_value() {
         let cases = [
-            (r#"{"version":1,"command":"x","workflow_id":"orders-42","colour":"s3cret"}"#, "unknown field `colour`"),
-            (r#"{"version":1,"workflow_id":"orders-42"}"#, "give the command"),
-            (r#"{"version":1,"command":"x","argv":["y"],"workflow_id":"orders-42"}"#, "not both"),
-            (r#"{"version":1,"command":"x","timeout_secs":"s3cret","workflow_id":"orders-42"}"#, "`timeout_secs`"),
-            (r#"{"version":1,"command":"x","mode":"s3cret","workflow_id":"orders-42"}"#, "`mode`"),
-            (r#"{"version":1,"command":"x","timeout_secs":99999999999,"workflow_id":"orders-42"}"#, "30 days"),
-            (r#"{"version":1,"command":"x","workflow_id":"s3cret"}"#, "`workflow_id`"),
-            (r#"{"version":2,"command":"x","workflow_id":"orders-42"}"#, "`version`"),
-            (r#"{"version":1,"command":"x","workflow_id":"orders-42","sandbox":{"workspace":"/"}}"#, "unknown field `workspace`"),
-            (r#"{"version":1,"command":"x","workflow_id":"orders-42","output_limit_bytes":10000000}"#, "at most"),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","colour":"s3cret"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"version":1,"workflow_id":"orders-42"}"#,
+                "give the command",
+            ),
+            (
+                r#"{"version":1,"command":"x","argv":["y"],"workflow_id":"orders-42"}"#,
+                "not both",
+            ),
+            (
+                r#"{"version":1,"command":"x","timeout_secs":"s3cret","workflow_id":"orders-42"}"#,
+                "`timeout_secs`",
+            ),
+            (
+                r#"{"version":1,"command":"x","mode":"s3cret","workflow_id":"orders-42"}"#,
+                "`mode`",
+            ),
+            (
+                r#"{"version":1,"command":"x","timeout_secs":99999999999,"workflow_id":"orders-42"}"#,
+                "30 days",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"s3cret"}"#,
+                "`workflow_id`",
+            ),
+            (
+                r#"{"version":2,"command":"x","workflow_id":"orders-42"}"#,
+                "`version`",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","sandbox":{"workspace":"/"}}"#,
+                "unknown field `workspace`",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","output_limit_bytes":10000000}"#,
+                "at most",
+            ),
             (r#"{"version":1,"command":"x""#, "not JSON"),
         ];
         for (json, expected) in cases {
             let err = read(json).unwrap_err();
             assert!(err.contains(expected), "{json}: {err}");
-            assert!(!err.contains("s3cret"), "{json}: the value is echoed: {err}");
+            assert!(
+                !err.contains("s3cret"),
+                "{json}: the value is echoed: {err}"
+            );
             assert!(err.contains("nothing ran"), "{err}");
         }
     }
@@ -285,6 +317,9 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{input:?}");
-        assert!(shown.contains("TOKEN") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("TOKEN") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -602,7 +602,7 @@ pub struct ExecutionResult {
     pub error: Option<String>,
     /// For a start with the public input: the mode, and the output's head and tail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<crate::public::Report>,
+    pub report: Option<Box<crate::public::Report>>,
 }
 
 impl ExecutionResult {
