@@ -504,6 +504,33 @@ fn only_inputs_encrypted_with_the_key_run_and_env_values_are_never_at_rest_in_pl
     assert_eq!(status, 200, "the cookie decodes");
     let (status, _, _) = http(port, "POST", "/encode", &[&cookie], &body);
     assert_eq!(status, 401, "the cookie never encodes");
+
+    // The temporal CLI starts an execution with the public input through the codec server,
+    // and reads its result.
+    let started = std::process::Command::new(&bin)
+        .args(["workflow", "execute", "--output", "json", "--address"])
+        .arg(format!("127.0.0.1:{}", env.port))
+        .args(["--type", "AgentExecution", "--task-queue", "stigmer"])
+        .args(["--workflow-id", "from-the-cli"])
+        .args([
+            "--input",
+            r#"{"version": 1, "argv": ["echo", "hi from the CLI"], "workflow_id": "from-the-cli"}"#,
+        ])
+        .args(["--codec-endpoint", &endpoint])
+        .args(["--codec-auth", key["codec_auth"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = text(&started.stdout);
+    assert!(started.status.success(), "{said}{}", text(&started.stderr));
+    let shown: serde_json::Value = serde_json::from_str(&said).unwrap();
+    let result: serde_json::Value = serde_json::from_slice(
+        &BASE64
+            .decode(shown["result"]["data"].as_str().unwrap_or_default())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["report"]["stdout"], "hi from the CLI\n", "{result}");
     drop(server);
 }
 
