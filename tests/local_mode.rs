@@ -1276,6 +1276,22 @@ fn a_python_client_starts_executions_with_the_public_input() {
         "{done}"
     );
 
+    // The `status` query says where the execution is while its command runs.
+    let done = python_start(
+        &env,
+        "orders-7",
+        &serde_json::json!({"version": 1, "command": "sleep 4", "workflow_id": "orders-7"}),
+        &["--query-after", "2"],
+    );
+    let queried = &done["queried"];
+    assert_eq!(queried["phase"], "running", "{done}");
+    assert_eq!(queried["mode"], "local", "{done}");
+    assert_eq!(queried["execution_id"], done["result"]["id"], "{done}");
+    assert!(
+        queried["since_ms"].as_u64().is_some_and(|t| t > 0),
+        "{done}"
+    );
+
     // The client's cancel kills the command and records `cancelled`.
     let marker = env.dir.path().join("not-cancelled");
     let done = python_start(

@@ -61,6 +61,7 @@ async def main() -> None:
     flags = sys.argv[6:]
     retry = "--retry" in flags
     cancel_after = float(flags[flags.index("--cancel-after") + 1]) if "--cancel-after" in flags else None
+    query_after = float(flags[flags.index("--query-after") + 1]) if "--query-after" in flags else None
     client = await Client.connect(
         address,
         data_converter=DataConverter(
@@ -76,11 +77,15 @@ async def main() -> None:
             retry_policy=RetryPolicy(maximum_attempts=3) if retry else None,
             execution_timeout=timedelta(seconds=60),
         )
+        status = None
+        if query_after is not None:
+            await asyncio.sleep(query_after)
+            status = await handle.query("status")
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)
             await handle.cancel()
         result = await handle.result()
-        print(json.dumps({"status": "completed", "result": result}))
+        print(json.dumps({"status": "completed", "result": result, "queried": status}))
     except WorkflowFailureError as e:
         cause = e.cause
         print(

@@ -12,6 +12,7 @@ mod types;
 pub use public::*;
 pub use types::*;
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
 use temporalio_common::data_converters::RawValue;
@@ -134,13 +135,43 @@ pub struct AgentExecution {
     /// The input as it arrived: read inside `run`, so that bad input fails the workflow with a
     /// message instead of failing its workflow task forever.
     input: RawValue,
+    /// What the `status` query answers.
+    progress: Progress,
+}
+
+/// What the workflow knows of its execution, for the `status` query: the phase, where, and
+/// since when. The command's own progress is in the pending `exec` step's heartbeats
+/// (`temporal workflow describe`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// `received`, `queued` (placing the command), `running` (`exec` scheduled; it claims the
+    /// execution before it spawns anything), or `ended`.
+    pub phase: String,
+    pub execution_id: Option<String>,
+    pub mode: Option<String>,
+    /// The container the command runs in, once it has one.
+    pub container_id: Option<String>,
+    /// Milliseconds since the epoch, in workflow time, when the phase began.
+    pub since_ms: Option<u64>,
 }
 
 #[workflow_methods]
 impl AgentExecution {
     #[init]
     fn new(_ctx: &WorkflowContextView, input: RawValue) -> Self {
-        Self { input }
+        Self {
+            input,
+            progress: Progress {
+                phase: "received".into(),
+                ..Progress::default()
+            },
+        }
+    }
+
+    /// Where the execution is: see [`Progress`].
+    #[query]
+    pub fn status(&self, _ctx: &WorkflowContextView) -> Progress {
+        self.progress.clone()
     }
 
     #[run(name = "AgentExecution")]
@@ -157,6 +188,10 @@ impl AgentExecution {
             Accepted::Internal(input) => (*input, None),
             Accepted::Public(public) => (admit(ctx, &public).await?, Some(public)),
         };
+        set_progress(ctx, "queued", |p| {
+            p.execution_id = Some(input.id.clone());
+            p.mode = Some(input.effective_mode.to_string());
+        });
         let outcome = match input.route {
             Route::Direct => run_exec(ctx, &input).await,
             Route::Acquire | Route::Warm { .. } | Route::ReadyHost { .. } => {
@@ -172,8 +207,26 @@ impl AgentExecution {
                 .await
                 .map(Box::new);
         }
+        set_progress(ctx, "ended", |_| {});
         Ok(result)
     }
+}
+
+/// Moves the `status` query's answer to `phase`, stamped with workflow time.
+fn set_progress(
+    ctx: &mut WorkflowContext<AgentExecution>,
+    phase: &str,
+    change: impl FnOnce(&mut Progress),
+) {
+    let since_ms = ctx
+        .workflow_time()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64);
+    ctx.state_mut(|s| {
+        s.progress.phase = phase.to_string();
+        s.progress.since_ms = since_ms;
+        change(&mut s.progress);
+    });
 }
 
 /// A refusal of the input, as the workflow's failure: non-retryable, nothing ran.
@@ -422,6 +475,9 @@ async fn exec_activity(
         exec_options.task_queue = Some(queue);
         exec_options.schedule_to_start_timeout = Some(HOST_QUEUE_SCHEDULE_TO_START);
     }
+    set_progress(ctx, "running", |p| {
+        p.container_id = input.placement.as_ref().map(|pl| pl.container_id.clone());
+    });
     ctx.execute_activity(StigmerActivities::exec, input.clone(), exec_options)
         .await
 }
