@@ -21,7 +21,7 @@ pub const MAX_OUTPUT_LIMIT_BYTES: u64 = 128 * 1024;
 pub const MAX_ENV_BYTES: usize = 128 * 1024;
 
 /// A start from any client.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublicInput {
     /// Always 1.
@@ -38,8 +38,8 @@ pub struct PublicInput {
     /// Where a local command runs (default: the worker's working directory).
     #[serde(default)]
     pub workdir: Option<String>,
-    /// The command's environment: exactly these variables (a local command gets nothing of the
-    /// worker's own environment but `PATH`).
+    /// The command's environment: exactly these variables, nothing of the worker's own (without
+    /// `PATH`, the shell's default search path applies).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Kill the command after this many seconds (1 s to 30 days).
@@ -62,7 +62,7 @@ pub struct PublicInput {
 
 /// What a start may set of its sandbox. Host paths (workspace, credentials, requirements) are
 /// for the worker's own clients only.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublicSandbox {
     #[serde(default)]
@@ -237,9 +237,47 @@ pub struct Report {
     pub output_sha256: Option<String>,
 }
 
+/// The JSON Schema of the public input, generated from these types (docs/temporal-api.schema.json
+/// is this; a test keeps it current).
+#[must_use]
+pub fn public_input_schema() -> String {
+    let schema = schemars::schema_for!(PublicInput);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_committed_schema_is_current() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/temporal-api.schema.json"
+        );
+        let generated = public_input_schema();
+        if std::env::var_os("STIGMER_UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/temporal-api.schema.json is not the schema of today's PublicInput: run \
+             STIGMER_UPDATE_SCHEMA=1 cargo test -p stigmer-workflows the_committed_schema"
+        );
+        let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
+        assert_eq!(
+            schema["additionalProperties"], false,
+            "unknown fields are refused"
+        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(required, ["version", "workflow_id"]);
+    }
 
     const OWN: &str = "orders-42";
 
