@@ -380,24 +380,12 @@ fn only_inputs_encrypted_with_the_key_run_and_env_values_are_never_at_rest_in_pl
     let python = |id: &str, extra: &[&str]| {
         let mut foreign = forged.clone();
         foreign["id"] = id.into();
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/foreign/start.py"
-        ))
-        .arg(format!("127.0.0.1:{}", env.port))
-        .arg(key["key_id"].as_str().unwrap())
-        .arg(key["key"].as_str().unwrap())
-        .arg(format!("stigmer/agent-execution/{id}"))
-        .arg(foreign.to_string())
-        .args(extra);
-        let out = common::output_within(cmd, Duration::from_secs(90));
-        assert!(
-            out.status.success(),
-            "the Python client (scripts/test.sh installs temporalio and cryptography): {}",
-            text(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        common::python_start(
+            &env,
+            &format!("stigmer/agent-execution/{id}"),
+            &foreign,
+            extra,
+        )
     };
     let retried = python("aex-foreign-retry", &["--retry"]);
     assert_eq!(retried["status"], "failed", "{retried}");
@@ -1099,37 +1087,6 @@ fn a_temporal_server_killed_mid_run_is_started_again_and_the_run_completes_once(
     assert_eq!(status["running"], true);
 }
 
-/// Runs `tests/foreign/start.py` (the official Temporal Python SDK with the sample codec) against
-/// the environment's Temporal: starts `input` under `workflow_id` and returns what it printed.
-fn python_start(
-    env: &Env,
-    workflow_id: &str,
-    input: &serde_json::Value,
-    extra: &[&str],
-) -> serde_json::Value {
-    let key = env.stigmer(&["codec", "key", "--output", "json"]);
-    assert!(key.status.success(), "{}", text(&key.stderr));
-    let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/foreign/start.py"
-    ))
-    .arg(format!("127.0.0.1:{}", env.port))
-    .arg(key["key_id"].as_str().unwrap())
-    .arg(key["key"].as_str().unwrap())
-    .arg(workflow_id)
-    .arg(input.to_string())
-    .args(extra);
-    let out = common::output_within(cmd, Duration::from_secs(90));
-    assert!(
-        out.status.success(),
-        "the Python client (scripts/test.sh installs temporalio and cryptography): {}",
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
-}
-
 /// The Temporal contract's open half: a team's own service, here the official Python SDK with
 /// the sample codec, starts executions with the public input and gets their outcome and output
 /// in the result, with no access to the store.
@@ -1141,7 +1098,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
 
     // The minimal input: exit code, and stdout and stderr apart.
     let started = Instant::now();
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-1",
         &serde_json::json!({"version": 1, "command": "echo out; echo err >&2; exit 3", "workflow_id": "orders-1"}),
@@ -1169,7 +1126,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
 
     // argv and env; the output comes back bounded, with its byte counts and a marker where it
     // was cut, and the store keeps it whole.
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-2",
         &serde_json::json!({
@@ -1226,7 +1183,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
 
     // Malformed input fails in seconds, names the field, and echoes no value.
     let started = Instant::now();
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-3",
         &serde_json::json!({"version": 1, "command": "touch never", "timeout_secs": "s3cret", "workflow_id": "orders-3"}),
@@ -1240,7 +1197,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
         "{message}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-4",
         &serde_json::json!({"version": 1, "command": "true", "colour": "red", "workflow_id": "orders-4"}),
@@ -1254,7 +1211,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
         "{done}"
     );
     // An input made for another workflow id.
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-5",
         &serde_json::json!({"version": 1, "command": "true", "workflow_id": "orders-4"}),
@@ -1265,7 +1222,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
         "{done}"
     );
     // The same workflow id again: the execution it names already ran; refused.
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-1",
         &serde_json::json!({"version": 1, "command": "echo again", "workflow_id": "orders-1"}),
@@ -1277,7 +1234,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
     );
 
     // The `status` query says where the execution is while its command runs.
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-7",
         &serde_json::json!({"version": 1, "command": "sleep 4", "workflow_id": "orders-7"}),
@@ -1294,7 +1251,7 @@ fn a_python_client_starts_executions_with_the_public_input() {
 
     // The client's cancel kills the command and records `cancelled`.
     let marker = env.dir.path().join("not-cancelled");
-    let done = python_start(
+    let done = common::python_start(
         &env,
         "orders-6",
         &serde_json::json!({

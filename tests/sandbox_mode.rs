@@ -112,6 +112,48 @@ fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variable
         open.is_empty(),
         "another process's descriptors were readable: {open:?}"
     );
+
+    // A start from another Temporal client (the public input, from the official Python SDK)
+    // gets the same sandbox: non-root, only the variables it names, the network it asks for,
+    // and no host path; its containers are never lent to a local user's runs.
+    let done = common::python_start(
+        &env,
+        "foreign-sandbox-1",
+        &serde_json::json!({
+            "version": 1,
+            "argv": ["sh", "-c", "id -u; env; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"],
+            "mode": "sandbox",
+            "env": {"FROM_PYTHON": "yes"},
+            "sandbox": {"network": "none"},
+            "workflow_id": "foreign-sandbox-1",
+        }),
+        &[],
+    );
+    let result = &done["result"];
+    assert_eq!(result["status"], "succeeded", "{done}");
+    assert_eq!(result["report"]["mode"], "sandbox", "{done}");
+    let stdout = result["report"]["stdout"].as_str().unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "1000", "{stdout}");
+    assert!(lines.contains(&"FROM_PYTHON=yes"), "{stdout}");
+    assert!(!stdout.contains("STIGMER_DATA_DIR"), "{stdout}");
+    assert_eq!(lines.last(), Some(&"lo"), "network none: {stdout}");
+    let id = result["id"].as_str().unwrap();
+    let container = env.show(id)["container_id"].as_str().unwrap().to_string();
+    let owner = Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"io.stigmer.owner\"}}",
+        ])
+        .arg(&container)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&owner.stdout).trim(),
+        "temporal",
+        "foreign starts' containers are theirs alone"
+    );
 }
 
 #[test]

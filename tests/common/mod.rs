@@ -507,3 +507,35 @@ pub fn cloud_env(fake: &FakeDaytona) -> Env {
     ));
     env
 }
+
+/// Runs `tests/foreign/start.py` (the official Temporal Python SDK with the sample codec) against
+/// the environment's Temporal: starts `input` under `workflow_id` and returns what it printed.
+#[allow(dead_code)]
+pub fn python_start(
+    env: &Env,
+    workflow_id: &str,
+    input: &serde_json::Value,
+    extra: &[&str],
+) -> serde_json::Value {
+    let key = env.stigmer(&["codec", "key", "--output", "json"]);
+    assert!(key.status.success(), "{}", text(&key.stderr));
+    let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/foreign/start.py"
+    ))
+    .arg(format!("127.0.0.1:{}", env.port))
+    .arg(key["key_id"].as_str().unwrap())
+    .arg(key["key"].as_str().unwrap())
+    .arg(workflow_id)
+    .arg(input.to_string())
+    .args(extra);
+    let out = output_within(cmd, Duration::from_secs(90));
+    assert!(
+        out.status.success(),
+        "the Python client (scripts/test.sh installs temporalio and cryptography): {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
