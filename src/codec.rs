@@ -244,15 +244,7 @@ impl Codec {
         let mut data = Vec::with_capacity(NONCE_LEN + sealed.len());
         data.extend_from_slice(&nonce);
         data.extend_from_slice(&sealed);
-        Ok(Payload {
-            metadata: [
-                (ENCODING.to_string(), ENCRYPTED.to_vec()),
-                (KEY_ID.to_string(), key.id.as_bytes().to_vec()),
-            ]
-            .into(),
-            data,
-            ..Default::default()
-        })
+        Ok(encrypted_payload(&key.id, data))
     }
 
     /// Decrypts one payload; never an error (see the module doc).
@@ -300,6 +292,19 @@ impl Codec {
             }
             Err(_) => sentinel("the decrypted payload is not a serialized Payload".into()),
         }
+    }
+}
+
+/// A payload in the samples' encrypted form: `data` is the nonce, ciphertext and tag.
+fn encrypted_payload(key_id: &str, data: Vec<u8>) -> Payload {
+    Payload {
+        metadata: [
+            (ENCODING.to_string(), ENCRYPTED.to_vec()),
+            (KEY_ID.to_string(), key_id.as_bytes().to_vec()),
+        ]
+        .into(),
+        data,
+        ..Default::default()
     }
 }
 
@@ -487,15 +492,7 @@ print(base64.b64encode(nonce + key.encrypt(nonce, reply.SerializeToString(), Non
         let data = BASE64
             .decode(String::from_utf8_lossy(&out.stdout).trim())
             .unwrap();
-        let from_python = Payload {
-            metadata: [
-                (ENCODING.to_string(), ENCRYPTED.to_vec()),
-                (KEY_ID.to_string(), key.id.as_bytes().to_vec()),
-            ]
-            .into(),
-            data,
-            ..Default::default()
-        };
+        let from_python = encrypted_payload(&key.id, data);
         let opened = codec.decrypt(from_python);
         assert_eq!(opened.data, br#""from python""#);
         assert!(opened.metadata.contains_key(codec_marks::DECRYPTED_WITH));

@@ -1197,41 +1197,33 @@ fn a_python_client_starts_executions_with_the_public_input() {
         "{message}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
-    let done = common::python_start(
-        &env,
-        "orders-4",
-        &serde_json::json!({"version": 1, "command": "true", "colour": "red", "workflow_id": "orders-4"}),
-        &[],
-    );
-    assert!(
-        done["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `colour`"),
-        "{done}"
-    );
-    // An input made for another workflow id.
-    let done = common::python_start(
-        &env,
-        "orders-5",
-        &serde_json::json!({"version": 1, "command": "true", "workflow_id": "orders-4"}),
-        &[],
-    );
-    assert!(
-        done["message"].as_str().unwrap().contains("`workflow_id`"),
-        "{done}"
-    );
-    // The same workflow id again: the execution it names already ran; refused.
-    let done = common::python_start(
-        &env,
-        "orders-1",
-        &serde_json::json!({"version": 1, "command": "echo again", "workflow_id": "orders-1"}),
-        &[],
-    );
-    assert!(
-        done["message"].as_str().unwrap().contains("already ran"),
-        "{done}"
-    );
+    // An unknown field; an input made for another workflow id; the same workflow id again
+    // (the execution it names already ran).
+    for (workflow_id, input, refusal) in [
+        (
+            "orders-4",
+            serde_json::json!({"version": 1, "command": "true", "colour": "red", "workflow_id": "orders-4"}),
+            "unknown field `colour`",
+        ),
+        (
+            "orders-5",
+            serde_json::json!({"version": 1, "command": "true", "workflow_id": "orders-4"}),
+            "`workflow_id`",
+        ),
+        (
+            "orders-1",
+            serde_json::json!({"version": 1, "command": "echo again", "workflow_id": "orders-1"}),
+            "already ran",
+        ),
+    ] {
+        let done = common::python_start(&env, workflow_id, &input, &[]);
+        assert!(
+            done["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(refusal)),
+            "{workflow_id}: {done}"
+        );
+    }
 
     // The `status` query says where the execution is while its command runs.
     let done = common::python_start(

@@ -288,6 +288,21 @@ pub async fn report(
 mod tests {
     use super::*;
 
+    /// A worker's settings with a sandbox that passes the limits.
+    fn settings() -> AdmitSettings {
+        AdmitSettings {
+            sandbox: SandboxSpec {
+                image: "stigmer-sandbox-basic:local".into(),
+                memory_bytes: 512 << 20,
+                nano_cpus: 1_000_000_000,
+                pids_limit: 256,
+                ttl_secs: 60,
+                ..SandboxSpec::default()
+            },
+            ..AdmitSettings::default()
+        }
+    }
+
     fn start(json: &str) -> PublicInput {
         PublicInput::read(json.as_bytes(), "wf-1").unwrap_or_else(|e| panic!("{e}"))
     }
@@ -301,17 +316,7 @@ mod tests {
 
     #[test]
     fn a_start_never_brings_host_paths_and_stays_in_the_limits() {
-        let settings = AdmitSettings {
-            sandbox: SandboxSpec {
-                image: "stigmer-sandbox-basic:local".into(),
-                memory_bytes: 512 << 20,
-                nano_cpus: 1_000_000_000,
-                pids_limit: 256,
-                ttl_secs: 60,
-                ..SandboxSpec::default()
-            },
-            ..AdmitSettings::default()
-        };
+        let settings = settings();
         let planned = plan(
             &settings,
             "wf-1",
@@ -350,16 +355,7 @@ mod tests {
 
     #[test]
     fn auto_mode_decides_by_the_workers_policy() {
-        let settings = AdmitSettings {
-            sandbox: SandboxSpec {
-                image: "stigmer-sandbox-basic:local".into(),
-                memory_bytes: 512 << 20,
-                nano_cpus: 1_000_000_000,
-                pids_limit: 256,
-                ..SandboxSpec::default()
-            },
-            ..AdmitSettings::default()
-        };
+        let settings = settings();
         let local = plan(
             &settings,
             "wf-1",

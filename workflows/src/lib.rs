@@ -264,12 +264,7 @@ async fn admit(
     };
     let options = LocalActivityOptions::builder()
         .start_to_close_timeout(Duration::from_secs(60))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .maximum_attempts(10)
-                .build(),
-        )
+        .retry_policy(steady_retries())
         .build();
     match ctx
         .execute_local_activity(StigmerActivities::admit, request, options)
@@ -574,12 +569,7 @@ async fn release(
         ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
             .heartbeat_timeout(STEP_HEARTBEAT_TIMEOUT)
             .cancellation_token(WorkflowCancellationToken::new())
-            .retry_policy(
-                RetryPolicy::builder()
-                    .initial_interval(Duration::from_secs(1))
-                    .maximum_attempts(10)
-                    .build(),
-            )
+            .retry_policy(steady_retries())
             .build();
     if let Some(queue) = queue {
         release_options.task_queue = Some(queue);
@@ -698,6 +688,14 @@ async fn run_in_sandbox(
     let queue = placement.task_queue.clone();
     release_after(ctx, &id, &outcome, Some(placement), queue, &spec).await;
     outcome
+}
+
+/// Ten attempts a second apart and more: for steps that are safe to repeat (release, admit).
+fn steady_retries() -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(Duration::from_secs(1))
+        .maximum_attempts(10)
+        .build()
 }
 
 /// Attempts of a step that acquires a container. Attempts lost with their worker must not use
