@@ -283,6 +283,10 @@ pub struct RunArgs {
     /// Kill the command after this many seconds (exit code 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// A label kept with the execution and its audit records, KEY=VALUE (repeatable; e.g.
+    /// --label team=payments --label ticket=OPS-12).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Print the execution id and return without waiting.
     #[arg(long)]
     pub no_follow: bool,
@@ -770,6 +774,20 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             ))),
         }
     }
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in &args.labels {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!(usage(format!(
+                "--label {pair:?} is not KEY=VALUE (e.g. --label team=payments)"
+            )));
+        };
+        labels.insert(k.to_string(), v.to_string());
+    }
+    if let Err(why) =
+        stigmer_workflows::check_labels(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        bail!(usage(format!("--label: {why}")));
+    }
     match args.timeout {
         Some(0) => bail!(usage("--timeout must be at least 1 second")),
         Some(secs) if secs > limits::MAX_TIMEOUT_SECS => bail!(usage(format!(
@@ -876,6 +894,7 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             .ok()
             .and_then(|h| h.into_string().ok()),
         sandbox,
+        labels,
     })
 }
 

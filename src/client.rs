@@ -578,6 +578,7 @@ pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
         "output_bytes": r.output_bytes,
         "output_dropped_bytes": r.output_dropped,
         "output_sha256": r.output_sha256,
+        "labels": r.labels(),
     });
     // Only executions started with tracing on have a trace.
     if let Some(trace_id) = &r.trace_id {

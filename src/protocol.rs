@@ -66,6 +66,9 @@ pub struct RunRequest {
     pub ci_identity: Option<String>,
     pub client_host: Option<String>,
     pub sandbox: Option<SandboxSpec>,
+    /// `--label KEY=VALUE` (kept with the execution and its audit records).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The daemon's acknowledgement that the execution exists.

@@ -81,7 +81,8 @@ fn run_in_ci(env: &Env, command: &str, expected_exit: i32) -> String {
         .env("GITHUB_RUN_ID", "4242")
         .env("GITHUB_ACTOR", "octocat")
         .env("USER", "audit-tester")
-        .args(["run", "--output", "json", command]);
+        .args(["run", "--output", "json", "--label", "pipeline=nightly"])
+        .args(["--label", "ticket=OPS-12", command]);
     let out = common::output_within(cmd, std::time::Duration::from_secs(120));
     assert_eq!(
         out.status.code(),
@@ -176,6 +177,11 @@ fn every_execution_is_chained_when_it_starts_and_ends_signed_and_tampering_is_na
         );
         assert_eq!(record["requested_mode"], "local");
         assert_eq!(record["effective_mode"], "local");
+        assert_eq!(
+            record["labels"],
+            serde_json::json!({"pipeline": "nightly", "ticket": "OPS-12"}),
+            "the caller's labels are in every record: {record}"
+        );
         assert!(
             record["mode_reason"]
                 .as_str()
@@ -211,6 +217,20 @@ fn every_execution_is_chained_when_it_starts_and_ends_signed_and_tampering_is_na
         assert!(started <= finished, "{record}");
         assert_eq!(record["duration_ms"], finished - started);
     }
+    assert_eq!(
+        env.show(&ids[0])["labels"]["ticket"],
+        "OPS-12",
+        "executions show prints the labels"
+    );
+    // A bad label is refused before anything is recorded.
+    let refused = env.stigmer(&["run", "--label", "bad label=x", "true"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("label name must be"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(export(&env, &[]).len(), 8, "nothing was recorded");
     let second = &lines[3]["record"];
     assert_eq!(second["status"], "failed");
     assert_eq!(second["exit_code"], 4);

@@ -1101,7 +1101,8 @@ fn a_python_client_starts_executions_with_the_public_input() {
     let done = common::python_start(
         &env,
         "orders-1",
-        &serde_json::json!({"version": 1, "command": "echo out; echo err >&2; exit 3", "workflow_id": "orders-1"}),
+        &serde_json::json!({"version": 1, "command": "echo out; echo err >&2; exit 3",
+            "labels": {"service": "orders", "request": "r-77"}, "workflow_id": "orders-1"}),
         &[],
     );
     let result = &done["result"];
@@ -1121,6 +1122,11 @@ fn a_python_client_starts_executions_with_the_public_input() {
     let shown = env.show(&id);
     assert_eq!(shown["workflow_id"], "orders-1", "{shown}");
     assert_eq!(shown["exit_code"], 3, "{shown}");
+    assert_eq!(
+        shown["labels"],
+        serde_json::json!({"service": "orders", "request": "r-77"}),
+        "the caller's labels are kept: {shown}"
+    );
     let logs = env.stigmer(&["logs", &id]);
     assert_eq!(text(&logs.stdout), "out\n", "{}", text(&logs.stderr));
 

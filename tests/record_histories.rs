@@ -9,8 +9,13 @@
 //!
 //! ```sh
 //! STIGMER_RECORD_HISTORIES=1 STIGMER_TEST_SANDBOX_IMAGE=stigmer-sandbox-basic:local \
-//!   cargo test --test record_histories -- --nocapture
+//!   cargo test --test record_histories -- --nocapture [record_public]
 //! ```
+//!
+//! A name already recorded is never overwritten: the new file gets the next free `-N` suffix.
+//! Payloads are saved decoded with the environment's codec key (as `temporal workflow show
+//! --codec-endpoint` shows them, with the codec's decrypted mark), so the replay runs without
+//! the key and the payload check reads them.
 
 mod common;
 
@@ -30,8 +35,58 @@ fn out_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workflows/histories")
 }
 
-/// Fetches the history of execution `id` from the Temporal server at `port` and writes it.
-fn save(port: u16, id: &str, name: &str) {
+/// Fetches the history of execution `id` from `env`'s Temporal server and writes it, its
+/// payloads decoded with `env`'s codec key.
+fn save(env: &Env, id: &str, name: &str) {
+    save_workflow(env, &stigmer_workflows::workflow_id(id), name);
+}
+
+/// The codec of `env`'s key file.
+fn codec_of(env: &Env) -> stigmer::codec::Codec {
+    let out = env.stigmer(&["codec", "key", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).expect("codec key JSON");
+    let file = key["key_file"].as_str().expect("key_file");
+    let keys =
+        stigmer::codec::Keyring::load_or_create(std::path::Path::new(file)).expect("the codec key");
+    stigmer::codec::Codec::new(keys)
+}
+
+/// Every encrypted payload in `value` (a history in the SDK's serde JSON), decrypted.
+fn decode_payloads(value: &mut serde_json::Value, codec: &stigmer::codec::Codec) {
+    use temporalio_common::protos::temporal::api::common::v1::Payload;
+    match value {
+        serde_json::Value::Object(map)
+            if map.contains_key("data") && map.contains_key("metadata") =>
+        {
+            if let Ok(payload) = serde_json::from_value::<Payload>(value.clone()) {
+                if payload.metadata.get("encoding").map(Vec::as_slice)
+                    == Some(b"binary/encrypted".as_slice())
+                {
+                    *value = serde_json::to_value(codec.decrypt(payload)).expect("payload JSON");
+                }
+            }
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| decode_payloads(v, codec)),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| decode_payloads(v, codec)),
+        _ => {}
+    }
+}
+
+/// Where a recording named `name` goes: `name.json`, or the first free `name-N.json`.
+fn free_path(name: &str) -> PathBuf {
+    let mut path = out_dir().join(format!("{name}.json"));
+    let mut n = 2;
+    while path.exists() {
+        path = out_dir().join(format!("{name}-{n}.json"));
+        n += 1;
+    }
+    path
+}
+
+/// Fetches the history of workflow `wf_id` and writes it, decoded.
+fn save_workflow(env: &Env, wf_id: &str, name: &str) {
+    let port = env.port;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,23 +98,23 @@ fn save(port: u16, id: &str, name: &str) {
             .expect("connect to Temporal");
         let client = Client::new(connection, ClientOptions::new("default").build())
             .expect("Temporal client");
-        let handle =
-            client.get_workflow_handle::<UntypedWorkflow>(stigmer_workflows::workflow_id(id));
+        let handle = client.get_workflow_handle::<UntypedWorkflow>(wf_id);
         handle
             .fetch_history(WorkflowFetchHistoryOptions::default())
             .to_json()
             .await
             .expect("fetch the history")
     });
-    let value: serde_json::Value = serde_json::from_slice(&json).expect("history JSON");
-    let path = out_dir().join(format!("{name}.json"));
+    let mut value: serde_json::Value = serde_json::from_slice(&json).expect("history JSON");
+    decode_payloads(&mut value, &codec_of(env));
     std::fs::create_dir_all(out_dir()).expect("histories dir");
+    let path = free_path(name);
     std::fs::write(
         &path,
         serde_json::to_string_pretty(&value).expect("pretty JSON") + "\n",
     )
     .expect("write the history");
-    eprintln!("recorded {name}: {id} -> {}", path.display());
+    eprintln!("recorded {name}: {wf_id} -> {}", path.display());
 }
 
 fn run_ok(env: &Env, args: &[&str]) -> String {
@@ -116,15 +171,15 @@ fn record() {
         .push(("STIGMER_SANDBOX_AUTO_PULL".into(), "false".into()));
     let _cleanup = RemoveContainers(&env);
     let id = run_ok(&env, &["run", "echo hi; echo oops >&2; exit 3"]);
-    save(env.port, &id, "local");
+    save(&env, &id, "local");
     let id = run_ok(&env, &["run", "--timeout", "1", "sleep 30"]);
-    save(env.port, &id, "local-timeout");
+    save(&env, &id, "local-timeout");
     let id = cancelled(&env, &["run", "echo started; sleep 300"]);
-    save(env.port, &id, "local-cancel");
+    save(&env, &id, "local-cancel");
     let id = run_ok(&env, &["run", "--mode", "sandbox", "echo cold"]);
-    save(env.port, &id, "sandbox-ready-host");
+    save(&env, &id, "sandbox-ready-host");
     let id = run_ok(&env, &["run", "--mode", "sandbox", "echo warm"]);
-    save(env.port, &id, "sandbox-warm");
+    save(&env, &id, "sandbox-warm");
     // The warm container gone behind the store's back: exec finds none, the long way follows.
     let container = env.show(&id)["container_id"]
         .as_str()
@@ -134,17 +189,17 @@ fn record() {
         .args(["rm", "-f", &container])
         .output();
     let id = run_ok(&env, &["run", "--mode", "sandbox", "echo fallback"]);
-    save(env.port, &id, "sandbox-warm-fallback");
+    save(&env, &id, "sandbox-warm-fallback");
     let id = run_ok(
         &env,
         &["run", "--mode", "sandbox", "--timeout", "1", "sleep 30"],
     );
-    save(env.port, &id, "sandbox-timeout");
+    save(&env, &id, "sandbox-timeout");
     let id = cancelled(
         &env,
         &["run", "--mode", "sandbox", "echo started; sleep 300"],
     );
-    save(env.port, &id, "sandbox-cancel");
+    save(&env, &id, "sandbox-cancel");
     // A comment-only requirements file: the derived image is built without a package index.
     let req = env.dir.path().join("requirements.txt");
     std::fs::write(&req, format!("# {}\n", ulid::Ulid::new())).expect("requirements");
@@ -159,7 +214,7 @@ fn record() {
             "echo requirements",
         ],
     );
-    save(env.port, &id, "sandbox-requirements");
+    save(&env, &id, "sandbox-requirements");
     drop(_cleanup);
     drop(env);
 
@@ -176,7 +231,7 @@ fn record() {
         .status
         .success()));
     let id = run_ok(&env, &["run", "--mode", "sandbox", "echo long"]);
-    save(env.port, &id, "sandbox-long");
+    save(&env, &id, "sandbox-long");
 
     let out = env.stigmer(&["run", "--no-follow", "sleep 4747.4747"]);
     let id = text(&out.stdout).trim().to_string();
@@ -185,7 +240,7 @@ fn record() {
     children.0[1].wait().expect("wait");
     children.0.push(start_worker(&env));
     wait_terminal(&env, &id, Duration::from_secs(60));
-    save(env.port, &id, "local-worker-lost");
+    save(&env, &id, "local-worker-lost");
 
     let out = env.stigmer(&[
         "run",
@@ -200,7 +255,7 @@ fn record() {
     children.0[last].wait().expect("wait");
     children.0.push(start_worker(&env));
     wait_terminal(&env, &id, Duration::from_secs(60));
-    save(env.port, &id, "local-retry-exec");
+    save(&env, &id, "local-retry-exec");
     drop(_cleanup);
     drop(env);
     drop(children);
@@ -209,7 +264,96 @@ fn record() {
     let fake = common::start_fake();
     let env = common::cloud_env(&fake.fake);
     let id = run_ok(&env, &["run", "--mode", "cloud", "echo cloud"]);
-    save(env.port, &id, "cloud");
+    save(&env, &id, "cloud");
+}
+
+/// The paths of the public input (docs/temporal-api.md), started by the official Python SDK
+/// with the sample codec, and the refusals of what the worker must not run.
+#[test]
+fn record_public() {
+    if std::env::var("STIGMER_RECORD_HISTORIES").is_err() {
+        eprintln!("skipped: set STIGMER_RECORD_HISTORIES=1 to record");
+        return;
+    }
+    let mut env = Env::new();
+    env.extra.push(("STIGMER_SANDBOX_IMAGE".into(), image()));
+    env.extra
+        .push(("STIGMER_SANDBOX_AUTO_PULL".into(), "false".into()));
+    let _cleanup = RemoveContainers(&env);
+    // The CLI's own input under the encrypted-input patch.
+    let id = run_ok(&env, &["run", "echo encrypted"]);
+    save(&env, &id, "encrypted-local");
+    let id = run_ok(&env, &["run", "--mode", "sandbox", "echo encrypted"]);
+    save(&env, &id, "encrypted-sandbox-ready-host");
+
+    let start = |wf: &str, input: serde_json::Value, extra: &[&str]| {
+        let printed = common::python_start(&env, wf, &input, extra);
+        eprintln!("{wf}: {printed}");
+        save_workflow(
+            &env,
+            wf,
+            &format!("public-{}", wf.trim_start_matches("rec-")),
+        );
+    };
+    let wf = |name: &str| format!("rec-{name}");
+    start(
+        &wf("local"),
+        serde_json::json!({"version": 1, "argv": ["sh", "-c", "echo out; echo err >&2; exit 4"],
+            "env": {"GREETING": "hi"}, "labels": {"team": "payments"}, "workflow_id": wf("local")}),
+        &["--query-after", "0"],
+    );
+    start(
+        &wf("auto"),
+        serde_json::json!({"version": 1, "command": "echo auto", "mode": "auto", "workflow_id": wf("auto")}),
+        &[],
+    );
+    start(
+        &wf("sandbox"),
+        serde_json::json!({"version": 1, "command": "echo sandboxed", "mode": "sandbox",
+            "sandbox": {"network": "none", "ttl_secs": 0}, "workflow_id": wf("sandbox")}),
+        &[],
+    );
+    start(
+        &wf("cancel"),
+        serde_json::json!({"version": 1, "command": "sleep 300", "workflow_id": wf("cancel")}),
+        &["--cancel-after", "2"],
+    );
+    start(
+        &wf("malformed"),
+        serde_json::json!({"version": 1, "command": "true", "colour": "red", "workflow_id": wf("malformed")}),
+        &[],
+    );
+    start(
+        &wf("copied"),
+        serde_json::json!({"version": 1, "command": "true", "workflow_id": "another-id"}),
+        &[],
+    );
+    start(
+        &wf("retry-policy"),
+        serde_json::json!({"version": 1, "command": "true", "workflow_id": wf("retry-policy")}),
+        &["--retry"],
+    );
+    // A plaintext start, as any process that reaches the port could send it.
+    let plain = wf("plaintext");
+    let out = std::process::Command::new("temporal")
+        .args([
+            "workflow",
+            "execute",
+            "--address",
+            &format!("127.0.0.1:{}", env.port),
+            "--type",
+            "AgentExecution",
+            "--task-queue",
+            "stigmer",
+            "--workflow-id",
+            &plain,
+            "--input",
+            &serde_json::json!({"version": 1, "command": "true", "workflow_id": plain}).to_string(),
+        ])
+        .output()
+        .expect("temporal workflow execute");
+    eprintln!("{plain}: {}", text(&out.stderr));
+    save_workflow(&env, &plain, "public-plaintext");
 }
 
 /// Waits until execution `id`'s command is running and its process group is recorded.

@@ -223,6 +223,7 @@ pub async fn record(
             timeout_secs: planned.timeout_secs,
             env_names: planned.env_names.clone(),
             trace_id: None,
+            labels: request.input.labels.clone(),
         })
         .await?;
     store.set_run_id(&planned.id, &request.run_id).await?;

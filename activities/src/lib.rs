@@ -352,7 +352,15 @@ impl Activities {
         }
 
         let stop = Stopper::new();
-        let heartbeats = spawn_heartbeats(ctx.clone(), stop.clone());
+        // What `temporal workflow describe` shows of the pending `exec` (its heartbeat details).
+        let progress = stigmer_workflows::Progress {
+            phase: "running".into(),
+            execution_id: Some(id.clone()),
+            mode: Some(input.effective_mode.to_string()),
+            container_id: input.placement.as_ref().map(|p| p.container_id.clone()),
+            since_ms: u64::try_from(crate::store::now_ms()).ok(),
+        };
+        let heartbeats = spawn_heartbeats(ctx.clone(), stop.clone(), progress);
         let timer = input.timeout_secs.map(|secs| {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -716,8 +724,12 @@ async fn with_heartbeats<T>(ctx: &ActivityContext, step: impl Future<Output = T>
     }
 }
 
-/// Heartbeats until aborted, and turns Temporal's cancellation into a stop.
-fn spawn_heartbeats(ctx: ActivityContext, stop: Stopper) -> tokio::task::JoinHandle<()> {
+/// Heartbeats `progress` until aborted, and turns Temporal's cancellation into a stop.
+fn spawn_heartbeats(
+    ctx: ActivityContext,
+    stop: Stopper,
+    progress: stigmer_workflows::Progress,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
@@ -727,7 +739,7 @@ fn spawn_heartbeats(ctx: ActivityContext, stop: Stopper) -> tokio::task::JoinHan
                     return;
                 }
                 _ = tick.tick() => {
-                    let _ = ctx.record_heartbeat(()).await;
+                    let _ = ctx.record_heartbeat(progress.clone()).await;
                 }
             }
         }

@@ -57,6 +57,7 @@ pub async fn start_execution(
             client_host: request.client_host.clone(),
             timeout_secs: request.timeout_secs,
             env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
+            labels: request.labels.clone(),
         })
         .await;
     if let Err(e) = recorded {

@@ -232,6 +232,8 @@ pub struct AuditRecord {
     pub output_bytes: i64,
     pub output_dropped_bytes: i64,
     pub output_sha256: Option<String>,
+    /// The caller's labels (`{}` when none; records written before labels existed lack the key).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl AuditRecord {
@@ -274,6 +276,7 @@ impl AuditRecord {
             output_bytes: e.output_bytes,
             output_dropped_bytes: e.output_dropped,
             output_sha256: e.output_sha256.clone(),
+            labels: e.labels(),
         }
     }
 

@@ -8,6 +8,7 @@
 use crate::audit::AuditRecord;
 use crate::{Result, Store, StoreError, now_ms, q};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use stigmer_workflows::{ExecutionResult, Status};
 
 /// A new execution, as the daemon or client records it before starting the workflow.
@@ -30,6 +31,8 @@ pub struct NewExecution {
     pub env_names: Vec<String>,
     /// The OpenTelemetry trace the execution's spans belong to (32 hex), when tracing is on.
     pub trace_id: Option<String>,
+    /// The caller's labels (metadata kept with the audit records; not secret).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An execution as stored: what `executions show` prints.
@@ -64,9 +67,21 @@ pub struct ExecutionRecord {
     pub output_dropped: i64,
     pub output_sha256: Option<String>,
     pub trace_id: Option<String>,
+    /// The caller's labels as a JSON object, when it gave any ([`ExecutionRecord::labels`]).
+    pub labels: Option<String>,
 }
 
 impl ExecutionRecord {
+    /// The caller's labels (empty when none, or when the stored text is not an object of
+    /// strings).
+    #[must_use]
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.labels
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default()
+    }
+
     #[must_use]
     pub fn status(&self) -> Option<Status> {
         Status::parse(&self.status)
@@ -88,7 +103,7 @@ impl ExecutionRecord {
 pub(crate) const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
     effective_mode, reason, status, exit_code, error, os_user, ci_identity, client_host, \
     worker_id, attempt, timeout_secs, image, image_digest, container_id, created_at, started_at, \
-    finished_at, output_bytes, output_dropped, output_sha256, trace_id";
+    finished_at, output_bytes, output_dropped, output_sha256, trace_id, labels";
 
 /// The statuses an execution ends in; [`Store::prune_executions`] binds them in this order.
 const TERMINAL: [Status; 4] = [
@@ -145,11 +160,13 @@ impl Store {
             .map(|k| (k.clone(), serde_json::Value::Null))
             .collect();
         let env = serde_json::Value::Object(env).to_string();
+        let labels = (!new.labels.is_empty())
+            .then(|| serde_json::to_string(&new.labels).unwrap_or_default());
         with_pool!(self, pool => sqlx::query(
             "INSERT INTO executions (id, workflow_id, command, argv, workdir, requested_mode, \
              effective_mode, reason, status, os_user, ci_identity, client_host, timeout_secs, env, \
-             created_at, trace_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $16, $9, $10, $11, $12, $13, $14, $15)",
+             created_at, trace_id, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $16, $9, $10, $11, $12, $13, $14, $15, $17)",
         )
         .bind(&new.id)
         .bind(&new.workflow_id)
@@ -167,6 +184,7 @@ impl Store {
         .bind(now_ms())
         .bind(&new.trace_id)
         .bind(Status::Queued.as_str())
+        .bind(labels)
         .execute(pool)
         .await
         .map_err(q("insert execution"))?.rows_affected());

@@ -20,6 +20,50 @@ pub const MAX_OUTPUT_LIMIT_BYTES: u64 = 128 * 1024;
 /// The most environment a start may carry (names and values together).
 pub const MAX_ENV_BYTES: usize = 128 * 1024;
 
+/// The most labels an execution may carry.
+pub const MAX_LABELS: usize = 32;
+
+/// The longest label name (bytes).
+pub const MAX_LABEL_NAME_BYTES: usize = 63;
+
+/// The longest label value (bytes).
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// Checks an execution's labels (from the public input or `stigmer run --label`): at most
+/// [`MAX_LABELS`]; a name of letters, digits and `._/-`, starting with a letter or digit, at most
+/// [`MAX_LABEL_NAME_BYTES`]; a value of at most [`MAX_LABEL_VALUE_BYTES`] without control
+/// characters. The error says what is allowed and never echoes a value.
+pub fn check_labels<'a>(
+    labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{} labels given; at most {MAX_LABELS} are allowed",
+            labels.len()
+        ));
+    }
+    for (name, value) in labels {
+        let name_ok = name.len() <= MAX_LABEL_NAME_BYTES
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'));
+        if !name_ok {
+            return Err(format!(
+                "a label name must be 1 to {MAX_LABEL_NAME_BYTES} letters, digits, `.`, `_`, `/` \
+                 or `-`, starting with a letter or digit"
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES || value.chars().any(char::is_control) {
+            return Err(format!(
+                "the value of label `{name}` must be at most {MAX_LABEL_VALUE_BYTES} bytes, \
+                 without control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A start from any client.
 #[derive(Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +99,13 @@ pub struct PublicInput {
     /// tail, with a marker where it was cut.
     #[serde(default)]
     pub output_limit_bytes: Option<u64>,
+    /// The caller's metadata, kept with the execution and its audit records (not secret): at
+    /// most 32 names of letters, digits and `._/-`, values up to 256 bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Reserved for sessions; a start that sets it is refused by this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// The workflow id this input was made for: it must be the id it is started under, so that
     /// a copied input cannot be started again under another.
     pub workflow_id: String,
@@ -115,7 +166,7 @@ impl PublicInput {
             format!(
                 "refused: {what} at `{at}`; the input is documented in docs/temporal-api.md \
                  (fields: version, command or argv, mode, workdir, env, timeout_secs, \
-                 retry_exec, sandbox, output_limit_bytes, workflow_id); nothing ran"
+                 retry_exec, sandbox, output_limit_bytes, labels, workflow_id); nothing ran"
             )
         })?;
         input.check(own_workflow_id)?;
@@ -164,6 +215,16 @@ impl PublicInput {
                 "`output_limit_bytes` must be at most {MAX_OUTPUT_LIMIT_BYTES} (the whole output \
                  stays in the store: `stigmer logs ID`)"
             ));
+        }
+        if self.session.is_some() {
+            return refuse(
+                "`session` is reserved: this worker does not run commands in sessions yet; \
+                 leave it out"
+                    .into(),
+            );
+        }
+        if let Err(why) = check_labels(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            return refuse(format!("`labels`: {why}"));
         }
         let mut env_bytes = 0;
         for (name, value) in &self.env {
@@ -336,6 +397,22 @@ mod tests {
                 "at most",
             ),
             (r#"{"version":1,"command":"x""#, "not JSON"),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","labels":{"s3cret!":"v"}}"#,
+                "label name",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","labels":{"k":"s3cret\n"}}"#,
+                "control characters",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","labels":{"k":7}}"#,
+                "`labels.k`",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","session":"s3cret"}"#,
+                "`session` is reserved",
+            ),
         ];
         for (json, expected) in cases {
             let err = read(json).unwrap_err();
@@ -346,6 +423,35 @@ mod tests {
             );
             assert!(err.contains("nothing ran"), "{err}");
         }
+    }
+
+    #[test]
+    fn labels_are_kept_and_bounded() {
+        let input = read(
+            r#"{"version":1,"command":"x","workflow_id":"orders-42","labels":{"team":"payments","ci.run/id":"123-a_b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(input.labels["team"], "payments");
+        let many: Vec<String> = (0..=MAX_LABELS)
+            .map(|i| format!("\"l{i}\":\"v\""))
+            .collect();
+        let json = format!(
+            r#"{{"version":1,"command":"x","workflow_id":"orders-42","labels":{{{}}}}}"#,
+            many.join(",")
+        );
+        assert!(read(&json).unwrap_err().contains("at most 32"));
+        let long = "v".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        let json = format!(
+            r#"{{"version":1,"command":"x","workflow_id":"orders-42","labels":{{"k":"{long}"}}}}"#
+        );
+        assert!(read(&json).unwrap_err().contains("at most 256 bytes"));
+        // An input without labels serializes as before they existed (recorded histories).
+        let plain = read(r#"{"version":1,"command":"x","workflow_id":"orders-42"}"#).unwrap();
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !text.contains("labels") && !text.contains("session"),
+            "{text}"
+        );
     }
 
     #[test]

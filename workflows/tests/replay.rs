@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use stigmer_workflows::{
-    AcquireRequest, AgentExecution, ExecutionInput, ExecutionResult, ImageReady, Placement,
-    ReleaseRequest, SandboxSpec,
+    AcquireRequest, AdmitRequest, AgentExecution, CollectRequest, ExecutionInput, ExecutionResult,
+    ImageReady, Placement, PublicInput, ReleaseRequest, Report, SandboxSpec,
 };
 use temporalio_client::WorkflowHistory;
 use temporalio_common::protos::temporal::api::common::v1::Payload;
@@ -60,7 +60,28 @@ const PATHS: &[&str] = &[
     "sandbox-timeout",
     "sandbox-cancel",
     "cloud",
+    // Under the encrypted-input patch: the CLI's input, and the public input of any client.
+    "encrypted-local",
+    "encrypted-sandbox-ready-host",
+    "public-local",
+    "public-auto",
+    "public-sandbox",
+    "public-cancel",
+    // Refused starts: nothing runs, the workflow fails with `InvalidInput`.
+    "public-malformed",
+    "public-copied",
+    "public-retry-policy",
+    "public-plaintext",
 ];
+
+/// Whether the workflow failed as refused input (its input may be anything a client sent).
+fn refused(history: &History) -> bool {
+    history.events.iter().any(|event| {
+        matches!(&event.attributes,
+            Some(Attributes::WorkflowExecutionFailedEventAttributes(a))
+                if format!("{:?}", a.failure).contains("InvalidInput"))
+    })
+}
 
 #[tokio::test]
 async fn every_recorded_history_replays_on_todays_workflow() {
@@ -100,6 +121,7 @@ fn every_recorded_payload_reads_into_todays_types() {
     let mut read = 0;
     for (name, bytes) in histories() {
         let history: History = serde_json::from_slice(&bytes).expect("history JSON");
+        let refused = refused(&history);
         let mut scheduled: HashMap<i64, String> = HashMap::new();
         for event in &history.events {
             let mut check = |what: &str, outcome: Result<(), String>| {
@@ -109,9 +131,11 @@ fn every_recorded_payload_reads_into_todays_types() {
                 }
             };
             match &event.attributes {
-                Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => check(
+                Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) if !refused => check(
                     "workflow input",
-                    first(a.input.as_ref().map(|p| &p.payloads)).and_then(decode::<ExecutionInput>),
+                    first(a.input.as_ref().map(|p| &p.payloads)).and_then(|p| {
+                        decode::<ExecutionInput>(p).or_else(|_| decode::<PublicInput>(p))
+                    }),
                 ),
                 Some(Attributes::WorkflowExecutionCompletedEventAttributes(a)) => check(
                     "workflow result",
@@ -143,11 +167,19 @@ fn every_recorded_payload_reads_into_todays_types() {
                     );
                 }
                 Some(Attributes::MarkerRecordedEventAttributes(a)) => {
-                    // A local activity (`finish`): its result is the marker's `result` detail.
-                    if let Some(result) = a.details.get("result") {
+                    // A local activity: its type is in the marker's `data`, its result in
+                    // `result`.
+                    if let (Some(data), Some(result)) =
+                        (a.details.get("data"), a.details.get("result"))
+                    {
+                        let kind = first(Some(&data.payloads))
+                            .ok()
+                            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p.data).ok())
+                            .and_then(|v| v["activity_type"].as_str().map(String::from))
+                            .unwrap_or_default();
                         check(
-                            "finish result",
-                            first(Some(&result.payloads)).and_then(decode::<ExecutionResult>),
+                            &format!("{kind} result"),
+                            first(Some(&result.payloads)).and_then(|p| result_of(&kind, p)),
                         );
                     }
                 }
@@ -178,6 +210,8 @@ fn input_of(kind: &str, payload: &Payload) -> Result<(), String> {
         "acquire_container" => decode::<AcquireRequest>(payload),
         "release_container" => decode::<ReleaseRequest>(payload),
         "finish" => decode::<ExecutionResult>(payload),
+        "admit" => decode::<AdmitRequest>(payload),
+        "collect_output" => decode::<CollectRequest>(payload),
         other => Err(format!(
             "an activity today's workflow does not know: {other:?}"
         )),
@@ -190,6 +224,8 @@ fn result_of(kind: &str, payload: &Payload) -> Result<(), String> {
         "ensure_image" => decode::<ImageReady>(payload),
         "acquire_container" => decode::<Placement>(payload),
         "release_container" => decode::<String>(payload),
+        "admit" => decode::<ExecutionInput>(payload),
+        "collect_output" => decode::<Report>(payload),
         other => Err(format!(
             "an activity today's workflow does not know: {other:?}"
         )),
