@@ -59,12 +59,11 @@ fn decode_payloads(value: &mut serde_json::Value, codec: &stigmer::codec::Codec)
         serde_json::Value::Object(map)
             if map.contains_key("data") && map.contains_key("metadata") =>
         {
-            if let Ok(payload) = serde_json::from_value::<Payload>(value.clone()) {
-                if payload.metadata.get("encoding").map(Vec::as_slice)
+            if let Ok(payload) = serde_json::from_value::<Payload>(value.clone())
+                && payload.metadata.get("encoding").map(Vec::as_slice)
                     == Some(b"binary/encrypted".as_slice())
-                {
-                    *value = serde_json::to_value(codec.decrypt(payload)).expect("payload JSON");
-                }
+            {
+                *value = serde_json::to_value(codec.decrypt(payload)).expect("payload JSON");
             }
         }
         serde_json::Value::Object(map) => map.values_mut().for_each(|v| decode_payloads(v, codec)),
