@@ -63,13 +63,38 @@ fn decode_payloads(value: &mut serde_json::Value, codec: &stigmer::codec::Codec)
                 && payload.metadata.get("encoding").map(Vec::as_slice)
                     == Some(b"binary/encrypted".as_slice())
             {
-                *value = serde_json::to_value(codec.decrypt(payload)).expect("payload JSON");
+                let mut payload = codec.decrypt(payload);
+                redact_env(&mut payload.data);
+                *value = serde_json::to_value(payload).expect("payload JSON");
             }
         }
         serde_json::Value::Object(map) => map.values_mut().for_each(|v| decode_payloads(v, codec)),
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| decode_payloads(v, codec)),
         _ => {}
     }
+}
+
+/// The values of an input's `env` (the recorder's own environment, in a local run), replaced:
+/// a committed history must not carry them, and replay needs only their shape.
+fn redact_env(data: &mut Vec<u8>) {
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let Some(env) = json.get_mut("env") else {
+        return;
+    };
+    let redacted = |v: &mut serde_json::Value| *v = serde_json::Value::from("redacted");
+    match env {
+        // ExecutionInput: a list of [name, value] pairs.
+        serde_json::Value::Array(pairs) => pairs
+            .iter_mut()
+            .filter_map(|pair| pair.get_mut(1))
+            .for_each(redacted),
+        // PublicInput: an object.
+        serde_json::Value::Object(map) => map.values_mut().for_each(redacted),
+        _ => return,
+    }
+    *data = serde_json::to_vec(&json).expect("JSON");
 }
 
 /// Where a recording named `name` goes: `name.json`, or the first free `name-N.json`.
