@@ -41,6 +41,7 @@ fn run_payloads() -> Vec<Payload> {
         sandbox: None,
         placement: None,
         route: Route::Direct,
+        stdin: None,
     };
     let result = ExecutionResult {
         id: input.id.clone(),

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 use stigmer_workflows::{
-    Backend, CommandSpec, CredentialMount, EXIT_INFRA_FAILURE, Mode, Network, RequestedMode, limits,
+    Backend, CommandSpec, CredentialMount, EXIT_INFRA_FAILURE, MAX_INLINE_STDIN_BYTES, Mode,
+    Network, RequestedMode, StdinInput, limits,
 };
 
 /// A usage mistake: reported with exit code 2, before anything starts.
@@ -290,6 +291,13 @@ pub struct RunArgs {
     /// Print the execution id and return without waiting.
     #[arg(long)]
     pub no_follow: bool,
+    /// Forward stdin even when it is a terminal (a pipe or a file is forwarded without it).
+    #[arg(short = 'i', long, conflicts_with = "no_stdin")]
+    pub interactive: bool,
+    /// Never forward stdin (e.g. in a CI script fed to its shell on stdin, which the command
+    /// would otherwise read).
+    #[arg(long)]
+    pub no_stdin: bool,
     /// Re-run the command if its worker is lost while it runs (it is not by default).
     #[arg(long)]
     pub retry_exec: bool,
@@ -895,7 +903,55 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             .and_then(|h| h.into_string().ok()),
         sandbox,
         labels,
+        stdin: stdin_input(args, cfg, effective)?,
     })
+}
+
+/// Whether and how `run` forwards its stdin: streamed to the daemon when it is a pipe, a file
+/// or a socket (or a terminal with `-i`); read whole into the request (bounded) when nothing
+/// follows the run (`--no-follow`) or the cluster is remote. A terminal, `/dev/null` and
+/// `--no-stdin` forward nothing: the command reads end of file.
+fn stdin_input(args: &RunArgs, cfg: &Config, mode: Mode) -> Result<Option<StdinInput>> {
+    use nix::sys::stat::{SFlag, fstat};
+    if args.no_stdin {
+        return Ok(None);
+    }
+    let kind = fstat(std::os::fd::AsRawFd::as_raw_fd(&std::io::stdin()))
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
+        .ok();
+    let data =
+        kind.is_some_and(|k| k == SFlag::S_IFIFO || k == SFlag::S_IFREG || k == SFlag::S_IFSOCK);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if !(data || (terminal && args.interactive)) {
+        return Ok(None);
+    }
+    if mode == Mode::Cloud {
+        bail!(usage(
+            "cloud mode does not forward stdin; put the data in a file the command reads, use \
+             --mode sandbox or local, or pass --no-stdin (stdin is a pipe or a file here)"
+        ));
+    }
+    if !args.no_follow && !cfg.is_remote() {
+        return Ok(Some(StdinInput::Streamed));
+    }
+    // Carried in the (encrypted) workflow input: bounded, read whole before the start.
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::io::stdin(), MAX_INLINE_STDIN_BYTES as u64 + 1),
+        &mut data,
+    )
+    .context("could not read stdin")?;
+    if data.len() > MAX_INLINE_STDIN_BYTES {
+        bail!(usage(format!(
+            "stdin is more than {MAX_INLINE_STDIN_BYTES} bytes; without a local daemon to \
+             stream it to (--no-follow, or TEMPORAL_ADDRESS), at most that travels in the \
+             workflow input. Put the data in a file the command reads, or pass --no-stdin"
+        )));
+    }
+    use base64::Engine as _;
+    Ok(Some(StdinInput::Base64(
+        base64::engine::general_purpose::STANDARD.encode(data),
+    )))
 }
 
 /// Parses a size like `512m`, `2g`, `1073741824`.

@@ -15,7 +15,7 @@ use serde_json::json;
 use std::time::Duration;
 use stigmer_activities::store::{ExecutionRecord, Store};
 use stigmer_workflows::{
-    AgentExecution, EXIT_CANCELLED, EXIT_INFRA_FAILURE, ExecutionResult, Status,
+    AgentExecution, EXIT_CANCELLED, EXIT_INFRA_FAILURE, ExecutionResult, Status, StdinInput,
 };
 use temporalio_client::WorkflowCancelOptions;
 use tokio::io::AsyncWriteExt;
@@ -199,6 +199,13 @@ async fn run_via_daemon(
     let (reader, mut writer) = stream.into_split();
     let mut frames = protocol::Frames::new(reader);
     protocol::write_json(&mut writer, Tag::Request, &request).await?;
+    // A streamed stdin has the connection's write half to itself; a cancel then goes on a
+    // connection of its own, so that it never waits behind stdin the command does not read.
+    let (mut writer, _stdin_pump) = if request.stdin == Some(StdinInput::Streamed) {
+        (None, Some(StdinPump::spawn(writer)))
+    } else {
+        (Some(writer), None)
+    };
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut interrupts = Interrupts::new()?;
@@ -266,9 +273,76 @@ async fn run_via_daemon(
                 }
                 cancelling = true;
                 eprintln!("stigmer: cancelling {} (Ctrl-C again to stop waiting)", id.as_deref().unwrap_or("the execution"));
-                protocol::write_frame(&mut writer, Tag::Cancel, b"").await?;
+                match (writer.as_mut(), id.as_deref()) {
+                    (Some(writer), _) => protocol::write_frame(writer, Tag::Cancel, b"").await?,
+                    (None, Some(id)) => cancel_out_of_band(cfg, id).await,
+                    // Not started yet: the daemon cancels nothing it has not started, and it
+                    // starts nothing for a client that went away.
+                    (None, None) => return Ok(EXIT_CANCELLED),
+                }
             }
         }
+    }
+}
+
+/// Sends the command's stdin to the daemon as it is read, in `Stdin` frames ended by an empty
+/// one; stops with the run.
+struct StdinPump(tokio::task::JoinHandle<()>);
+
+impl StdinPump {
+    fn spawn(mut writer: tokio::net::unix::OwnedWriteHalf) -> Self {
+        Self(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match stdin.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!(
+                            "stigmer: could not read stdin ({e}); the command gets end of file here"
+                        );
+                        0
+                    }
+                };
+                // An empty frame is the end of the stdin. The write half stays open until the
+                // run ends: closing it would tell the daemon the client went away.
+                if protocol::write_frame(&mut writer, Tag::Stdin, &buf[..n])
+                    .await
+                    .is_err()
+                    || n == 0
+                {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for StdinPump {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Asks the daemon, on a connection of its own, to cancel execution `id`.
+async fn cancel_out_of_band(cfg: &Config, id: &str) {
+    let asked = async {
+        let mut stream = UnixStream::connect(cfg.socket_path()).await?;
+        protocol::write_frame(&mut stream, Tag::Cancel, id.as_bytes()).await?;
+        let (reader, _writer) = stream.into_split();
+        protocol::Frames::new(reader).next().await
+    }
+    .await;
+    match asked {
+        Ok(Some((Tag::Fatal, why))) => {
+            eprintln!(
+                "stigmer: could not cancel {id}: {}",
+                String::from_utf8_lossy(&why)
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("stigmer: could not cancel {id}: {e:#}"),
     }
 }
 
@@ -579,6 +653,8 @@ pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
         "output_dropped_bytes": r.output_dropped,
         "output_sha256": r.output_sha256,
         "labels": r.labels(),
+        "stdin_bytes": r.stdin_bytes,
+        "stdin_sha256": r.stdin_sha256,
     });
     // Only executions started with tracing on have a trace.
     if let Some(trace_id) = &r.trace_id {

@@ -24,8 +24,11 @@ use stigmer_activities::Activities;
 use stigmer_activities::hub::{Hub, HubEvent};
 use stigmer_activities::output::StreamKind;
 use stigmer_activities::sandbox::{SandboxBackend, host_task_queue};
+use stigmer_activities::stdin::StdinSource;
 use stigmer_activities::store::Store;
-use stigmer_workflows::{AgentExecution, Backend, ExecutionResult, Mode, RequestedMode, Status};
+use stigmer_workflows::{
+    AgentExecution, Backend, ExecutionResult, Mode, RequestedMode, Status, StdinInput,
+};
 use temporalio_client::{Client, WorkflowCancelOptions};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -736,7 +739,98 @@ async fn handle_connection(shared: Shared, stream: UnixStream) -> Result<()> {
             }
             handle_run(shared, frames, writer, request).await
         }
+        // A client whose connection carries a streamed stdin cancels on a connection of its own.
+        Tag::Cancel => {
+            let id = String::from_utf8_lossy(&body).into_owned();
+            let record = match shared.store.get_execution(&id).await {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    let msg = format!("no execution {id}");
+                    return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
+                }
+                Err(e) => {
+                    let msg = format!("could not read execution {id}: {e}");
+                    return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
+                }
+            };
+            let reason = "cancelled by the client (Ctrl-C)".to_string();
+            let handle = shared
+                .client
+                .get_workflow_handle::<AgentExecution>(record.workflow_id);
+            match handle
+                .cancel(WorkflowCancelOptions::builder().reason(reason).build())
+                .await
+            {
+                Ok(()) => protocol::write_frame(&mut writer, Tag::Notice, b"cancelling").await,
+                Err(e) => {
+                    let msg = format!("could not cancel {id}: {e}");
+                    protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await
+                }
+            }
+        }
         other => bail!("unexpected first frame {other:?}"),
+    }
+}
+
+/// Stdin read ahead of the command before the socket is read no further: a command that does
+/// not read its stdin holds the client back only past this, so a Ctrl-C behind less is still
+/// seen at once.
+const STDIN_READ_AHEAD: usize = 8 * 1024 * 1024;
+
+/// A streamed stdin on its way from the client's socket to the command: chunks are read ahead
+/// (up to [`STDIN_READ_AHEAD`]) while the command takes them, so the socket stays read for a
+/// `Cancel` and output keeps flowing whatever the command does with its stdin.
+#[derive(Default)]
+struct StdinRelay {
+    /// To the command's `exec`; `None` once the stdin ended or the command stopped taking it.
+    tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    pending: std::collections::VecDeque<Vec<u8>>,
+    pending_bytes: usize,
+    /// The client sent the end (an empty chunk).
+    ended: bool,
+}
+
+impl StdinRelay {
+    fn push(&mut self, chunk: Vec<u8>) {
+        if chunk.is_empty() {
+            self.ended = true;
+        } else if self.tx.is_some() {
+            self.pending_bytes += chunk.len();
+            self.pending.push_back(chunk);
+        }
+        self.close_when_done();
+    }
+
+    /// The sender to reserve a slot on, when a chunk waits.
+    fn slot(&self) -> Option<tokio::sync::mpsc::Sender<Vec<u8>>> {
+        self.tx.clone().filter(|_| !self.pending.is_empty())
+    }
+
+    /// Sends the next chunk into the reserved slot; `None`: the command's side is gone, and
+    /// the rest of the stdin is dropped as it comes.
+    fn deliver(&mut self, permit: Option<tokio::sync::mpsc::OwnedPermit<Vec<u8>>>) {
+        match (permit, self.pending.pop_front()) {
+            (Some(permit), Some(chunk)) => {
+                self.pending_bytes -= chunk.len();
+                permit.send(chunk);
+            }
+            _ => {
+                self.tx = None;
+                self.pending.clear();
+                self.pending_bytes = 0;
+            }
+        }
+        self.close_when_done();
+    }
+
+    fn close_when_done(&mut self) {
+        if self.ended && self.pending.is_empty() {
+            self.tx = None;
+        }
+    }
+
+    fn accepts_more(&self) -> bool {
+        self.pending_bytes < STDIN_READ_AHEAD
     }
 }
 
@@ -804,6 +898,12 @@ async fn handle_run(
     // subscription exists before the workflow does.
     let id = ops::new_execution_id();
     let mut events = shared.hub.subscribe(&id);
+    let mut stdin = StdinRelay::default();
+    if request.follow && request.stdin == Some(StdinInput::Streamed) {
+        let (tx, source) = StdinSource::channel();
+        shared.hub.offer_stdin(&id, source);
+        stdin.tx = Some(tx);
+    }
     let started = ops::start_execution(
         &shared.store,
         &shared.client,
@@ -843,7 +943,14 @@ async fn handle_run(
 
     let mut cancel_sent = false;
     loop {
+        let slot = stdin.slot();
         tokio::select! {
+            permit = async move {
+                match slot {
+                    Some(tx) => tx.reserve_owned().await.ok(),
+                    None => std::future::pending().await,
+                }
+            } => stdin.deliver(permit),
             event = events.recv() => match event {
                 Some(HubEvent::Output { stream, data }) => {
                     let tag = match stream { StreamKind::Stdout => Tag::Stdout, StreamKind::Stderr => Tag::Stderr };
@@ -867,7 +974,8 @@ async fn handle_run(
                 Some(HubEvent::Ended(_)) => {}
                 None => break,
             },
-            frame = frames.next() => match frame {
+            frame = frames.next(), if stdin.accepts_more() => match frame {
+                Ok(Some((Tag::Stdin, chunk))) => stdin.push(chunk),
                 Ok(Some((Tag::Cancel, _))) if !cancel_sent => {
                     cancel_sent = true;
                     let reason = "cancelled by the client (Ctrl-C)".to_string();

@@ -2,13 +2,14 @@
 //!
 //! Frames are a one-byte tag, a big-endian u32 length, and the payload. Output travels as raw
 //! bytes (commands print binary too); everything else is JSON. The client sends one `Request`,
-//! then at most a `Cancel`; the daemon answers `Started`, then output and notices, then `Result`
-//! (or `Fatal` when the request could not be run at all).
+//! then, when the request says its stdin is streamed, the stdin's bytes in `Stdin` frames ended
+//! by an empty one, and at most a `Cancel` (at any point); the daemon answers `Started`, then
+//! output and notices, then `Result` (or `Fatal` when the request could not be run at all).
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use stigmer_workflows::{CommandSpec, Mode, RequestedMode, SandboxSpec};
+use stigmer_workflows::{CommandSpec, Mode, RequestedMode, SandboxSpec, StdinInput};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
@@ -22,6 +23,8 @@ const HEADER: usize = 5;
 pub enum Tag {
     Request = b'R',
     Cancel = b'C',
+    /// A chunk of the command's stdin (client to daemon); empty: the end of it.
+    Stdin = b'I',
     Ping = b'P',
     Started = b'S',
     Stdout = b'O',
@@ -37,6 +40,7 @@ impl Tag {
         Some(match b {
             b'R' => Self::Request,
             b'C' => Self::Cancel,
+            b'I' => Self::Stdin,
             b'P' => Self::Ping,
             b'S' => Self::Started,
             b'O' => Self::Stdout,
@@ -69,6 +73,10 @@ pub struct RunRequest {
     /// `--label KEY=VALUE` (kept with the execution and its audit records).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The command's stdin: streamed on this connection after the request (`Stdin` frames), or
+    /// carried in the request (a `--no-follow` run's, bounded).
+    #[serde(default)]
+    pub stdin: Option<StdinInput>,
 }
 
 /// The daemon's acknowledgement that the execution exists.

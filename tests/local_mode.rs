@@ -1130,6 +1130,24 @@ fn a_python_client_starts_executions_with_the_public_input() {
     let logs = env.stigmer(&["logs", &id]);
     assert_eq!(text(&logs.stdout), "out\n", "{}", text(&logs.stderr));
 
+    // A small stdin travels in the (encrypted) input: as text, or as base64 for binary data.
+    let done = common::python_start(
+        &env,
+        "orders-stdin",
+        &serde_json::json!({"version": 1, "command": "cat",
+            "stdin": "piped in\n", "workflow_id": "orders-stdin"}),
+        &[],
+    );
+    assert_eq!(done["result"]["report"]["stdout"], "piped in\n", "{done}");
+    let done = common::python_start(
+        &env,
+        "orders-stdin-binary",
+        &serde_json::json!({"version": 1, "command": "od -An -tx1",
+            "stdin_base64": "AP8K", "workflow_id": "orders-stdin-binary"}),
+        &[],
+    );
+    assert_eq!(done["result"]["report"]["stdout"], " 00 ff 0a\n", "{done}");
+
     // argv and env; the output comes back bounded, with its byte counts and a marker where it
     // was cut, and the store keeps it whole.
     let done = common::python_start(
@@ -1269,4 +1287,122 @@ fn a_python_client_starts_executions_with_the_public_input() {
     assert!(!marker.exists());
     let id = done["result"]["id"].as_str().unwrap();
     assert_eq!(env.show(id)["status"], "cancelled");
+}
+
+#[test]
+fn stdin_reaches_the_command_whole_and_its_size_and_hash_are_recorded() {
+    use sha2::Digest;
+    let env = Env::new();
+    env.start_daemon();
+
+    // Piped text.
+    let out = common::run_with_stdin(&env, &["run", "cat"], b"hello\n".to_vec());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\n");
+
+    // 50 MB of binary data with NUL bytes, from a file: intact, its size and sha256 recorded.
+    let data: Vec<u8> = (0..50u32 * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    assert!(data.contains(&0));
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    let file = env.dir.path().join("input.bin");
+    std::fs::write(&file, &data).unwrap();
+    let started = Instant::now();
+    let out = common::output_within_stdin(
+        env.cmd().args(["run", "sha256sum"]),
+        std::fs::File::open(&file).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&sha),
+        "the command saw other bytes: {}",
+        text(&out.stdout)
+    );
+    eprintln!("50 MB through stdin: {:?}", started.elapsed());
+    let record = env.last_execution();
+    assert_eq!(record["stdin_bytes"], data.len() as u64, "{record}");
+    assert_eq!(record["stdin_sha256"], sha.as_str(), "{record}");
+    let export = env.stigmer(&["audit", "export"]);
+    let last: serde_json::Value = serde_json::from_str(
+        text(&export.stdout)
+            .lines()
+            .last()
+            .expect("an audit record"),
+    )
+    .unwrap();
+    assert_eq!(last["record"]["stdin_sha256"], sha.as_str(), "{last}");
+
+    // A command that ignores its stdin, or reads a little of it, does not hang.
+    for (command, expected) in [("true", ""), ("head -c 3 | od -An -tx1", " 00 1f 3e\n")] {
+        let out = common::output_within_stdin(
+            env.cmd().args(["run", command]),
+            std::fs::File::open(&file).unwrap(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{command}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), expected, "{command}");
+    }
+
+    // Nothing is forwarded from /dev/null, or with --no-stdin.
+    let out = env.stigmer(&["run", "cat"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), String::new())
+    );
+    assert_eq!(env.last_execution()["stdin_bytes"], serde_json::Value::Null);
+    let out = common::run_with_stdin(&env, &["run", "--no-stdin", "cat"], b"dropped".to_vec());
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), String::new())
+    );
+
+    // Without a client to stream it (--no-follow), stdin travels in the encrypted input,
+    // bounded.
+    let out = common::run_with_stdin(&env, &["run", "--no-follow", "cat"], b"later\n".to_vec());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    common::wait_terminal(&env, &id, Duration::from_secs(60));
+    let logs = env.stigmer(&["logs", &id]);
+    assert_eq!(text(&logs.stdout), "later\n");
+    let out = common::run_with_stdin(&env, &["run", "--no-follow", "cat"], vec![b'x'; 300 * 1024]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in a file the command reads"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Ctrl-C while stdin stays open and unread: the command is still cancelled.
+    let marker = "4545.4545";
+    let mut child = env
+        .cmd()
+        .args(["run", &format!("echo started; sleep {marker}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _open = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"started\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        eventually(Duration::from_secs(10), || processes_matching(marker)
+            .is_empty()),
+        "the command still runs"
+    );
+    assert_eq!(env.last_execution()["status"], "cancelled");
 }

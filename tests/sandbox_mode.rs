@@ -782,3 +782,51 @@ impl Drop for RemoveOnDrop {
             .output();
     }
 }
+
+#[test]
+fn stdin_reaches_a_sandbox_command_whole_and_a_container_is_still_reused_clean() {
+    use sha2::Digest;
+    let env = sandbox_env();
+    let _cleanup = common::RemoveContainers(&env);
+    let out = common::run_with_stdin(&env, &["run", "cat"], b"hello\n".to_vec());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\n");
+    let first = env.last_execution()["container_id"].clone();
+
+    // 50 MB of binary data with NUL bytes, from a file, through the engine's stdin pipe.
+    let data: Vec<u8> = (0..50u32 * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(7) % 253) as u8)
+        .collect();
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    let file = env.dir.path().join("input.bin");
+    std::fs::write(&file, &data).unwrap();
+    let out = common::output_within_stdin(
+        env.cmd().args(["run", "sha256sum"]),
+        std::fs::File::open(&file).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(&sha), "{}", text(&out.stdout));
+    let record = env.last_execution();
+    assert_eq!(record["stdin_sha256"], sha.as_str(), "{record}");
+    assert_eq!(
+        record["container_id"], first,
+        "the clean container is reused for a run with stdin"
+    );
+
+    // A command that ignores its stdin does not hang; the next run finds nothing left.
+    let out = common::output_within_stdin(
+        env.cmd().args(["run", "true"]),
+        std::fs::File::open(&file).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = env.stigmer(&[
+        "run",
+        "ps -eo comm= | grep -cv -e '^ps$' -e '^grep$' -e '^sh$'",
+    ]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "1",
+        "only the agent is left in the container: {}",
+        text(&out.stdout)
+    );
+}

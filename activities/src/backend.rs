@@ -9,6 +9,7 @@
 
 use crate::local::{Ended, Stopper};
 use crate::output::OutputSink;
+use crate::stdin::StdinFeed;
 use std::future::Future;
 use stigmer_workflows::{AcquireRequest, Placement, SandboxSpec};
 
@@ -47,6 +48,7 @@ pub trait ContainerBackend {
         spec: &SandboxSpec,
         argv: Vec<String>,
         env: &[(String, String)],
+        stdin: Option<StdinFeed>,
         sink: &mut OutputSink,
         stop: &Stopper,
     ) -> impl Future<Output = Result<(Ended, bool), Self::Error>> + Send;

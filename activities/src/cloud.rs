@@ -7,6 +7,7 @@
 
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::{OutputSink, StreamKind};
+use crate::stdin::StdinFeed;
 use crate::store::{LeaseState, NewLease, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -291,9 +292,22 @@ impl crate::backend::ContainerBackend for CloudBackend {
         _spec: &SandboxSpec,
         argv: Vec<String>,
         env: &[(String, String)],
+        stdin: Option<StdinFeed>,
         sink: &mut OutputSink,
         stop: &Stopper,
     ) -> Result<(Ended, bool), CloudError> {
+        if stdin.is_some() {
+            // Clients refuse this before starting; an input that asks anyway runs nothing.
+            return Ok((
+                Ended::Failed {
+                    exit_code: None,
+                    reason: "cloud mode does not forward standard input; nothing ran (use \
+                             sandbox or local mode, or put the data in a file the command reads)"
+                        .into(),
+                },
+                false,
+            ));
+        }
         let client = self.client().await?;
         let toolbox = client.toolbox(&placement.container_id).await?;
         let session = format!("stigmer-{execution_id}");

@@ -4,6 +4,7 @@
 //! a slow client slows the command (as a terminal would) instead of growing memory.
 
 use crate::output::StreamKind;
+use crate::stdin::StdinSource;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use stigmer_workflows::ExecutionResult;
@@ -30,6 +31,8 @@ pub enum HubEvent {
 #[derive(Clone, Default)]
 pub struct Hub {
     subscribers: Arc<Mutex<HashMap<String, mpsc::Sender<HubEvent>>>>,
+    /// Stdin streams offered by socket handlers, each taken once by its execution's `exec`.
+    stdin: Arc<Mutex<HashMap<String, StdinSource>>>,
 }
 
 impl Hub {
@@ -52,6 +55,21 @@ impl Hub {
         if let Ok(mut subs) = self.subscribers.lock() {
             subs.remove(execution_id);
         }
+        drop(self.take_stdin(execution_id));
+    }
+
+    /// Offers an execution's stdin to its `exec`; call before starting it.
+    pub fn offer_stdin(&self, execution_id: &str, source: StdinSource) {
+        if let Ok(mut offered) = self.stdin.lock() {
+            offered.insert(execution_id.to_string(), source);
+        }
+    }
+
+    /// The execution's stdin, once: `None` when it was never offered in this process (another
+    /// worker's execution) or an earlier attempt took it.
+    #[must_use]
+    pub fn take_stdin(&self, execution_id: &str) -> Option<StdinSource> {
+        self.stdin.lock().ok()?.remove(execution_id)
     }
 
     /// Delivers an event to the execution's subscriber, if any, waiting for room in its queue

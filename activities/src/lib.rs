@@ -18,6 +18,7 @@ pub mod process;
 pub mod reaper;
 pub mod route;
 pub mod sandbox;
+pub mod stdin;
 pub use stigmer_store as store;
 pub mod telemetry;
 
@@ -29,9 +30,10 @@ use output::OutputSink;
 use sandbox::SandboxBackend;
 use std::sync::Arc;
 use std::time::Duration;
+use stdin::{StdinFeed, StdinSource};
 use stigmer_workflows::{
     AcquireRequest, AdmitRequest, Backend, CollectRequest, ExecutionInput, ExecutionResult,
-    ImageReady, Mode, Placement, ReleaseRequest, Report, Route, SandboxSpec, Status,
+    ImageReady, Mode, Placement, ReleaseRequest, Report, Route, SandboxSpec, Status, StdinInput,
 };
 use store::{StartClaim, Store, StoreError};
 use temporalio_common::error::ApplicationFailure;
@@ -370,8 +372,20 @@ impl Activities {
         });
 
         let mut release_early = false;
-        let ended = match input.effective_mode {
-            Mode::Local => {
+        let (stdin, stdin_tally, stdin_refused) = match self.stdin_of(&id, &input) {
+            Ok(Some(source)) => {
+                let (feed, tally) = StdinFeed::new(source);
+                (Some(feed), Some(tally), None)
+            }
+            Ok(None) => (None, None, None),
+            Err(why) => (None, None, Some(why)),
+        };
+        let ended = match (stdin_refused, input.effective_mode) {
+            (Some(reason), _) => Ok(Ended::Failed {
+                exit_code: None,
+                reason,
+            }),
+            (None, Mode::Local) => {
                 let store = self.store.clone();
                 let exec_id = id.clone();
                 let on_spawn = move |pgid: i32| {
@@ -390,12 +404,13 @@ impl Activities {
                     &env,
                     &mut sink,
                     &stop,
+                    stdin,
                     on_spawn,
                 )
                 .await
                 .map_err(|e| e.to_string())
             }
-            Mode::Sandbox | Mode::Cloud => match (&input.placement, &input.sandbox) {
+            (None, Mode::Sandbox | Mode::Cloud) => match (&input.placement, &input.sandbox) {
                 (Some(placement), Some(spec)) => with_backend!(self, spec.backend, |backend| {
                     let outcome = ContainerBackend::exec(
                         backend,
@@ -404,6 +419,7 @@ impl Activities {
                         spec,
                         input.command.argv(),
                         &env,
+                        stdin,
                         &mut sink,
                         &stop,
                     )
@@ -433,10 +449,15 @@ impl Activities {
         };
         let totals = sink.finish().await.ok();
         let result = result_of(&id, &ended, input.timeout_secs);
+        let stdin = stdin_tally.map(|tally| {
+            let t = tally.totals();
+            (t.bytes as i64, t.sha256)
+        });
         let summary = totals.map(|t| store::OutputSummary {
             bytes: t.bytes as i64,
             dropped: t.dropped as i64,
             sha256: Some(t.sha256),
+            stdin,
         });
         let recorded = self
             .store
@@ -606,6 +627,7 @@ impl Activities {
             &self.admission,
             &request.workflow_id,
             &request.input,
+            request.stdin,
             &worker_dir,
         )
         .map_err(|admit::Refusal(why)| refusal(why))?;
@@ -744,6 +766,30 @@ fn spawn_heartbeats(
             }
         }
     })
+}
+
+impl Activities {
+    /// The command's stdin, as its input says it comes: streamed by the daemon of this process
+    /// (taken from the hub, once), or carried in the input. An error says why it cannot be
+    /// given, and nothing runs.
+    fn stdin_of(&self, id: &str, input: &ExecutionInput) -> Result<Option<StdinSource>, String> {
+        use base64::Engine as _;
+        match &input.stdin {
+            None => Ok(None),
+            Some(StdinInput::Streamed) => self.hub.take_stdin(id).map(Some).ok_or_else(|| {
+                "the command's standard input was streamed to the daemon that started it, and \
+                 this attempt cannot have it (another worker, or an earlier attempt took it); \
+                 nothing ran: run the command again"
+                    .to_string()
+            }),
+            Some(StdinInput::Base64(text)) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map(|bytes| Some(StdinSource::from_bytes(bytes)))
+                .map_err(|_| {
+                    "the standard input in the workflow input is not base64; nothing ran".into()
+                }),
+        }
+    }
 }
 
 fn result_of(id: &str, ended: &Ended, timeout_secs: Option<u64>) -> ExecutionResult {

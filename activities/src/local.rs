@@ -6,6 +6,7 @@
 //! no orphan keeps running after `stigmer run` returns.
 
 use crate::output::{FLUSH_INTERVAL, OutputSink, StreamKind};
+use crate::stdin::StdinFeed;
 use crate::store::StoreError;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -70,13 +71,15 @@ impl Stopper {
     }
 }
 
-/// Runs `argv` on the host and pumps its output into `sink` until it ends or `stop` fires.
+/// Runs `argv` on the host, feeding it `stdin` (else it reads end of file), and pumps its output
+/// into `sink` until it ends or `stop` fires.
 pub async fn run(
     argv: &[String],
     workdir: &str,
     env: &[(String, String)],
     sink: &mut OutputSink,
     stop: &Stopper,
+    stdin: Option<StdinFeed>,
     on_spawn: impl FnOnce(i32),
 ) -> Result<Ended, StoreError> {
     let Some((program, args)) = argv.split_first() else {
@@ -97,7 +100,11 @@ pub async fn run(
         .current_dir(workdir)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -123,6 +130,10 @@ pub async fn run(
         on_spawn(pgid.as_raw());
     }
 
+    let _feeding = match (stdin, child.stdin.take()) {
+        (Some(feed), Some(pipe)) => Some(feed.spawn(pipe)),
+        _ => None,
+    };
     let (tx, mut rx) = mpsc::channel::<(StreamKind, Vec<u8>)>(16);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, StreamKind::Stdout, tx.clone()));

@@ -8,6 +8,7 @@
 
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::OutputSink;
+use crate::stdin::StdinFeed;
 use crate::store::{LeaseState, NewLease, Store, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -656,6 +657,7 @@ impl crate::backend::ContainerBackend for SandboxBackend {
         spec: &SandboxSpec,
         argv: Vec<String>,
         env: &[(String, String)],
+        stdin: Option<StdinFeed>,
         sink: &mut OutputSink,
         stop: &Stopper,
     ) -> Result<(Ended, bool), SandboxError> {
@@ -687,7 +689,14 @@ impl crate::backend::ContainerBackend for SandboxBackend {
         // Output comes through a bounded channel: a full channel holds the command's output
         // back (memory stays bounded) without holding back its timeout or cancellation.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<stigmer_docker::OutputChunk>(16);
-        let run = engine.exec_to_channel(&placement.container_id, req, tx, stop.token().clone());
+        let (stdin, _passing) = stdin.map(StdinFeed::into_channel).unzip();
+        let run = engine.exec_with_stdin(
+            &placement.container_id,
+            req,
+            stdin,
+            tx,
+            stop.token().clone(),
+        );
         tokio::pin!(run);
         let mut flush_tick = tokio::time::interval(crate::output::FLUSH_INTERVAL);
         let mut outcome = None;

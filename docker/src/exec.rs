@@ -87,6 +87,39 @@ const SIGNAL_BODY: &str = r#"p=$1; s=$2; pid=
 kill -"$s" -"$pid" 2>/dev/null; kill -"$s" "$pid" 2>/dev/null; exit 0
 "#;
 
+/// Writes `chunks` to a command's stdin as they come, each passed to `seen` first, then closes
+/// it (end of file). Once a write fails (the command is gone, or closed its stdin) the rest is
+/// still received and seen, and dropped, so the sender never blocks on a command that stopped
+/// reading.
+pub async fn feed_stdin<W: tokio::io::AsyncWrite + Unpin>(
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    writer: W,
+    mut seen: impl FnMut(&[u8]),
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut writer = Some(writer);
+    while let Some(chunk) = chunks.recv().await {
+        seen(&chunk);
+        if let Some(w) = writer.as_mut()
+            && w.write_all(&chunk).await.is_err()
+        {
+            writer = None;
+        }
+    }
+    if let Some(mut w) = writer {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// A stdin feed that stops when the exec it serves is done with.
+struct FeedOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for FeedOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Which stream a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {
@@ -382,7 +415,7 @@ impl Engine {
         sink: &mut (dyn FnMut(StreamKind, &[u8]) + Send),
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, EngineError> {
-        self.run_exec(container_id, req, Sink::Callback(sink), cancel)
+        self.run_exec(container_id, req, None, Sink::Callback(sink), cancel)
             .await
     }
 
@@ -397,7 +430,24 @@ impl Engine {
         tx: tokio::sync::mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, EngineError> {
-        self.run_exec(container_id, req, Sink::Channel(tx), cancel)
+        self.run_exec(container_id, req, None, Sink::Channel(tx), cancel)
+            .await
+    }
+
+    /// [`Engine::exec_to_channel`] with the command's standard input, when `stdin` is given:
+    /// its chunks, written as they come, then end of file. It runs as a `docker exec` even in a container
+    /// with an agent (the engine's own stdin pipe holds a command that does not read back, and
+    /// never its cancellation). A command that stops reading is not an error: the rest of the
+    /// chunks are received and dropped, so the sender never blocks.
+    pub async fn exec_with_stdin(
+        &self,
+        container_id: &str,
+        req: ExecRequest,
+        stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        tx: tokio::sync::mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, EngineError> {
+        self.run_exec(container_id, req, stdin, Sink::Channel(tx), cancel)
             .await
     }
 
@@ -405,6 +455,7 @@ impl Engine {
         &self,
         container_id: &str,
         req: ExecRequest,
+        stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
         mut sink: Sink<'_>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, EngineError> {
@@ -421,14 +472,14 @@ impl Engine {
                 duration: Duration::ZERO,
             });
         }
-        if self.uses_agent(container_id).await {
+        if stdin.is_none() && self.uses_agent(container_id).await {
             return self
                 .run_agent_exec(container_id, &req, &mut sink, cancel)
                 .await;
         }
         let env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let options = CreateExecOptions::<String> {
-            attach_stdin: Some(false),
+            attach_stdin: Some(stdin.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
@@ -457,8 +508,11 @@ impl Engine {
             tty: false,
             output_capacity: Some(64 * 1024),
         };
-        let mut output = match self.docker.start_exec(&exec_id, Some(start)).await {
-            Ok(StartExecResults::Attached { output, .. }) => output,
+        let (mut output, _feeding) = match self.docker.start_exec(&exec_id, Some(start)).await {
+            Ok(StartExecResults::Attached { output, input }) => (
+                output,
+                stdin.map(|chunks| FeedOnDrop(tokio::spawn(feed_stdin(chunks, input, |_| {})))),
+            ),
             Ok(StartExecResults::Detached) => {
                 return Err(EngineError::Unexpected(format!(
                     "exec {exec_id} in container {container_id} started detached"

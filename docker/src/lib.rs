@@ -50,7 +50,9 @@ pub use container::{
     LABEL_WORKER, ManagedContainer, ProcessInfo,
 };
 pub use error::EngineError;
-pub use exec::{DEFAULT_KILL_GRACE, ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind};
+pub use exec::{
+    DEFAULT_KILL_GRACE, ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind, feed_stdin,
+};
 pub use image::{BuildSpec, EnsureImage, ImageHow, ImageInfo, ImageProgress};
 pub use spec::{
     ContainerSpec, CredentialMount, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS, DEFAULT_PIDS_LIMIT,

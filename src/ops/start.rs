@@ -85,6 +85,7 @@ pub async fn start_execution(
         }),
         placement: None,
         route: Route::Direct,
+        stdin: request.stdin.clone(),
     };
     let route = stigmer_activities::route::route_for(
         store,

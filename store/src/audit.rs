@@ -234,6 +234,10 @@ pub struct AuditRecord {
     pub output_sha256: Option<String>,
     /// The caller's labels (`{}` when none; records written before labels existed lack the key).
     pub labels: BTreeMap<String, String>,
+    /// What the command was given on stdin, when anything was forwarded (records written
+    /// before stdin was forwarded lack the keys).
+    pub stdin_bytes: Option<i64>,
+    pub stdin_sha256: Option<String>,
 }
 
 impl AuditRecord {
@@ -277,6 +281,8 @@ impl AuditRecord {
             output_dropped_bytes: e.output_dropped,
             output_sha256: e.output_sha256.clone(),
             labels: e.labels(),
+            stdin_bytes: e.stdin_bytes,
+            stdin_sha256: e.stdin_sha256.clone(),
         }
     }
 

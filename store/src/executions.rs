@@ -69,6 +69,9 @@ pub struct ExecutionRecord {
     pub trace_id: Option<String>,
     /// The caller's labels as a JSON object, when it gave any ([`ExecutionRecord::labels`]).
     pub labels: Option<String>,
+    /// What the command was given on stdin: size and sha256, when anything was forwarded.
+    pub stdin_bytes: Option<i64>,
+    pub stdin_sha256: Option<String>,
 }
 
 impl ExecutionRecord {
@@ -103,7 +106,7 @@ impl ExecutionRecord {
 pub(crate) const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
     effective_mode, reason, status, exit_code, error, os_user, ci_identity, client_host, \
     worker_id, attempt, timeout_secs, image, image_digest, container_id, created_at, started_at, \
-    finished_at, output_bytes, output_dropped, output_sha256, trace_id, labels";
+    finished_at, output_bytes, output_dropped, output_sha256, trace_id, labels, stdin_bytes, stdin_sha256";
 
 /// The statuses an execution ends in; [`Store::prune_executions`] binds them in this order.
 const TERMINAL: [Status; 4] = [
@@ -417,10 +420,14 @@ impl Store {
             Some(o) => (Some(o.bytes), Some(o.dropped), o.sha256.clone()),
             None => (None, None, None),
         };
+        let (stdin_bytes, stdin_sha) = output
+            .and_then(|o| o.stdin.clone())
+            .map_or((None, None), |(n, sha)| (Some(n), Some(sha)));
         with_pool!(self, pool => sqlx::query(
             "UPDATE executions SET status = $1, exit_code = $2, error = $3, finished_at = $4, \
              output_bytes = COALESCE($5, output_bytes), output_dropped = COALESCE($6, output_dropped), \
-             output_sha256 = COALESCE($7, output_sha256), env = NULL \
+             output_sha256 = COALESCE($7, output_sha256), env = NULL, \
+             stdin_bytes = COALESCE($11, stdin_bytes), stdin_sha256 = COALESCE($12, stdin_sha256) \
              WHERE id = $8 AND status IN ($9, $10)",
         )
         .bind(result.status.as_str())
@@ -433,6 +440,8 @@ impl Store {
         .bind(&result.id)
         .bind(Status::Queued.as_str())
         .bind(Status::Running.as_str())
+        .bind(stdin_bytes)
+        .bind(stdin_sha)
         .execute(pool)
         .await
         .map_err(q("record execution result"))?.rows_affected());

@@ -20,6 +20,8 @@ pub struct OutputSummary {
     pub bytes: i64,
     pub dropped: i64,
     pub sha256: Option<String>,
+    /// What the command was given on stdin (size, sha256), when anything was forwarded.
+    pub stdin: Option<(i64, String)>,
 }
 
 impl Store {

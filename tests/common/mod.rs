@@ -197,6 +197,39 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
     wait_output(child, limit)
 }
 
+/// Runs `stigmer ARGS` with `input` on its stdin (written from a thread, then closed).
+#[allow(dead_code)]
+pub fn run_with_stdin(env: &Env, args: &[&str], input: Vec<u8>) -> std::process::Output {
+    let mut child = env
+        .cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // A command that stops reading closes the pipe early: not an error here either.
+        let _ = std::io::Write::write_all(&mut stdin, &input);
+    });
+    let out = wait_output(child, Duration::from_secs(120));
+    writer.join().unwrap();
+    out
+}
+
+/// [`output_within`] with `stdin` (a file) on the command's stdin, two minutes at most.
+#[allow(dead_code)]
+pub fn output_within_stdin(cmd: &mut Command, stdin: std::fs::File) -> Output {
+    let child = cmd
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stigmer");
+    wait_output(child, Duration::from_secs(120))
+}
+
 pub fn wait_output(child: Child, limit: Duration) -> Output {
     let pid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();

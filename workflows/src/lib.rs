@@ -257,10 +257,13 @@ async fn admit(
     let mut named = public.clone();
     // The values go to `exec` alone; admitting needs the names.
     named.env.values_mut().for_each(String::clear);
+    named.stdin = None;
+    named.stdin_base64 = None;
     let request = AdmitRequest {
         workflow_id: ctx.workflow_id().to_string(),
         run_id: ctx.run_id().to_string(),
         input: named,
+        stdin: public.stdin_input().is_some(),
     };
     let options = LocalActivityOptions::builder()
         .start_to_close_timeout(Duration::from_secs(60))
@@ -272,6 +275,7 @@ async fn admit(
     {
         Ok(mut input) => {
             input.env = public.env_values();
+            input.stdin = public.stdin_input();
             Ok(input)
         }
         Err(ActivityExecutionError::Cancelled(_)) => Err(WorkflowTermination::cancelled()),
@@ -777,6 +781,7 @@ mod tests {
             sandbox: None,
             placement: None,
             route: Route::Direct,
+            stdin: None,
         }
     }
 

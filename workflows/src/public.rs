@@ -3,7 +3,9 @@
 //! checks it, and has the worker admit it (`admit`): record the execution and decide where it
 //! runs. Unknown fields are refused; an error names the field and never echoes a value.
 
-use crate::types::{EnvValues, Network, RequestedMode, limits};
+use crate::types::{EnvValues, MAX_INLINE_STDIN_BYTES, Network, RequestedMode, StdinInput, limits};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -103,6 +105,13 @@ pub struct PublicInput {
     /// most 32 names of letters, digits and `._/-`, values up to 256 bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The command's standard input, as text (at most 256 KiB; or `stdin_base64`). Without it
+    /// the command reads end of file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// The command's standard input as base64, for binary data (at most 256 KiB decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
     /// Reserved for sessions; a start that sets it is refused by this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -166,7 +175,8 @@ impl PublicInput {
             format!(
                 "refused: {what} at `{at}`; the input is documented in docs/temporal-api.md \
                  (fields: version, command or argv, mode, workdir, env, timeout_secs, \
-                 retry_exec, sandbox, output_limit_bytes, labels, workflow_id); nothing ran"
+                 retry_exec, sandbox, output_limit_bytes, labels, stdin or stdin_base64, workflow_id); \
+                 nothing ran"
             )
         })?;
         input.check(own_workflow_id)?;
@@ -223,6 +233,23 @@ impl PublicInput {
                     .into(),
             );
         }
+        let stdin_bytes = match (&self.stdin, &self.stdin_base64) {
+            (Some(_), Some(_)) => {
+                return refuse("give `stdin` or `stdin_base64`, not both".into());
+            }
+            (Some(text), None) => text.len(),
+            (None, Some(encoded)) => match BASE64.decode(encoded) {
+                Ok(bytes) => bytes.len(),
+                Err(_) => return refuse("`stdin_base64` is not standard base64".into()),
+            },
+            (None, None) => 0,
+        };
+        if stdin_bytes > MAX_INLINE_STDIN_BYTES {
+            return refuse(format!(
+                "the standard input is {stdin_bytes} bytes; at most {MAX_INLINE_STDIN_BYTES} \
+                 travel in a start (put larger data in a file the command reads)"
+            ));
+        }
         if let Err(why) = check_labels(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
             return refuse(format!("`labels`: {why}"));
         }
@@ -256,6 +283,16 @@ impl PublicInput {
         )
     }
 
+    /// The standard input, for `exec` alone.
+    #[must_use]
+    pub fn stdin_input(&self) -> Option<StdinInput> {
+        match (&self.stdin, &self.stdin_base64) {
+            (Some(text), _) => Some(StdinInput::Base64(BASE64.encode(text))),
+            (None, Some(encoded)) => Some(StdinInput::Base64(encoded.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// The bound on the output the result carries, per stream.
     #[must_use]
     pub fn output_limit(&self) -> u64 {
@@ -269,8 +306,11 @@ impl PublicInput {
 pub struct AdmitRequest {
     pub workflow_id: String,
     pub run_id: String,
-    /// The start without its environment values (the names stay).
+    /// The start without its environment values (the names stay) and without its stdin.
     pub input: PublicInput,
+    /// Whether the start gives the command a stdin.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// Input of `collect_output`.
@@ -408,6 +448,14 @@ mod tests {
             (
                 r#"{"version":1,"command":"x","workflow_id":"orders-42","labels":{"k":7}}"#,
                 "`labels.k`",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","stdin":"a","stdin_base64":"YQ=="}"#,
+                "not both",
+            ),
+            (
+                r#"{"version":1,"command":"x","workflow_id":"orders-42","stdin_base64":"s3cret!!"}"#,
+                "not standard base64",
             ),
             (
                 r#"{"version":1,"command":"x","workflow_id":"orders-42","session":"s3cret"}"#,

@@ -400,6 +400,35 @@ pub struct ExecutionInput {
     pub placement: Option<Placement>,
     /// Where the first step goes ([`Route::decide`]).
     pub route: Route,
+    /// The command's standard input, when the caller gave one (else it reads end of file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinInput>,
+}
+
+/// The most stdin an input may carry inline ([`StdinInput::Base64`]): a remote client's or a
+/// public start's. The daemon streams a local `stigmer run`'s stdin without a bound.
+pub const MAX_INLINE_STDIN_BYTES: usize = 256 * 1024;
+
+/// A command's standard input.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdinInput {
+    /// Streamed by the daemon that started the execution to its own worker, as the caller
+    /// writes it; never in history. Only that process can give it, and only once.
+    Streamed,
+    /// The bytes themselves, base64, inside the encrypted input (at most
+    /// [`MAX_INLINE_STDIN_BYTES`] decoded).
+    Base64(String),
+}
+
+impl std::fmt::Debug for StdinInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the bytes: stdin may carry secrets.
+        match self {
+            Self::Streamed => write!(f, "Streamed"),
+            Self::Base64(text) => write!(f, "Base64({} chars)", text.len()),
+        }
+    }
 }
 
 /// The input as older histories recorded it, read into today's [`ExecutionInput`].
@@ -432,6 +461,8 @@ mod wire {
         warm_host: Option<String>,
         #[serde(default)]
         image_ready: Option<ImageReady>,
+        #[serde(default)]
+        stdin: Option<StdinInput>,
     }
 
     impl From<ExecutionInputWire> for ExecutionInput {
@@ -458,6 +489,7 @@ mod wire {
                 sandbox: w.sandbox,
                 placement: w.placement,
                 route,
+                stdin: w.stdin,
             }
         }
     }
