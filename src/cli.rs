@@ -337,6 +337,25 @@ pub struct RunArgs {
     pub argv: Vec<String>,
 }
 
+impl Cli {
+    /// Whether the command only prints what it reads (`logs`, `executions`, `audit export`,
+    /// …): piped into `head`, such a command should end quietly when the reader goes away, as
+    /// Unix tools do, instead of failing on a broken pipe.
+    #[must_use]
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Logs { .. }
+                | Command::Executions(_)
+                | Command::Config(_)
+                | Command::Leases(_)
+                | Command::Audit(_)
+                | Command::Policy(_)
+                | Command::Explain { .. }
+        )
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub async fn main(cli: Cli) -> i32 {
     let is_run = matches!(cli.command, Command::Run(_));

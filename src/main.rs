@@ -2,6 +2,16 @@ use clap::Parser;
 
 fn main() {
     let cli = stigmer::cli::Cli::parse();
+    if cli.only_prints() {
+        // SAFETY: restores the default disposition of SIGPIPE before any thread starts; the
+        // process then ends quietly when the reader of its output goes away.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let telemetry = match stigmer::telemetry::Telemetry::init() {
         Ok(telemetry) => telemetry,
         Err(e) => {
