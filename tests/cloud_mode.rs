@@ -57,6 +57,43 @@ fn commands_run_in_a_daytona_sandbox_that_is_reused_and_released() {
     let leases: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(leases[0]["backend"], "daytona");
     assert_eq!(leases[0]["state"], "idle");
+
+    // A start from another client (the Python SDK, the public input) runs in a sandbox of its
+    // own: foreign starts never reuse a local user's.
+    let done = common::python_start(
+        &env,
+        "cloud-orders-1",
+        &serde_json::json!({"version": 1, "command": "echo from python", "mode": "cloud",
+            "workflow_id": "cloud-orders-1"}),
+        &[],
+    );
+    assert_eq!(done["result"]["exit_code"], 0, "{done}");
+    assert_eq!(
+        done["result"]["report"]["stdout"], "from python\n",
+        "{done}"
+    );
+    assert_eq!(done["result"]["report"]["mode"], "cloud", "{done}");
+    let id = done["result"]["id"].as_str().unwrap();
+    let foreign = env.show(id)["container_id"].as_str().unwrap().to_string();
+    assert_ne!(foreign, sandbox, "a sandbox of the foreign owner");
+    assert_eq!(fake.fake.requests_for("createSandbox").len(), 2);
+    // A stdin does not go to the cloud: refused before anything is recorded or created.
+    let done = common::python_start(
+        &env,
+        "cloud-orders-2",
+        &serde_json::json!({"version": 1, "command": "cat", "mode": "cloud", "stdin": "x",
+            "workflow_id": "cloud-orders-2"}),
+        &[],
+    );
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not forward `stdin`"),
+        "{done}"
+    );
+    assert_eq!(fake.fake.requests_for("createSandbox").len(), 2);
 }
 
 #[test]

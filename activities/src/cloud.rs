@@ -91,13 +91,18 @@ pub struct CloudBackend {
     worker_id: String,
 }
 
-/// What decides whether an idle sandbox can be reused.
+/// What decides whether an idle sandbox can be reused: its settings and its owner (a user, a
+/// CI run, or `temporal` for starts from other clients), so that nobody is lent another
+/// owner's sandbox with its files. Without an owner (older inputs) the settings alone.
 fn spec_hash(spec: &SandboxSpec) -> String {
     let mut h = Sha256::new();
     h.update(format!(
         "daytona\n{}\n{}\n{}\n{}",
         spec.image, spec.network, spec.memory_bytes, spec.nano_cpus
     ));
+    if let Some(owner) = &spec.owner {
+        h.update(format!("\nowner {owner}"));
+    }
     hex::encode(h.finalize())
 }
 
