@@ -55,7 +55,10 @@ fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
     let run_input = &tools["run_command"]["input_schema"];
     assert_eq!(run_input["required"], serde_json::json!(["command"]));
     for arg in ["mode", "workdir", "timeout_secs", "env", "wait_secs"] {
-        assert!(run_input["properties"][arg].is_object(), "{arg}: {run_input}");
+        assert!(
+            run_input["properties"][arg].is_object(),
+            "{arg}: {run_input}"
+        );
     }
     assert_eq!(
         tools["read_output"]["input_schema"]["required"],
@@ -74,8 +77,15 @@ fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
     assert_eq!(result["truncated"], false);
     assert_eq!(result["mode"], "local");
     let id = result["id"].as_str().expect("an execution id");
-    assert!(exit3["text"].as_str().unwrap().contains("exit code 3"), "{exit3}");
-    assert_eq!(env.show(id)["exit_code"], 3, "the same execution as the CLI sees");
+    assert!(
+        exit3["text"].as_str().unwrap().contains("exit code 3"),
+        "{exit3}"
+    );
+    assert_eq!(
+        env.show(id)["exit_code"],
+        3,
+        "the same execution as the CLI sees"
+    );
 
     // A bad argument, or an unknown id, is a tool error that says what to do.
     let bad_mode = &seen["bad_mode"];

@@ -148,7 +148,8 @@ pub struct Explanation {
 
 impl Summary for Explanation {
     fn summary(&self) -> String {
-        let mut text = format!("{}: {} (rule {})", self.decision, self.reason, self.rule);
+        // The reason names its rule already.
+        let mut text = format!("{}: {}", self.decision, self.reason);
         for notice in &self.notices {
             text.push_str(&format!("\nnote: {notice}"));
         }

@@ -70,14 +70,18 @@ impl Summary for OutputPage {
         if let Some(error) = &self.error {
             text.push_str(&format!("\n{error}"));
         }
+        text.push('\n');
         for (name, body) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             if !body.is_empty() {
-                text.push_str(&format!("\n--- {name} ---\n{body}"));
+                text.push_str(&format!("--- {name} ---\n{body}"));
+                if !body.ends_with('\n') {
+                    text.push('\n');
+                }
             }
         }
         if self.more {
             text.push_str(&format!(
-                "\n(more: call read_output with offset {})",
+                "(more: call read_output with offset {})\n",
                 self.next_offset
             ));
         }
@@ -90,9 +94,7 @@ pub async fn read_output(store: &Store, args: &ReadOutputArgs) -> Result<OutputP
     let offset = args.offset.unwrap_or(0);
     let limit = args.limit.unwrap_or(DEFAULT_PAGE_BYTES);
     if limit == 0 || limit > MAX_PAGE_BYTES {
-        return Err(format!(
-            "`limit` {limit}: give 1 to {MAX_PAGE_BYTES} bytes"
-        ));
+        return Err(format!("`limit` {limit}: give 1 to {MAX_PAGE_BYTES} bytes"));
     }
     // The status first: an execution seen ended has all its output stored already (the output
     // is flushed before the end is recorded), so `more` is never false too early.
@@ -218,11 +220,8 @@ mod tests {
             window(0, 1000, &chunks),
             ("out1\nout2\n".into(), "err1\n".into(), 15, 15)
         );
-        assert_eq!(
-            window(3, 5, &chunks),
-            ("1\n".into(), "err".into(), 8, 15)
-        );
-        assert_eq!(window(8, 5, &chunks), ("o".into(), "1\n".into(), 11, 15));
+        assert_eq!(window(3, 5, &chunks), ("1\n".into(), "err".into(), 8, 15));
+        assert_eq!(window(8, 5, &chunks), ("out".into(), "1\n".into(), 13, 15));
         assert_eq!(window(15, 5, &chunks), ("".into(), "".into(), 15, 15));
         assert_eq!(window(99, 5, &chunks), ("".into(), "".into(), 99, 15));
     }
@@ -230,8 +229,14 @@ mod tests {
     #[test]
     fn a_page_never_ends_inside_a_character() {
         // "é" is two bytes: a 2-byte page after "a" holds only "a"; the next starts at "é".
-        assert_eq!(window(0, 2, &[(false, "aé")]), ("a".into(), "".into(), 1, 3));
-        assert_eq!(window(1, 2, &[(false, "aé")]), ("é".into(), "".into(), 3, 3));
+        assert_eq!(
+            window(0, 2, &[(false, "aé")]),
+            ("a".into(), "".into(), 1, 3)
+        );
+        assert_eq!(
+            window(1, 2, &[(false, "aé")]),
+            ("é".into(), "".into(), 3, 3)
+        );
         // A page too small for one character still moves on.
         let mut w = Window::new(1, 1);
         w.take(false, "aé".as_bytes());

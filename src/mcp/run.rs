@@ -9,10 +9,10 @@
 
 use super::{StigmerMcp, Summary, in_tool_terms};
 use crate::cli::{Cli, Command, RunArgs};
-use clap::Parser;
 use crate::client;
 use crate::config::Config;
 use crate::protocol::{self, RunRequest, Started, Tag};
+use clap::Parser;
 use rmcp::RoleServer;
 use rmcp::model::{ProgressNotificationParam, ProgressToken};
 use rmcp::service::{Peer, RequestContext};
@@ -119,13 +119,14 @@ impl Summary for CommandOutcome {
         if let Some(error) = &self.error {
             text.push_str(&format!("\n{error}"));
         }
+        text.push('\n');
         for (name, body, bytes) in [
             ("stdout", &self.stdout, self.stdout_bytes),
             ("stderr", &self.stderr, self.stderr_bytes),
         ] {
             let body = body.as_deref().unwrap_or_default();
             text.push_str(&format!(
-                "\n--- {name} ({} bytes) ---\n{body}",
+                "--- {name} ({} bytes) ---\n{body}",
                 bytes.unwrap_or_default()
             ));
             if !body.is_empty() && !body.ends_with('\n') {
@@ -239,7 +240,8 @@ impl Call {
             .map_err(lost)?;
         let mut started: Option<Started> = None;
         let mut cancelling = false;
-        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
         let deadline = tokio::time::sleep_until(self.deadline.into());
         tokio::pin!(deadline);
         loop {
@@ -511,8 +513,10 @@ mod tests {
             "{bad_mode}"
         );
         assert!(
-            serde_json::from_value::<RunCommandArgs>(serde_json::json!({"command": "x", "timeout": 3}))
-                .is_err(),
+            serde_json::from_value::<RunCommandArgs>(
+                serde_json::json!({"command": "x", "timeout": 3})
+            )
+            .is_err(),
             "a misspelt argument is not silently ignored"
         );
     }
