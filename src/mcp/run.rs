@@ -276,12 +276,14 @@ impl Call {
                             return Ok(Ending::Ended(result));
                         }
                         // Nothing ran: a refused decision, no Docker, a bad sandbox setting.
-                        Tag::Fatal => return Err(String::from_utf8_lossy(&body).into_owned()),
+                        Tag::Fatal => return Err(in_tool_terms(&String::from_utf8_lossy(&body))),
                         _ => {}
                     }
                 }
                 () = self.ct.cancelled(), if !cancelling => {
                     cancelling = true;
+                    // The client has stopped listening to this call.
+                    self.progress.to = None;
                     // As Ctrl-C for `run`: the daemon cancels the workflow, which kills the
                     // command; its result (cancelled) follows on this connection.
                     if let Err(e) = protocol::write_frame(&mut writer, Tag::Cancel, b"").await {
