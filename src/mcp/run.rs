@@ -188,6 +188,10 @@ pub async fn run_command(
 /// The request `stigmer run` would send for these arguments: clap's defaults for every flag
 /// the tool does not have, then the CLI's own checks.
 fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
+    // A command line cannot carry NUL, so the CLI's checks do not look for it; JSON can.
+    if args.command.contains('\0') {
+        return Err("the command contains a NUL character, which no process can run".into());
+    }
     let mut run = cli_defaults()?;
     run.argv.clear();
     run.command = vec![args.command.clone()];
@@ -199,6 +203,11 @@ fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
         if name.is_empty() || name.contains(['=', '\0']) || name.contains(char::is_whitespace) {
             return Err(format!(
                 "`env`: {name:?} is not a variable name (no `=`, spaces or NUL)"
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!(
+                "`env`: the value of {name} contains a NUL character, which no environment can hold"
             ));
         }
         run.env.push(format!("{name}={value}"));
@@ -504,6 +513,14 @@ mod tests {
             (
                 serde_json::json!({"command": "true", "env": {"A B": "1"}}),
                 "`env`: \"A B\" is not a variable name",
+            ),
+            (
+                serde_json::json!({"command": "true", "env": {"A": "x\u{0}y"}}),
+                "the value of A contains a NUL",
+            ),
+            (
+                serde_json::json!({"command": "tr\u{0}ue"}),
+                "contains a NUL",
             ),
         ] {
             let message = refusal(json.clone());
