@@ -87,13 +87,22 @@ fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
         "the same execution as the CLI sees"
     );
 
-    // A bad argument, or an unknown id, is a tool error that says what to do.
+    // A bad argument, a misspelt one, or an unknown id is a tool error that says what to do.
     let bad_mode = &seen["bad_mode"];
     assert_eq!(bad_mode["is_error"], true, "{bad_mode}");
     let message = bad_mode["text"].as_str().unwrap();
     assert!(
         message.contains("\"fast\"") && message.contains("local, sandbox, auto, cloud"),
         "{message}"
+    );
+    let misspelt = &seen["misspelt"];
+    assert_eq!(misspelt["is_error"], true, "{misspelt}");
+    assert!(
+        misspelt["text"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `timeout`"),
+        "{misspelt}"
     );
     let unknown = &seen["unknown_id"];
     assert_eq!(unknown["is_error"], true, "{unknown}");

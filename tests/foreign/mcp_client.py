@@ -63,6 +63,9 @@ async def scenario(session, sleep_secs):
     out["bad_mode"] = call_json(
         await session.call_tool("run_command", {"command": "true", "mode": "fast"})
     )
+    out["misspelt"] = call_json(
+        await session.call_tool("run_command", {"command": "true", "timeout": 3})
+    )
     out["unknown_id"] = call_json(
         await session.call_tool("read_output", {"id": "aex-does-not-exist"})
     )
