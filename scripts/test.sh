@@ -56,11 +56,12 @@ if ! command -v check-jsonschema >/dev/null 2>&1 || ! command -v zizmor >/dev/nu
   python3 -m pip install --quiet check-jsonschema zizmor
   hash -r
 fi
-# The foreign client the codec is checked against: the official Temporal Python SDK and the
-# `cryptography` its encryption sample uses.
-if ! python3 -c 'import temporalio, cryptography' >/dev/null 2>&1; then
-  log "installing the Temporal Python SDK (pip install temporalio cryptography)"
-  python3 -m pip install --quiet temporalio cryptography
+# The foreign clients: the official Temporal Python SDK and the `cryptography` its encryption
+# sample uses (the codec is checked against them), and the official MCP Python SDK (`stigmer
+# mcp` is driven by it).
+if ! python3 -c 'import temporalio, cryptography, mcp' >/dev/null 2>&1; then
+  log "installing the Temporal and MCP Python SDKs (pip install temporalio cryptography mcp)"
+  python3 -m pip install --quiet temporalio cryptography mcp
 fi
 
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then

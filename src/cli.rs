@@ -96,6 +96,8 @@ pub enum Command {
         #[arg(last = true)]
         argv: Vec<String>,
     },
+    /// Serve the Model Context Protocol on stdin/stdout, for agents (docs/mcp.md).
+    Mcp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -441,6 +443,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Policy(command) => policy_command(command),
+        Command::Mcp => crate::mcp::serve().await,
         Command::Codec(CodecCommand::Key { output }) => {
             let cfg = load_config(&Flags::new())?;
             let keys = crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?;
@@ -655,7 +658,7 @@ async fn server(cmd: ServerCommand) -> Result<i32> {
 }
 
 /// The command from `run`/`explain` arguments: one shell string, or an argv after `--`.
-fn command_spec(command: &[String], argv: &[String]) -> Result<CommandSpec> {
+pub(crate) fn command_spec(command: &[String], argv: &[String]) -> Result<CommandSpec> {
     Ok(match (command, argv) {
         ([], []) => bail!(usage(
             "no command given: `stigmer run \"CMD\"` runs a shell string, `stigmer run -- PROG ARGS…` a program"
@@ -675,7 +678,7 @@ fn command_spec(command: &[String], argv: &[String]) -> Result<CommandSpec> {
 }
 
 /// `--workdir` (or the current directory), made absolute and checked.
-fn resolve_workdir(dir: Option<&PathBuf>) -> Result<PathBuf> {
+pub(crate) fn resolve_workdir(dir: Option<&PathBuf>) -> Result<PathBuf> {
     let workdir = match dir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().context("could not read the current directory")?,
@@ -711,7 +714,7 @@ fn user_policy_files() -> Result<(Option<PathBuf>, stigmer_automode::TrustStore)
 
 /// Auto mode's decision for a command run in `workdir`, under the user's policy file and the
 /// project's, when the user trusts it; with a notice for each project policy it ignored.
-fn auto_decide(
+pub(crate) fn auto_decide(
     spec: &CommandSpec,
     workdir: &std::path::Path,
     has_requirements: bool,

@@ -168,13 +168,11 @@ pub fn ci_identity_from(lookup: impl Fn(&str) -> Option<String>) -> Option<Strin
     var("CI").map(|_| "ci".to_string())
 }
 
-/// Runs a request to its end (or just starts it) and returns the exit code for the process.
-pub async fn run(cfg: &Config, request: RunRequest, format: OutputFormat) -> Result<i32> {
-    if cfg.is_remote() {
-        return run_remote(cfg, request, format).await;
-    }
-    let stream = match UnixStream::connect(cfg.socket_path()).await {
-        Ok(stream) => stream,
+/// A connection to the local daemon's socket, starting the daemon first when none answers
+/// (`run`, and each command of `stigmer mcp`).
+pub async fn connect_daemon(cfg: &Config) -> Result<UnixStream> {
+    match UnixStream::connect(cfg.socket_path()).await {
+        Ok(stream) => Ok(stream),
         Err(_) => {
             daemon::spawn_detached(cfg, false).await?;
             UnixStream::connect(cfg.socket_path())
@@ -184,9 +182,17 @@ pub async fn run(cfg: &Config, request: RunRequest, format: OutputFormat) -> Res
                         "the daemon started but {} does not answer",
                         cfg.socket_path().display()
                     )
-                })?
+                })
         }
-    };
+    }
+}
+
+/// Runs a request to its end (or just starts it) and returns the exit code for the process.
+pub async fn run(cfg: &Config, request: RunRequest, format: OutputFormat) -> Result<i32> {
+    if cfg.is_remote() {
+        return run_remote(cfg, request, format).await;
+    }
+    let stream = connect_daemon(cfg).await?;
     run_via_daemon(cfg, stream, request, format).await
 }
 

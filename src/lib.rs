@@ -11,6 +11,7 @@ pub mod codec;
 pub mod codec_server;
 pub mod config;
 pub mod daemon;
+pub mod mcp;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
