@@ -66,6 +66,11 @@ fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
     );
 
     // A command that exits non-zero is a result, with its streams apart.
+    let stdin = &seen["stdin"];
+    assert_eq!(
+        stdin["structured"]["stdout"], "read-all\n",
+        "a command reading stdin gets end of file, never the protocol: {stdin}"
+    );
     let exit3 = &seen["exit3"];
     assert_eq!(exit3["is_error"], false, "{exit3}");
     let result = &exit3["structured"];

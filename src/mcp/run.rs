@@ -198,6 +198,8 @@ fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
     run.mode = args.mode.clone();
     run.workdir = args.workdir.as_ref().map(PathBuf::from);
     run.timeout = args.timeout_secs;
+    // This process's stdin is the protocol's channel: never the command's.
+    run.no_stdin = true;
     run.env = Vec::new();
     for (name, value) in args.env.iter().flatten() {
         if name.is_empty() || name.contains(['=', '\0']) || name.contains(char::is_whitespace) {

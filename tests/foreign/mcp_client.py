@@ -55,6 +55,11 @@ async def scenario(session, sleep_secs):
         for t in listed.tools
     }
 
+    # A command that reads stdin gets end of file: the server's stdin is the protocol's.
+    out["stdin"] = call_json(
+        await session.call_tool("run_command", {"command": "cat; echo read-all", "wait_secs": 20})
+    )
+
     out["exit3"] = call_json(
         await session.call_tool(
             "run_command", {"command": "echo out; echo err >&2; exit 3"}
