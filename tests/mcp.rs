@@ -91,6 +91,20 @@ fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
         3,
         "the same execution as the CLI sees"
     );
+    assert_eq!(
+        env.show(id)["labels"]["step"],
+        "build-1",
+        "its labels are kept"
+    );
+    let bad_label = &seen["bad_label"];
+    assert_eq!(bad_label["is_error"], true, "{bad_label}");
+    assert!(
+        bad_label["text"]
+            .as_str()
+            .unwrap()
+            .contains("`labels`: a label name"),
+        "{bad_label}"
+    );
 
     // A bad argument, a misspelt one, or an unknown id is a tool error that says what to do.
     let bad_mode = &seen["bad_mode"];

@@ -62,6 +62,10 @@ pub struct RunCommandArgs {
     /// A command still running then goes on and the result is `{id, status: "running"}`.
     #[serde(default)]
     pub wait_secs: Option<u64>,
+    /// Labels kept with the execution and its audit records, name to value (e.g. the task or
+    /// the step it belongs to): at most 32, names of letters, digits and `._/-`.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// `run_command`'s result: the execution's end, or its id while it runs.
@@ -200,6 +204,11 @@ fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
     run.timeout = args.timeout_secs;
     // This process's stdin is the protocol's channel: never the command's.
     run.no_stdin = true;
+    if let Some(labels) = &args.labels {
+        stigmer_workflows::check_labels(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|why| format!("`labels`: {why}"))?;
+        run.labels = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    }
     run.env = Vec::new();
     for (name, value) in args.env.iter().flatten() {
         if name.is_empty() || name.contains(['=', '\0']) || name.contains(char::is_whitespace) {

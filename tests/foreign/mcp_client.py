@@ -55,6 +55,10 @@ async def scenario(session, sleep_secs):
         for t in listed.tools
     }
 
+    out["bad_label"] = call_json(
+        await session.call_tool("run_command", {"command": "true", "labels": {"a b": "x"}})
+    )
+
     # A command that reads stdin gets end of file: the server's stdin is the protocol's.
     out["stdin"] = call_json(
         await session.call_tool("run_command", {"command": "cat; echo read-all", "wait_secs": 20})
@@ -62,7 +66,8 @@ async def scenario(session, sleep_secs):
 
     out["exit3"] = call_json(
         await session.call_tool(
-            "run_command", {"command": "echo out; echo err >&2; exit 3"}
+            "run_command",
+            {"command": "echo out; echo err >&2; exit 3", "labels": {"step": "build-1"}},
         )
     )
     out["bad_mode"] = call_json(
