@@ -427,24 +427,31 @@ impl Progress {
     }
 }
 
+impl CommandOutcome {
+    /// A command still running when the call's wait ended: its id and status alone.
+    fn running(id: String) -> Self {
+        Self {
+            id,
+            status: Status::Running.as_str().to_string(),
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            stdout_bytes: None,
+            stderr_bytes: None,
+            truncated: None,
+            error: None,
+            mode: None,
+            reason: None,
+        }
+    }
+}
+
 /// The outcome a call answers with: the end with the output's head and tail from the store
 /// (the report of the Temporal contract), or the id of a command still running.
 pub async fn with_output(store: &Store, ending: Ending) -> Result<CommandOutcome, String> {
     let result = match ending {
         Ending::Running(id) => {
-            return Ok(CommandOutcome {
-                id,
-                status: Status::Running.as_str().to_string(),
-                exit_code: None,
-                stdout: None,
-                stderr: None,
-                stdout_bytes: None,
-                stderr_bytes: None,
-                truncated: None,
-                error: None,
-                mode: None,
-                reason: None,
-            });
+            return Ok(CommandOutcome::running(id));
         }
         Ending::Ended(result) => result,
     };
@@ -553,19 +560,7 @@ mod tests {
 
     #[test]
     fn a_running_outcome_is_only_its_id_and_status() {
-        let outcome = CommandOutcome {
-            id: "aex-1".into(),
-            status: "running".into(),
-            exit_code: None,
-            stdout: None,
-            stderr: None,
-            stdout_bytes: None,
-            stderr_bytes: None,
-            truncated: None,
-            error: None,
-            mode: None,
-            reason: None,
-        };
+        let outcome = CommandOutcome::running("aex-1".into());
         assert_eq!(
             serde_json::to_value(&outcome).unwrap(),
             serde_json::json!({"id": "aex-1", "status": "running"})
