@@ -306,9 +306,14 @@ pub struct RunArgs {
     /// text (default) or json: a JSON result line on stdout after the output.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
-    /// Sandbox network: bridge (own namespace, outbound allowed) or none (cut off).
-    #[arg(long, value_name = "bridge|none")]
+    /// Sandbox network: public (the default: loopback only, HTTP(S) to public hosts through
+    /// the worker's proxy), none (loopback only) or bridge (the open network).
+    #[arg(long, value_name = "public|none|bridge")]
     pub network: Option<String>,
+    /// Only these hosts through the proxy (comma-separated names, or *.domain for the names
+    /// below it); implies --network public.
+    #[arg(long, value_name = "HOST[,HOST…]")]
+    pub allow_net: Option<String>,
     /// Host directory bind-mounted at /workspace in the sandbox, where the command starts; its
     /// files are handed back to you afterwards. In auto mode the working directory is mounted
     /// unless --no-workspace.
@@ -1013,10 +1018,34 @@ fn caller_ids() -> (u32, u32) {
 /// The sandbox container's settings from flags and configuration.
 fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::SandboxSpec> {
     let network = match args.network.as_deref() {
+        None if args.allow_net.is_some() => Network::Public,
         None => cfg.sandbox_network.value,
         Some(raw) => raw
             .parse::<Network>()
             .map_err(|e| usage(format!("--network {raw:?}: {e}")))?,
+    };
+    let allow_net = match &args.allow_net {
+        Some(raw) => {
+            let hosts = stigmer_docker::parse_allow_list(raw)
+                .map_err(|e| usage(format!("--allow-net: {e}")))?;
+            if hosts.is_empty() {
+                bail!(usage(
+                    "--allow-net: give at least one host (e.g. pypi.org,files.pythonhosted.org), \
+                     or --network none for no network at all"
+                        .to_string()
+                ));
+            }
+            if network != Network::Public {
+                bail!(usage(format!(
+                    "--allow-net needs the public network posture (its proxy enforces the \
+                     list), not --network {network}"
+                )));
+            }
+            hosts
+        }
+        // The configured list applies to the public posture only.
+        None if network == Network::Public => cfg.sandbox_allow_net.value.clone(),
+        None => Vec::new(),
     };
     let memory_bytes = match &args.memory {
         Some(raw) => match parse_size(raw) {
@@ -1106,6 +1135,7 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
         cleanup: cfg.sandbox_cleanup.value,
         ttl_secs: cfg.sandbox_ttl.value,
         network,
+        allow_net,
         memory_bytes,
         nano_cpus,
         pids_limit,

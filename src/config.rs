@@ -51,6 +51,9 @@ pub struct Config {
     pub sandbox_agent: Setting<bool>,
     pub sandbox_ttl: Setting<u64>,
     pub sandbox_network: Setting<Network>,
+    /// With the `public` posture: the only hosts the proxy lets a sandbox reach (empty: any
+    /// public host).
+    pub sandbox_allow_net: Setting<Vec<String>>,
     pub temporal_address: Setting<Option<String>>,
     pub temporal_namespace: Setting<String>,
     pub temporal_port: Setting<u16>,
@@ -195,6 +198,7 @@ const FILE_KEYS: &[&str] = &[
     "sandbox_agent",
     "sandbox_ttl",
     "sandbox_network",
+    "sandbox_allow_net",
     "temporal_address",
     "temporal_namespace",
     "temporal_port",
@@ -360,8 +364,14 @@ impl Config {
             sandbox_network: layers.get(
                 "sandbox_network",
                 &["STIGMER_SANDBOX_NETWORK"],
-                || Network::Bridge,
+                || Network::Public,
                 str::parse::<Network>,
+            )?,
+            sandbox_allow_net: layers.get(
+                "sandbox_allow_net",
+                &["STIGMER_SANDBOX_ALLOW_NET"],
+                Vec::new,
+                stigmer_docker::parse_allow_list,
             )?,
             temporal_address: layers.get(
                 "temporal_address",
@@ -525,6 +535,13 @@ impl Config {
             row("sandbox_ttl", &self.sandbox_ttl, u64::to_string),
             row("sandbox_network", &self.sandbox_network, |v| {
                 v.as_str().into()
+            }),
+            row("sandbox_allow_net", &self.sandbox_allow_net, |v| {
+                if v.is_empty() {
+                    "(any public host)".into()
+                } else {
+                    v.join(",")
+                }
             }),
             row("temporal_address", &self.temporal_address, |v| {
                 v.clone()

@@ -228,7 +228,8 @@ impl Workers {
         engine_id: Option<String>,
     ) -> Result<Self> {
         let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string())
-            .with_agent(cfg.sandbox_agent.value, cfg.data_dir.value.join("agent"));
+            .with_agent(cfg.sandbox_agent.value, cfg.data_dir.value.join("agent"))
+            .with_egress_dir(cfg.data_dir.value.join("egress"));
         let activities = Activities::new(
             store,
             hub,
@@ -246,6 +247,11 @@ impl Workers {
                 cleanup: cfg.sandbox_cleanup.value,
                 ttl_secs: cfg.sandbox_ttl.value,
                 network: cfg.sandbox_network.value,
+                allow_net: if cfg.sandbox_network.value == stigmer_workflows::Network::Public {
+                    cfg.sandbox_allow_net.value.clone()
+                } else {
+                    Vec::new()
+                },
                 memory_bytes: stigmer_docker::DEFAULT_MEMORY_BYTES,
                 nano_cpus: stigmer_docker::DEFAULT_NANO_CPUS,
                 pids_limit: stigmer_docker::DEFAULT_PIDS_LIMIT,

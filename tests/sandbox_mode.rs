@@ -72,8 +72,11 @@ fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variable
         !stdout.contains("STIGMER_DATA_DIR"),
         "the host environment leaked"
     );
-    // Its own network namespace (never the host's): loopback and its own eth0.
-    assert!(lines.contains(&"lo") && lines.contains(&"eth0"), "{stdout}");
+    // Its own network namespace (never the host's), public by default: loopback only, and the
+    // variables that lead HTTP(S) to the worker's proxy.
+    assert_eq!(lines.last(), Some(&"lo"), "{stdout}");
+    assert!(!lines.contains(&"eth0"), "{stdout}");
+    assert!(lines.contains(&"https_proxy=http://127.0.0.1:3128"), "{stdout}");
     let record = env.last_execution();
     assert_eq!(record["effective_mode"], "sandbox");
     assert_eq!(record["container_id"].as_str().unwrap().len(), 64);
@@ -153,6 +156,127 @@ fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variable
         text(&owner.stdout).trim(),
         "temporal",
         "foreign starts' containers are theirs alone"
+    );
+}
+
+/// The network postures: `public` (the default) reaches public hosts only through the worker's
+/// proxy, which refuses metadata, private and loopback addresses even behind a name;
+/// `--allow-net` refuses any other host before connecting anything, and lets an allowed registry
+/// work; `none` is loopback alone; `bridge` is the open network, asked for.
+#[test]
+fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
+    let env = sandbox_env();
+    let _cleanup = RemoveContainers(&env);
+    let interfaces = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    // The engine's bridge gateway (the worker's host as containers on the bridge see it): the
+    // one configured, else the first address of the bridge's subnet, as the engine picks it.
+    let ipam = Command::new("docker")
+        .args(["network", "inspect", "bridge", "--format"])
+        .arg("{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}")
+        .output()
+        .unwrap();
+    let ipam = text(&ipam.stdout);
+    let gateway = match ipam.split_whitespace().collect::<Vec<_>>()[..] {
+        [gateway, _] => gateway.to_string(),
+        [subnet] => {
+            let net: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+            std::net::Ipv4Addr::from(u32::from(net) + 1).to_string()
+        }
+        _ => panic!("the bridge network's addresses: {ipam:?}"),
+    };
+
+    let out = env.stigmer(&[
+        "run",
+        &format!(
+            "{interfaces}; for u in http://169.254.169.254/latest/meta-data/ http://10.0.0.1/ \
+             http://{gateway}/; do curl -sS -m 10 \"$u\"; done; \
+             curl -sS -m 10 -x \"$https_proxy\" --noproxy '' https://localhost/; \
+             echo \"localhost: $?\"; curl -sS -m 10 http://pypi.org:8080/; echo"
+        ),
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(stdout.lines().next(), Some("lo"), "only loopback: {stdout}");
+    for refused in [
+        "169.254.169.254:80 refused: 169.254.169.254 is a link-local address".to_string(),
+        "10.0.0.1:80 refused: 10.0.0.1 is a private address".to_string(),
+        format!("{gateway}:80 refused: {gateway} is an address of the worker's own host"),
+        "pypi.org:8080 refused: only ports 80 and 443".to_string(),
+    ] {
+        assert!(stdout.contains(&refused), "{refused:?} in the 403's body: {stdout}");
+        assert!(
+            stderr.contains(&format!("stigmer: egress: {refused}")),
+            "{refused:?} noticed on the execution's stderr: {stderr}"
+        );
+    }
+    // A name that resolves to loopback on the worker's host (`localhost`, from its hosts file)
+    // is refused too: the proxy checks the address it would connect to, not the name.
+    assert!(stdout.contains("localhost: 56"), "CONNECT refused: {stdout}");
+    assert!(
+        stderr.contains("stigmer: egress: localhost:443 refused: it resolves to"),
+        "{stderr}"
+    );
+    let record = env.last_execution();
+    let logs = env.stigmer(&["logs", record["id"].as_str().unwrap()]);
+    assert!(
+        text(&logs.stdout).contains("stigmer: egress: 10.0.0.1:80 refused")
+            || text(&logs.stderr).contains("stigmer: egress: 10.0.0.1:80 refused"),
+        "the notice is kept with the execution's output"
+    );
+
+    let out = env.stigmer(&[
+        "run",
+        "--allow-net",
+        "pypi.org,files.pythonhosted.org",
+        &format!(
+            "{interfaces}; curl -sS -m 10 https://example.com/; echo \"example.com: $?\"; \
+             pip download --quiet --no-deps --no-cache-dir -d /tmp/dl six && ls /tmp/dl"
+        ),
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stdout.lines().next(), Some("lo"), "{stdout}");
+    assert!(stdout.contains("example.com: 56"), "a 403 to CONNECT: {stdout}");
+    assert!(
+        stderr.contains(
+            "stigmer: egress: example.com:443 refused: example.com is not in --allow-net \
+             (pypi.org,files.pythonhosted.org)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("six-") && l.ends_with(".whl")),
+        "pip download through the allowed registry: {stdout}"
+    );
+
+    let out = env.stigmer(&["run", "--network", "none", "--allow-net", "pypi.org", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--allow-net needs the public network posture"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.stigmer(&["run", "--allow-net", "https://pypi.org/simple", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is not a host"), "{}", text(&out.stderr));
+
+    let out = env.stigmer(&[
+        "run",
+        "--network",
+        "none",
+        &format!("{interfaces}; echo \"proxy=${{https_proxy:-unset}}\""),
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "lo\nproxy=unset\n", "none: loopback alone");
+
+    let out = env.stigmer(&["run", "--network", "bridge", interfaces]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l == "lo") && stdout.lines().any(|l| l == "eth0"),
+        "bridge, asked for: its own eth0: {stdout}"
     );
 }
 

@@ -157,6 +157,19 @@ fn sandbox_spec(
     }
     if let Some(network) = asked.network {
         spec.network = network;
+        if network != stigmer_workflows::Network::Public {
+            spec.allow_net.clear();
+        }
+    }
+    if let Some(hosts) = asked.allow_net {
+        if spec.network != stigmer_workflows::Network::Public {
+            return Err(Refusal(format!(
+                "`sandbox.allow_net` needs the public network (the proxy enforces it), not {}",
+                spec.network
+            )));
+        }
+        spec.allow_net = stigmer_docker::parse_allow_list(&hosts.join(","))
+            .map_err(|e| Refusal(format!("`sandbox.allow_net`: {e}")))?;
     }
     if let Some(memory) = asked.memory_bytes {
         spec.memory_bytes = memory;

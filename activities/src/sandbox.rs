@@ -63,6 +63,8 @@ pub struct SandboxBackend {
     /// Whether containers get the in-container agent, and where this host keeps its binary.
     agent: bool,
     agent_dir: Option<PathBuf>,
+    /// Where the egress proxy's sockets live (the `public` posture).
+    egress_dir: Option<PathBuf>,
     host_queue: std::sync::Arc<std::sync::OnceLock<String>>,
     store: Store,
     worker_id: String,
@@ -82,6 +84,7 @@ impl SandboxBackend {
             engine: std::sync::Arc::new(OnceCell::new()),
             agent: true,
             agent_dir: None,
+            egress_dir: None,
             host_queue: std::sync::Arc::new(std::sync::OnceLock::new()),
             store,
             worker_id,
@@ -94,6 +97,14 @@ impl SandboxBackend {
     pub fn with_agent(mut self, enabled: bool, dir: PathBuf) -> Self {
         self.agent = enabled;
         self.agent_dir = Some(dir);
+        self
+    }
+
+    /// Sets the directory (under the data dir, private to the worker) where the egress proxy
+    /// binds one socket per container of the `public` posture. Before first use.
+    #[must_use]
+    pub fn with_egress_dir(mut self, dir: PathBuf) -> Self {
+        self.egress_dir = Some(dir);
         self
     }
 
@@ -124,6 +135,9 @@ impl SandboxBackend {
                 if let Some(dir) = &self.agent_dir {
                     engine = engine.with_agent_dir(dir.clone());
                 }
+                if let Some(dir) = &self.egress_dir {
+                    engine = engine.with_egress_dir(dir.clone());
+                }
                 let id = engine.engine_id().await?;
                 Ok::<_, EngineError>((engine, id))
             })
@@ -136,9 +150,11 @@ impl SandboxBackend {
         let network = match spec.network {
             stigmer_workflows::Network::Bridge => Network::Bridge,
             stigmer_workflows::Network::None => Network::None,
+            stigmer_workflows::Network::Public => Network::Public,
         };
         let mut c = ContainerSpec::new(image)
             .with_network(network)
+            .with_allow_net(spec.allow_net.clone())
             .with_memory_bytes(spec.memory_bytes)
             .with_nano_cpus(spec.nano_cpus)
             .with_pids_limit(spec.pids_limit);

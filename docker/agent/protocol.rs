@@ -26,3 +26,10 @@ pub fn encode_frame(kind: u8, nonce: u64, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(payload);
     f
 }
+
+/// Where the worker's egress proxy listens, as the container sees it: a Unix socket in a
+/// directory the worker bind-mounts read-only (module `egress` of the worker's side).
+pub const EGRESS_SOCKET_PATH: &str = "/run/stigmer/egress/proxy.sock";
+/// Where the agent forwards connections to that socket from, inside the container (the proxy
+/// variables point here).
+pub const PROXY_LISTEN: &str = "127.0.0.1:3128";

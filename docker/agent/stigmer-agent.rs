@@ -38,7 +38,10 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod protocol;
-use protocol::{encode_frame, FRAME_EXIT, FRAME_REFUSED, FRAME_STARTED, FRAME_STDERR, FRAME_STDOUT};
+use protocol::{
+    encode_frame, EGRESS_SOCKET_PATH, FRAME_EXIT, FRAME_REFUSED, FRAME_STARTED, FRAME_STDERR,
+    FRAME_STDOUT, PROXY_LISTEN,
+};
 
 #[repr(C)]
 struct PollFd {
@@ -90,6 +93,7 @@ fn reap_orphans(command: Option<c_int>) {
 }
 
 const POLLIN: i16 = 0x1;
+const POLLOUT: i16 = 0x4;
 const SIGKILL: c_int = 9;
 const SIGTERM: c_int = 15;
 const PR_SET_DUMPABLE: c_int = 4;
@@ -175,7 +179,8 @@ impl Agent<'_> {
         let mut stdin_open = true;
         let mut pending: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        while stdin_open || self.running.is_some() {
+        let mut forwarder = Forwarder::open();
+        while stdin_open || self.running.is_some() || forwarder.is_some() {
             let mut fds = Vec::with_capacity(4);
             if stdin_open {
                 fds.push(PollFd { fd: 0, events: POLLIN, revents: 0 });
@@ -208,6 +213,10 @@ impl Agent<'_> {
                 reap_orphans(self.running.as_ref().map(|r| r.pgid));
                 wait = Some(wait.map_or(REAP_TICK, |w| w.min(REAP_TICK)));
             }
+            let forwarded = fds.len();
+            if let Some(f) = &forwarder {
+                f.poll_fds(&mut fds);
+            }
             let timeout_ms = wait.map_or(-1, |w| w.as_nanos().div_ceil(1_000_000).min(60_000) as c_int);
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call's duration.
             let n = unsafe { poll(fds.as_mut_ptr(), fds.len() as c_ulong, timeout_ms) };
@@ -236,6 +245,9 @@ impl Agent<'_> {
             }
             self.pump(&ready, &mut buf);
             self.supervise();
+            if let Some(f) = forwarder.as_mut() {
+                f.service(&fds[forwarded..], &mut buf);
+            }
         }
     }
 
@@ -579,4 +591,175 @@ fn counters() -> (String, String) {
         "oom_kill ",
     );
     (pm.unwrap_or_else(|| "-".into()), ok.unwrap_or_else(|| "-".into()))
+}
+
+/// The container's way to the worker's egress proxy: `127.0.0.1:3128` forwarded to the proxy's
+/// Unix socket, which the worker mounts at `/run/stigmer/egress` for the `public` posture. Part
+/// of the poll loop (no thread, no process: an idle container still holds one task). Present
+/// only where that directory is mounted.
+struct Forwarder {
+    listener: std::net::TcpListener,
+    pairs: Vec<Pair>,
+}
+
+/// One forwarded connection: the command's TCP side and the proxy's Unix side, with what each
+/// has sent that the other has not taken yet.
+struct Pair {
+    tcp: std::net::TcpStream,
+    unix: std::os::unix::net::UnixStream,
+    /// From the command, for the proxy.
+    up: Vec<u8>,
+    /// From the proxy, for the command.
+    down: Vec<u8>,
+    tcp_eof: bool,
+    unix_eof: bool,
+    up_shut: bool,
+    down_shut: bool,
+    dead: bool,
+}
+
+/// How much of one direction is held before its reader waits for the writer.
+const PAIR_BUFFER: usize = 256 * 1024;
+/// At most this many connections at once; more are refused.
+const MAX_PAIRS: usize = 256;
+
+impl Forwarder {
+    fn open() -> Option<Self> {
+        let dir = std::path::Path::new(EGRESS_SOCKET_PATH).parent()?;
+        if !dir.is_dir() {
+            return None;
+        }
+        let listener = std::net::TcpListener::bind(PROXY_LISTEN).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        Some(Forwarder { listener, pairs: Vec::new() })
+    }
+
+    /// The listener, then each pair's TCP and Unix sides; a side with nothing to wait for is
+    /// left out (fd -1), so a hung-up socket never wakes the loop for nothing.
+    fn poll_fds(&self, fds: &mut Vec<PollFd>) {
+        fds.push(PollFd { fd: self.listener.as_raw_fd(), events: POLLIN, revents: 0 });
+        for p in &self.pairs {
+            let mut tcp = 0;
+            if !p.tcp_eof && p.up.len() < PAIR_BUFFER {
+                tcp |= POLLIN;
+            }
+            if !p.down.is_empty() {
+                tcp |= POLLOUT;
+            }
+            let mut unix = 0;
+            if !p.unix_eof && p.down.len() < PAIR_BUFFER {
+                unix |= POLLIN;
+            }
+            if !p.up.is_empty() {
+                unix |= POLLOUT;
+            }
+            for (fd, events) in [(p.tcp.as_raw_fd(), tcp), (p.unix.as_raw_fd(), unix)] {
+                let fd = if events == 0 { -1 } else { fd };
+                fds.push(PollFd { fd, events, revents: 0 });
+            }
+        }
+    }
+
+    /// `fds`: what `poll_fds` added, after the poll.
+    fn service(&mut self, fds: &[PollFd], buf: &mut [u8]) {
+        let woke = |i: usize| fds.get(i).is_some_and(|p| p.revents != 0);
+        for (i, p) in self.pairs.iter_mut().enumerate() {
+            if woke(1 + 2 * i) || woke(2 + 2 * i) {
+                p.pump(buf);
+            }
+        }
+        self.pairs.retain(|p| !p.dead);
+        if woke(0) {
+            self.accept();
+        }
+    }
+
+    fn accept(&mut self) {
+        use std::os::unix::net::UnixStream;
+        while let Ok((mut tcp, _)) = self.listener.accept() {
+            if self.pairs.len() >= MAX_PAIRS {
+                continue;
+            }
+            let unix = match UnixStream::connect(EGRESS_SOCKET_PATH) {
+                Ok(unix) => unix,
+                Err(e) => {
+                    let body = format!("stigmer: the worker's egress proxy cannot be reached ({e})\n");
+                    let reply = format!(
+                        "HTTP/1.1 502 Bad Gateway\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(reply.as_bytes());
+                    continue;
+                }
+            };
+            if tcp.set_nonblocking(true).is_err() || unix.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            self.pairs.push(Pair {
+                tcp,
+                unix,
+                up: Vec::new(),
+                down: Vec::new(),
+                tcp_eof: false,
+                unix_eof: false,
+                up_shut: false,
+                down_shut: false,
+                dead: false,
+            });
+        }
+    }
+}
+
+impl Pair {
+    /// Moves what can be moved without blocking, in both directions.
+    fn pump(&mut self, buf: &mut [u8]) {
+        let ok = read_some(&mut self.tcp, &mut self.up, &mut self.tcp_eof, buf)
+            && read_some(&mut self.unix, &mut self.down, &mut self.unix_eof, buf)
+            && write_some(&mut self.unix, &mut self.up)
+            && write_some(&mut self.tcp, &mut self.down);
+        if !ok {
+            self.dead = true;
+            return;
+        }
+        if self.tcp_eof && self.up.is_empty() && !self.up_shut {
+            let _ = self.unix.shutdown(std::net::Shutdown::Write);
+            self.up_shut = true;
+        }
+        if self.unix_eof && self.down.is_empty() && !self.down_shut {
+            let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+            self.down_shut = true;
+        }
+        self.dead = self.up_shut && self.down_shut;
+    }
+}
+
+/// Reads what is there into `into` (up to the buffer bound); false on an error.
+fn read_some(from: &mut impl Read, into: &mut Vec<u8>, eof: &mut bool, buf: &mut [u8]) -> bool {
+    while !*eof && into.len() < PAIR_BUFFER {
+        match from.read(buf) {
+            Ok(0) => *eof = true,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Writes what it can of `from`; false on an error (the other end is gone).
+fn write_some(to: &mut impl Write, from: &mut Vec<u8>) -> bool {
+    while !from.is_empty() {
+        match to.write(from) {
+            Ok(0) => return false,
+            Ok(n) => {
+                from.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }

@@ -50,6 +50,9 @@ static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stigmer-a
 #[allow(dead_code)]
 #[path = "../agent/protocol.rs"]
 mod protocol;
+pub(crate) use protocol::PROXY_LISTEN;
+#[cfg(test)]
+pub(crate) use protocol::EGRESS_SOCKET_PATH;
 use protocol::{
     FRAME_EXIT, FRAME_HEADER, FRAME_REFUSED, FRAME_STARTED, FRAME_STDERR, FRAME_STDOUT,
 };

@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 };
 
 use crate::agent::{AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT};
+use crate::egress::{EGRESS_MOUNT, proxy_env};
 use crate::error::status_of;
 use crate::spec::WORKSPACE_DIR;
 use crate::{ContainerSpec, Engine, EngineError};
@@ -133,10 +134,26 @@ impl Engine {
         } else {
             None
         };
+        let egress = self.egress_for_new(spec, name, agent, &mut all_labels)?;
         let made = match self
-            .create_stopped(spec, &all_labels, name, agent, mount.as_deref())
+            .create_stopped(spec, &all_labels, name, agent, mount.as_deref(), egress.as_deref())
             .await
         {
+            Err(EngineError::Api { source, .. })
+                if status_of(&source) == Some(400)
+                    && egress
+                        .as_deref()
+                        .is_some_and(|d| source.to_string().contains(&*d.to_string_lossy())) =>
+            {
+                self.forget_egress(name);
+                return Err(EngineError::InvalidSpec(format!(
+                    "the public network posture mounts the worker's egress proxy into the \
+                     container, and this engine ({}) does not see the worker's files: set \
+                     STIGMER_SANDBOX_NETWORK (or --network) to none or bridge for a remote \
+                     engine ({source})",
+                    self.endpoint()
+                )));
+            }
             Err(EngineError::Api { source, .. })
                 if status_of(&source) == Some(400)
                     && mount
@@ -146,14 +163,18 @@ impl Engine {
                 // The engine does not see this host's files: copy the agent in instead.
                 self.agent_bind_refused(&source.to_string());
                 mount = None;
-                self.create_stopped(spec, &all_labels, name, agent, None)
+                self.create_stopped(spec, &all_labels, name, agent, None, egress.as_deref())
                     .await?
             }
             other => other?,
         };
+        let egress_name = egress.as_ref().map(|_| name);
         let mut id = match made {
             Created::New(id) => id,
-            Created::Adopted(id) => return Ok(id),
+            Created::Adopted(id) => {
+                self.note_egress(&id, egress_name);
+                return Ok(id);
+            }
         };
         if agent
             && mount.is_none()
@@ -162,9 +183,17 @@ impl Engine {
             // This container cannot hold the agent: make it again without.
             tracing::warn!(container = %id, error = %e, "could not install the agent; commands go through docker exec");
             self.remove_container(&id).await?;
+            if egress.is_some() {
+                self.forget_egress(name);
+                return Err(EngineError::InvalidSpec(format!(
+                    "the public network posture needs the sandbox agent in the container (it \
+                     forwards the proxy), and it could not be installed ({e}): choose --network \
+                     none or bridge for this image"
+                )));
+            }
             agent = false;
             id = match self
-                .create_stopped(spec, &all_labels, name, false, None)
+                .create_stopped(spec, &all_labels, name, false, None, None)
                 .await?
             {
                 Created::New(id) => id,
@@ -172,6 +201,7 @@ impl Engine {
             };
         }
         self.note_agent(&id, agent);
+        self.note_egress(&id, egress_name);
         if let Err(e) = self.docker.start_container(&id, None).await {
             let err = EngineError::api(
                 format!(
@@ -197,12 +227,13 @@ impl Engine {
         name: &str,
         agent: bool,
         agent_mount: Option<&std::path::Path>,
+        egress_dir: Option<&std::path::Path>,
     ) -> Result<Created, EngineError> {
         let mut labels = all_labels.clone();
         if agent {
             labels.insert(LABEL_AGENT.into(), AGENT_PROTOCOL.into());
         }
-        let body = container_body(spec, labels, agent, agent_mount);
+        let body = container_body(spec, labels, agent, agent_mount, egress_dir);
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(Created::New(created.id)),
@@ -304,7 +335,11 @@ impl Engine {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(id, Some(options)).await {
+        let removed = self.docker.remove_container(id, Some(options)).await;
+        if removed.is_ok() || removed.as_ref().is_err_and(|e| status_of(e) == Some(404)) {
+            self.forget_egress_of(id);
+        }
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             Err(e)
@@ -481,10 +516,14 @@ fn container_body(
     labels: HashMap<String, String>,
     agent: bool,
     agent_mount: Option<&std::path::Path>,
+    egress_dir: Option<&std::path::Path>,
 ) -> ContainerCreateBody {
     let mut mounts = Vec::new();
     if let Some(source) = agent_mount {
         mounts.push(bind(source, AGENT_PATH, true));
+    }
+    if let Some(dir) = egress_dir {
+        mounts.push(bind(dir, EGRESS_MOUNT, true));
     }
     if let Some(ws) = &spec.workspace {
         mounts.push(bind(ws, WORKSPACE_DIR, false));
@@ -534,7 +573,12 @@ fn container_body(
         // docker-init.
         cmd: Some(keepalive),
         entrypoint: Some(vec![]),
-        env: Some(vec![]),
+        // Nothing of the worker's environment; with the proxy, the variables that lead to it.
+        env: Some(if egress_dir.is_some() {
+            proxy_env()
+        } else {
+            vec![]
+        }),
         working_dir: Some(WORKSPACE_DIR.into()),
         labels: Some(labels),
         tty: Some(false),

@@ -451,12 +451,44 @@ impl Engine {
             .await
     }
 
+    /// Serves the container's egress proxy (when it has one) before the command, and hands what
+    /// the proxy refused meanwhile to the command's stderr after it.
     async fn run_exec(
         &self,
         container_id: &str,
         req: ExecRequest,
         stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
         mut sink: Sink<'_>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, EngineError> {
+        let egress = self.serve_egress(container_id).await;
+        let outcome = self
+            .run_exec_inner(container_id, req, stdin, &mut sink, cancel)
+            .await;
+        let notices = egress.map(|name| self.egress_notices(&name)).unwrap_or_default();
+        for line in notices {
+            let data = bytes::Bytes::from(format!("{line}\n"));
+            match &mut sink {
+                Sink::Callback(f) => f(StreamKind::Stderr, &data),
+                Sink::Channel(tx) => {
+                    let _ = tx
+                        .send(OutputChunk {
+                            kind: StreamKind::Stderr,
+                            data,
+                        })
+                        .await;
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn run_exec_inner(
+        &self,
+        container_id: &str,
+        req: ExecRequest,
+        stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        sink: &mut Sink<'_>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, EngineError> {
         req.validate()?;
@@ -474,7 +506,7 @@ impl Engine {
         }
         if stdin.is_none() && self.uses_agent(container_id).await {
             return self
-                .run_agent_exec(container_id, &req, &mut sink, cancel)
+                .run_agent_exec(container_id, &req, sink, cancel)
                 .await;
         }
         let env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -589,7 +621,7 @@ impl Engine {
                 }
                 None => break 'stream,
             };
-            match &mut sink {
+            match sink {
                 Sink::Callback(f) => f(kind, &data),
                 Sink::Channel(tx) if !receiver_gone => {
                     // A slow receiver holds the command back (bounded memory), but never the

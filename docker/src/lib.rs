@@ -35,6 +35,7 @@
 
 mod agent;
 mod container;
+mod egress;
 mod error;
 mod exec;
 mod image;
@@ -48,6 +49,10 @@ pub use agent::{AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT, agent_available};
 pub use container::{
     ContainerState, LABEL_LEASE, LABEL_MANAGED, LABEL_OWNER, LABEL_SPEC_HASH, LABEL_STORE,
     LABEL_WORKER, ManagedContainer, ProcessInfo,
+};
+pub use egress::{
+    ALLOWED_PORTS, EGRESS_MOUNT, EgressPolicy, LABEL_EGRESS, MAX_ALLOW_ENTRIES,
+    blocked_address, check_allow_entry, parse_allow_list, proxy_env,
 };
 pub use error::EngineError;
 pub use exec::{
@@ -78,6 +83,11 @@ pub struct Engine {
     agent_enabled: bool,
     agent_dir: Option<std::path::PathBuf>,
     agent_cache: std::sync::Arc<agent::AgentCache>,
+    /// The egress proxies of `public` containers (module `egress`), when a directory of this
+    /// host is given for their sockets.
+    egress: Option<std::sync::Arc<egress::EgressProxy>>,
+    /// Container id → its name, for the containers with a proxy this process has met.
+    egress_names: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>,
 }
 
 impl Engine {
@@ -120,6 +130,8 @@ impl Engine {
             agent_enabled: true,
             agent_dir: None,
             agent_cache: std::sync::Arc::default(),
+            egress: None,
+            egress_names: std::sync::Arc::default(),
         })
     }
 
@@ -138,6 +150,15 @@ impl Engine {
     #[must_use]
     pub fn with_agent_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.agent_dir = Some(dir.into());
+        self
+    }
+
+    /// A directory of this host (private to the worker) where the egress proxy's sockets live,
+    /// one subdirectory per container, mounted into the containers of the `public` posture.
+    /// Without one, such a container cannot be made.
+    #[must_use]
+    pub fn with_egress_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.egress = Some(std::sync::Arc::new(egress::EgressProxy::new(dir.into())));
         self
     }
 

@@ -35,11 +35,15 @@ pub const WORKSPACE_DIR: &str = "/workspace";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// Docker's default bridge: outbound allowed (installing packages is the sandbox's job).
+    /// Docker's default bridge: the open network, opt-in.
     #[default]
     Bridge,
     /// Only a loopback interface: no traffic leaves the container.
     None,
+    /// Only a loopback interface, and HTTP(S) to public hosts through the worker's egress
+    /// proxy (module `egress`): the agent forwards `127.0.0.1:3128` to the proxy's socket.
+    /// [`ContainerSpec::allow_net`] narrows it to the hosts listed.
+    Public,
 }
 
 impl Network {
@@ -48,7 +52,17 @@ impl Network {
     pub fn as_docker_mode(self) -> &'static str {
         match self {
             Network::Bridge => "bridge",
+            Network::None | Network::Public => "none",
+        }
+    }
+
+    /// The posture's name (`bridge`, `none`, `public`), as the spec hash and users see it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Bridge => "bridge",
             Network::None => "none",
+            Network::Public => "public",
         }
     }
 }
@@ -60,8 +74,9 @@ impl std::str::FromStr for Network {
         match s {
             "bridge" => Ok(Network::Bridge),
             "none" => Ok(Network::None),
+            "public" => Ok(Network::Public),
             other => Err(EngineError::InvalidSpec(format!(
-                "network {other:?} is not allowed (bridge or none; never host)"
+                "network {other:?} is not allowed (public, none or bridge; never host)"
             ))),
         }
     }
@@ -114,6 +129,10 @@ pub struct ContainerSpec {
     /// Whose container it is (a user, a CI run): containers are reused only by their owner.
     /// `None` shares it with every caller of the same spec (as before owners existed).
     pub owner: Option<String>,
+    /// With [`Network::Public`]: the only hosts the proxy lets it reach (exact names, or
+    /// `*.domain`); empty allows any public host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_net: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -131,7 +150,21 @@ impl ContainerSpec {
             credential_mounts: Vec::new(),
             readonly_rootfs: false,
             owner: None,
+            allow_net: Vec::new(),
         }
+    }
+
+    /// Lets the container reach only these hosts through the proxy ([`Network::Public`]).
+    #[must_use]
+    pub fn with_allow_net(mut self, hosts: Vec<String>) -> Self {
+        self.allow_net = hosts;
+        self
+    }
+
+    /// What the egress proxy lets this container reach, when it has the proxy.
+    #[must_use]
+    pub fn egress_policy(&self) -> Option<crate::EgressPolicy> {
+        (self.network == Network::Public).then(|| crate::EgressPolicy::from_allow(&self.allow_net))
     }
 
     /// Sets the owner: only an execution of the same owner reuses the container.
@@ -225,7 +258,7 @@ impl ContainerSpec {
             "memory_swap_bytes": self.memory_bytes,
             "nano_cpus": self.nano_cpus,
             "pids_limit": self.pids_limit,
-            "network": self.network.as_docker_mode(),
+            "network": self.network.as_str(),
             "workspace": self.workspace.as_ref().map(|p| p.to_string_lossy().into_owned()),
             "credential_mounts": mounts,
             "readonly_rootfs": self.readonly_rootfs,
@@ -233,6 +266,9 @@ impl ContainerSpec {
         // Only when set, so the hash of an ownerless spec is what it always was.
         if let Some(owner) = &self.owner {
             canonical["owner"] = serde_json::json!(owner);
+        }
+        if !self.allow_net.is_empty() {
+            canonical["allow_net"] = serde_json::json!(self.allow_net);
         }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
@@ -266,6 +302,16 @@ impl ContainerSpec {
                 "user {:?} must be a numeric non-root uid or uid:gid (e.g. 1000:1000)",
                 self.user
             ));
+        }
+        if !self.allow_net.is_empty() && self.network != Network::Public {
+            return bad(format!(
+                "an allow-list of hosts needs the public network posture (the proxy enforces \
+                 it), not {}",
+                self.network.as_str()
+            ));
+        }
+        for host in &self.allow_net {
+            crate::egress::check_allow_entry(host).map_err(EngineError::InvalidSpec)?;
         }
         let sockets = docker_socket_paths();
         if let Some(ws) = &self.workspace {

@@ -129,6 +129,10 @@ pub struct PublicSandbox {
     pub image: Option<String>,
     #[serde(default)]
     pub network: Option<Network>,
+    /// With the `public` network: the only hosts the proxy lets the command reach (names, or
+    /// `*.domain` for the names below it). Replaces the worker's own list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_net: Option<Vec<String>>,
     /// Bytes (at least 16 MiB).
     #[serde(default)]
     pub memory_bytes: Option<i64>,

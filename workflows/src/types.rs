@@ -116,6 +116,9 @@ pub struct SandboxSpec {
     pub cleanup: bool,
     pub ttl_secs: u64,
     pub network: Network,
+    /// With the `public` posture: the only hosts its proxy lets it reach (`--allow-net`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_net: Vec<String>,
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
@@ -147,12 +150,20 @@ pub struct SandboxSpec {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// Its own network namespace, outbound allowed.
-    #[default]
+    /// Its own network namespace, the open network (opt-in).
     Bridge,
     /// Its own network namespace with loopback only.
     None,
+    /// Loopback only, and HTTP(S) to public hosts (ports 80 and 443) through the worker's
+    /// proxy: metadata, private ranges and the worker's host are refused. With an allow-list,
+    /// only the hosts listed.
+    #[default]
+    Public,
 }
+
+/// What each posture means, for messages that list them.
+pub const NETWORK_CHOICES: &str = "public (the default: HTTP(S) to public hosts through the \
+     worker's proxy), none (loopback only), bridge (the open network)";
 
 impl Network {
     #[must_use]
@@ -160,6 +171,7 @@ impl Network {
         match self {
             Self::Bridge => "bridge",
             Self::None => "none",
+            Self::Public => "public",
         }
     }
 }
@@ -177,15 +189,11 @@ impl std::str::FromStr for Network {
         match raw.trim().to_ascii_lowercase().as_str() {
             "bridge" => Ok(Self::Bridge),
             "none" => Ok(Self::None),
-            "host" => Err(
-                "the host network is never used for a sandbox; allowed values: bridge (own \
-                 namespace, outbound allowed), none (no network)"
-                    .into(),
-            ),
-            _ => Err(
-                "allowed values: bridge (own namespace, outbound allowed), none (no network)"
-                    .into(),
-            ),
+            "public" => Ok(Self::Public),
+            "host" => Err(format!(
+                "the host network is never used for a sandbox; allowed values: {NETWORK_CHOICES}"
+            )),
+            _ => Err(format!("allowed values: {NETWORK_CHOICES}")),
         }
     }
 }
