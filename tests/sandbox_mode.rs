@@ -752,9 +752,11 @@ fn container_command(id: &str) -> String {
 
 #[test]
 fn commands_run_through_the_agent_and_through_docker_exec_when_it_is_turned_off() {
-    let run = |env: &Env| {
+    let run = |env: &Env, network: &str| {
         let out = env.stigmer(&[
             "run",
+            "--network",
+            network,
             "--env",
             "WHO=me",
             "--timeout",
@@ -771,7 +773,7 @@ fn commands_run_through_the_agent_and_through_docker_exec_when_it_is_turned_off(
     };
     let env = sandbox_env();
     let _cleanup = RemoveContainers(&env);
-    let container = run(&env);
+    let container = run(&env, "public");
     assert_eq!(container_command(&container), r#"["/.stigmer/agent"]"#);
     let out = env.stigmer(&["config", "show"]);
     assert!(
@@ -784,7 +786,17 @@ fn commands_run_through_the_agent_and_through_docker_exec_when_it_is_turned_off(
     off.extra
         .push(("STIGMER_SANDBOX_AGENT".into(), "false".into()));
     let _cleanup_off = RemoveContainers(&off);
-    let container = run(&off);
+    // The public posture's proxy is reached through the agent: without it, a run is refused
+    // with what to do, before any command runs.
+    let out = off.stigmer(&["run", "--timeout", "30", "echo ran"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("ran"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("the public network posture needs the sandbox agent"),
+        "{}",
+        text(&out.stderr)
+    );
+    let container = run(&off, "none");
     assert_eq!(container_command(&container), r#"["sleep","infinity"]"#);
 
     let mut bad = sandbox_env();

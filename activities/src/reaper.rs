@@ -139,7 +139,10 @@ pub async fn reap_once(
         .map(|l| (l.id.clone(), l))
         .collect();
     let now = now_ms();
-    for container in engine.list_managed(store.store_id()).await? {
+    let managed = engine.list_managed(store.store_id()).await?;
+    let names: Vec<String> = managed.iter().map(|c| c.name.clone()).collect();
+    engine.sweep_egress(&names);
+    for container in managed {
         let lease = container
             .labels
             .get(LABEL_LEASE)

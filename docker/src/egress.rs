@@ -64,6 +64,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a name may take to resolve, and an address to connect.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How old a proxy directory of no listed container must be before the sweep removes it.
+const SWEEP_GRACE: Duration = Duration::from_secs(120);
 /// Notices kept per container between two commands (the rest are counted).
 const MAX_NOTICES: usize = 20;
 
@@ -406,7 +408,14 @@ impl EgressProxy {
         let live: Vec<String> = live.iter().map(|n| dir_name(n)).collect();
         for entry in entries.flatten() {
             let dir = entry.file_name().to_string_lossy().into_owned();
-            if live.contains(&dir) {
+            // A directory made moments ago may be for a container being created right now.
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < SWEEP_GRACE);
+            if live.contains(&dir) || young {
                 continue;
             }
             let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
