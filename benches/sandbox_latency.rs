@@ -109,10 +109,9 @@ fn main() {
         median(&warm) / median(&docker_exec)
     );
 
-    // Cold: a container per run. `stigmer run` answers once the result is recorded, and the
-    // workflow's release removes the container after; `docker run --rm` answers once the
-    // container is removed. So the cold sample runs until the container is gone (polled through
-    // the Engine API), and the answer time is kept beside it.
+    // The clean check: after each command the agent kills what it left and counts what
+    // remains, before the container may meet the next execution. Its own measure, from the exit
+    // frames of commands run through the engine in that same container.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,6 +119,35 @@ fn main() {
     let engine = rt
         .block_on(stigmer_docker::Engine::connect())
         .expect("docker engine");
+    let mut checks = Vec::with_capacity(RUNS);
+    for i in 0..RUNS {
+        let argv: &[&str] = if i % 2 == 0 {
+            &["true"]
+        } else {
+            // Something left behind to kill: a background sleep in a session of its own.
+            &["sh", "-c", "setsid sleep 60 & true"]
+        };
+        let req = stigmer_docker::ExecRequest::new(
+            argv.iter().copied(),
+            stigmer_docker::ExecRequest::pid_file_for("bench-clean-check"),
+        );
+        let outcome = rt
+            .block_on(engine.exec(
+                &container,
+                req,
+                &mut |_, _| {},
+                stigmer_docker::CancellationToken::new(),
+            ))
+            .expect("exec through the agent");
+        checks.push(outcome.clean_check.expect("the agent reports its clean check"));
+    }
+    checks.sort();
+    report("clean check after a command (agent; target ≤ 2 ms)", &checks);
+
+    // Cold: a container per run. `stigmer run` answers once the result is recorded, and the
+    // workflow's release removes the container after; `docker run --rm` answers once the
+    // container is removed. So the cold sample runs until the container is gone (polled through
+    // the Engine API), and the answer time is kept beside it.
     // This installation's containers only: the store label of the warm one says which.
     let store = rt
         .block_on(engine.container_state(&container))

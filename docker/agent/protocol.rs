@@ -9,7 +9,8 @@ pub const FRAME_STDOUT: u8 = 1;
 pub const FRAME_STDERR: u8 = 2;
 /// The command started (payload: its pid).
 pub const FRAME_STARTED: u8 = 3;
-/// The command ended (payload: `<how> <code> <pm0> <ok0> <pm1> <ok1> <left_running>`).
+/// The command ended (payload: `<how> <code> <pm0> <ok0> <pm1> <ok1> <left_running>
+/// <check_us>`).
 pub const FRAME_EXIT: u8 = 4;
 /// The request was refused and nothing ran (payload: why).
 pub const FRAME_REFUSED: u8 = 5;

@@ -16,7 +16,8 @@
 //!   `STOP <nonce>` — SIGTERM to the command's process group, SIGKILL after the grace period.
 //! Frames (`protocol.rs`): `[kind: u8][nonce: u64 BE][len: u32 BE][payload]`; kinds: stdout,
 //! stderr, started (payload: pid), exit (`<how> <code> <pids_max_before> <oom_before>
-//! <pids_max_after> <oom_after> <left_running>`), refused (payload: why; nothing ran).
+//! <pids_max_after> <oom_after> <left_running> <check_us>`; `check_us`: how long making sure
+//! nothing was left took, in microseconds), refused (payload: why; nothing ran).
 //! Every frame names its request, so a worker that attaches while an older request's tail is
 //! still being written ignores what is not its own.
 //!
@@ -312,6 +313,7 @@ impl Agent<'_> {
         // init and this agent. kill(-1) reaches every process this user may signal but PID 1
         // and the caller. Whatever survives that makes the container unfit for the next
         // execution (it would meet it, and could read its environment).
+        let check_started = Instant::now();
         if others_alive() {
             // SAFETY: kill(2) with pid -1 signals processes; no memory is involved.
             unsafe {
@@ -328,12 +330,13 @@ impl Agent<'_> {
             }
         }
         let alive = others_alive();
+        let check_us = check_started.elapsed().as_micros();
         if !alive {
             let _ = std::fs::write(&r.pid_file, b"");
         }
         let (pm1, ok1) = counters();
         let payload = format!(
-            "{} {code} {} {} {pm1} {ok1} {}",
+            "{} {code} {} {} {pm1} {ok1} {} {check_us}",
             r.how.word(),
             r.counters_before.0,
             r.counters_before.1,

@@ -41,7 +41,8 @@ pub const LABEL_AGENT: &str = "io.stigmer.agent";
 /// (`stigmer-activities`' `reuse_idle`), so a framing change never meets an old agent.
 ///
 /// 2: the agent is the container's PID 1 (no docker-init holding its stdio).
-pub const AGENT_PROTOCOL: &str = "2";
+/// 3: its exit frame carries how long the clean check took.
+pub const AGENT_PROTOCOL: &str = "3";
 
 /// The agent binary built for this crate's target, empty where it could not be built.
 static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stigmer-agent"));
@@ -250,12 +251,15 @@ struct Exit {
     /// `None`: the counters could not be read.
     oom_killed: Option<bool>,
     left_running: bool,
+    /// How long the agent's clean check took (protocol 3 and later).
+    clean_check: Option<Duration>,
 }
 
 fn parse_exit(payload: &[u8]) -> Option<Exit> {
     let text = std::str::from_utf8(payload).ok()?;
     let f: Vec<&str> = text.split_whitespace().collect();
-    if f.len() != 7 {
+    // Protocol 2's agents end at `left_running`; 3 adds the clean check's duration.
+    if f.len() != 7 && f.len() != 8 {
         return None;
     }
     let ended = match f[0] {
@@ -275,6 +279,7 @@ fn parse_exit(payload: &[u8]) -> Option<Exit> {
         pids_limit_hit: grew(f[2], f[4]).unwrap_or(false),
         oom_killed: grew(f[3], f[5]),
         left_running: f[6] == "1",
+        clean_check: f.get(7).and_then(|us| us.parse().ok()).map(Duration::from_micros),
     })
 }
 
@@ -622,6 +627,7 @@ impl Engine {
             stray_processes: exit.left_running,
             checked: true,
             duration,
+            clean_check: exit.clean_check,
         }
     }
 
@@ -653,6 +659,7 @@ impl Engine {
                 stray_processes: true,
                 checked: true,
                 duration,
+                clean_check: None,
             });
         }
         Err(EngineError::AgentLost {

@@ -350,6 +350,9 @@ pub struct ExecOutcome {
     pub checked: bool,
     /// From start to end of the command.
     pub duration: Duration,
+    /// How long the agent took after the command to make sure nothing of it was left (kill
+    /// what remains, reap, count); `None` on the `docker exec` path.
+    pub clean_check: Option<Duration>,
 }
 
 impl ExecOutcome {
@@ -502,6 +505,7 @@ impl Engine {
                 stray_processes: false,
                 checked: true,
                 duration: Duration::ZERO,
+                clean_check: None,
             });
         }
         if stdin.is_none() && self.uses_agent(container_id).await {
@@ -677,6 +681,7 @@ impl Engine {
             stray_processes: kill_failed || exit_code.is_none(),
             checked: false,
             duration,
+            clean_check: None,
         };
         let clean_success = exit_code == Some(0) && ended == ExecEnd::Exited;
         if req.check_on_success || !clean_success {
@@ -1095,6 +1100,7 @@ mod tests {
             stray_processes: false,
             checked: true,
             duration: Duration::ZERO,
+            clean_check: None,
         };
         assert_eq!(
             o.kill_reason(&spec).as_deref(),
