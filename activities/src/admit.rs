@@ -126,6 +126,7 @@ pub fn plan(
         route: Route::Direct,
         // Filled in by the workflow from the start, like the environment's values.
         stdin: None,
+        session: None,
     })
 }
 
