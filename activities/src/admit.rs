@@ -235,6 +235,7 @@ pub async fn record(
             env_names: planned.env_names.clone(),
             trace_id: None,
             labels: request.input.labels.clone(),
+            session: None,
         })
         .await?;
     store.set_run_id(&planned.id, &request.run_id).await?;

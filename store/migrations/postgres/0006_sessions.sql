@@ -21,7 +21,7 @@ CREATE TABLE sessions (
     -- exported variables, which may be secrets); NULL when none was saved yet.
     state         BYTEA,
     -- The last command did not save its state (it exec'd, was killed, replaced the EXIT trap).
-    state_lost    INTEGER NOT NULL DEFAULT 0
+    state_lost    BIGINT NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX sessions_live_name ON sessions (name) WHERE ended_at IS NULL;
 CREATE INDEX sessions_busy ON sessions (busy);
