@@ -210,18 +210,25 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     // A local session keeps the directory and exported variables, sealed in the store.
     let dir = env.dir.path().join("place");
     std::fs::create_dir_all(&dir).unwrap();
+    // The value is made inside the commands, so neither a command's text nor its output (both
+    // stored) holds it.
     let secret = "s3cr3t-value-of-the-session";
+    let make = "$(printf '%s-%s' s3cr3t value-of-the-session)";
     let s4 = start(&env, &["--mode", "local"]);
     let out = run_in(
         &env,
         &s4,
-        &format!("cd {} && export TOKEN={secret}", dir.display()),
+        &format!("cd {} && export TOKEN={make}", dir.display()),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run_in(&env, &s4, "pwd; echo $TOKEN");
+    let out = run_in(
+        &env,
+        &s4,
+        &format!("pwd; [ \"$TOKEN\" = \"{make}\" ] && echo kept"),
+    );
     assert_eq!(
         text(&out.stdout),
-        format!("{}\n{secret}\n", dir.canonicalize().unwrap().display()),
+        format!("{}\nkept\n", dir.canonicalize().unwrap().display()),
         "{}",
         text(&out.stderr)
     );
