@@ -1252,7 +1252,10 @@ pub(crate) fn session_sandbox_spec(
 }
 
 /// The live session `run --session` names, refusing flags the session decides.
-async fn session_of_run(args: &RunArgs, id: &str) -> Result<stigmer_activities::store::SessionRecord> {
+async fn session_of_run(
+    args: &RunArgs,
+    id: &str,
+) -> Result<stigmer_activities::store::SessionRecord> {
     let cfg = load_config(&Flags::new())?;
     let store = match crate::ops::open_for_reading(&cfg).await {
         Ok(store) => store,

@@ -945,44 +945,71 @@ async fn session_request(
             session.mode
         ));
     }
-    request.sandbox = ops::session::session_spec(&session).map_err(|e| format!("session {id}: {e:#}"))?;
+    request.sandbox =
+        ops::session::session_spec(&session).map_err(|e| format!("session {id}: {e:#}"))?;
     Ok(())
 }
 
 /// Takes the session for execution `id`: at once, or (without `--no-wait`) once its command
-/// ends. Says on the client's stderr what it waits for.
+/// ends. Says on the client's stderr what it waits for, and gives up when the client goes away
+/// or cancels: nothing was started. Returns the stdin the client streamed meanwhile.
 async fn take_session(
     shared: &Shared,
+    frames: &mut protocol::Frames<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
-    session: &str,
+    request: &RunRequest,
     id: &str,
-    no_wait: bool,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let session = request.session.as_deref().unwrap_or_default();
     let mut told = false;
+    let mut stdin = Vec::new();
+    let mut stdin_bytes = 0;
     loop {
         match shared.store.try_acquire_session(session, id).await {
-            Ok(true) => return Ok(()),
+            Ok(true) => return Ok(stdin),
             Ok(false) => {}
             Err(e) => return Err(format!("could not take session {session}: {e}")),
         }
         let current = match shared.store.get_session(session).await {
             Ok(Some(s)) if s.is_live() => s,
-            Ok(_) => return Err(format!("session {session} ended; `stigmer session start` starts a new one")),
+            Ok(_) => {
+                return Err(format!(
+                    "session {session} ended; `stigmer session start` starts a new one"
+                ));
+            }
             Err(e) => return Err(format!("could not read session {session}: {e}")),
         };
         let holder = current.busy.as_deref().unwrap_or("another command");
-        if no_wait {
+        if request.no_wait {
             return Err(format!(
-                "session {session} is busy: execution {holder} is running in it (one command at a \
-                 time); run again without --no-wait to wait for it, or `stigmer logs -f {holder}` to follow it"
+                "session {session} is busy: execution {holder} is running in it (one command at \
+                 a time); run again without --no-wait to wait for it, or `stigmer logs -f \
+                 {holder}` to follow it"
             ));
         }
         if !told {
             told = true;
-            let msg = format!("session {session} is busy with execution {holder}; waiting for it to end");
+            let msg =
+                format!("session {session} is busy with execution {holder}; waiting for it to end");
             let _ = protocol::write_frame(writer, Tag::Notice, msg.as_bytes()).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pause = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                frame = frames.next(), if stdin_bytes < STDIN_READ_AHEAD => match frame {
+                    Ok(Some((Tag::Stdin, chunk))) => {
+                        stdin_bytes += chunk.len();
+                        stdin.push(chunk);
+                    }
+                    Ok(Some((Tag::Cancel, _))) | Ok(None) | Err(_) => {
+                        return Err("cancelled while waiting for the session; nothing ran".into());
+                    }
+                    Ok(Some(_)) => {}
+                },
+            }
+        }
     }
 }
 
@@ -998,17 +1025,25 @@ async fn handle_run(
     // With eager start the exec activity can print before start_workflow returns, so the
     // subscription exists before the workflow does.
     let id = ops::new_execution_id();
-    if let Some(session) = &request.session
-        && let Err(msg) = take_session(&shared, &mut writer, session, &id, request.no_wait).await
-    {
-        return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
-    }
+    let early_stdin = if request.session.is_some() {
+        match take_session(&shared, &mut frames, &mut writer, &request, &id).await {
+            Ok(chunks) => chunks,
+            Err(msg) => {
+                return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let mut events = shared.hub.subscribe(&id);
     let mut stdin = StdinRelay::default();
     if request.follow && request.stdin == Some(StdinInput::Streamed) {
         let (tx, source) = StdinSource::channel();
         shared.hub.offer_stdin(&id, source);
         stdin.tx = Some(tx);
+    }
+    for chunk in early_stdin {
+        stdin.push(chunk);
     }
     let started = ops::start_execution(
         &shared.store,

@@ -131,7 +131,10 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
 
     // Neither a run without a session nor another session sees the session's files.
     let out = env.stigmer(&["run", "--mode", "sandbox", "cat /tmp/d/f"]);
-    assert!(!out.status.success(), "a run without the session saw its file");
+    assert!(
+        !out.status.success(),
+        "a run without the session saw its file"
+    );
     let s2 = start(&env, &[]);
     cleanup.0.push(s2.clone());
     let out = run_in(&env, &s2, "cat /tmp/d/f; echo [$FOO]");
@@ -152,14 +155,18 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
         .stderr(Stdio::null());
     let mut busy = busy.spawn().expect("spawn");
     assert!(
-        eventually(Duration::from_secs(60), || show(&env, &s1)["busy"].is_string()),
+        eventually(Duration::from_secs(60), || show(&env, &s1)["busy"]
+            .is_string()),
         "the session never became busy"
     );
     let holder = show(&env, &s1)["busy"].as_str().unwrap().to_string();
     let out = env.stigmer(&["run", "--session", &s1, "--no-wait", "true"]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("busy") && stderr.contains(&holder), "{stderr}");
+    assert!(
+        stderr.contains("busy") && stderr.contains(&holder),
+        "{stderr}"
+    );
     // Without it, the next command waits its turn.
     let out = run_in(&env, &s1, "echo after");
     assert_eq!(text(&out.stdout), "after\n", "{}", text(&out.stderr));
@@ -186,7 +193,10 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     // `session end` removes the container; a later run in it is a usage error.
     let out = env.stigmer(&["session", "end", &s1]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(session_containers(&s1).is_empty(), "the container is still there");
+    assert!(
+        session_containers(&s1).is_empty(),
+        "the container is still there"
+    );
     let out = run_in(&env, &s1, "true");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("session start"));
@@ -201,7 +211,8 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     let out = run_in(&env, &s3, "true");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        eventually(Duration::from_secs(60), || show(&env, &s3)["state"] == "ended"
+        eventually(Duration::from_secs(60), || show(&env, &s3)["state"]
+            == "ended"
             && session_containers(&s3).is_empty()),
         "the session outlived its TTL: {}",
         show(&env, &s3)

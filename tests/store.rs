@@ -348,7 +348,10 @@ async fn a_session_is_held_by_one_execution_at_a_time_and_freed_when_it_ends() {
         })
         .await
         .unwrap();
-    assert_eq!(store.get_session("work").await.unwrap().unwrap().id, "ses-1");
+    assert_eq!(
+        store.get_session("work").await.unwrap().unwrap().id,
+        "ses-1"
+    );
     // A live name is unique.
     let twin = NewSession {
         id: "ses-2".into(),
@@ -360,8 +363,14 @@ async fn a_session_is_held_by_one_execution_at_a_time_and_freed_when_it_ends() {
     };
     assert!(store.create_session(&twin).await.is_err());
 
-    store.insert_execution(&new_execution("aex-s1")).await.unwrap();
-    store.insert_execution(&new_execution("aex-s2")).await.unwrap();
+    store
+        .insert_execution(&new_execution("aex-s1"))
+        .await
+        .unwrap();
+    store
+        .insert_execution(&new_execution("aex-s2"))
+        .await
+        .unwrap();
     assert!(store.try_acquire_session("ses-1", "aex-s1").await.unwrap());
     assert!(
         !store.try_acquire_session("ses-1", "aex-s2").await.unwrap(),
@@ -378,16 +387,30 @@ async fn a_session_is_held_by_one_execution_at_a_time_and_freed_when_it_ends() {
         report: None,
     };
     let _ = store.finish(&done, None).await.unwrap();
-    assert!(store.get_session("ses-1").await.unwrap().unwrap().busy.is_none());
+    assert!(
+        store
+            .get_session("ses-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .busy
+            .is_none()
+    );
     assert!(store.try_acquire_session("ses-1", "aex-s2").await.unwrap());
     // A holder that ended without its finish reaching the session no longer counts.
     exec_status(&env, "aex-s2", "failed").await;
-    store.insert_execution(&new_execution("aex-s3")).await.unwrap();
+    store
+        .insert_execution(&new_execution("aex-s3"))
+        .await
+        .unwrap();
     assert!(store.try_acquire_session("ses-1", "aex-s3").await.unwrap());
     store.release_session("aex-s3").await.unwrap();
 
     // The sealed state is kept as given; a command that saved nothing marks it lost.
-    store.save_session_state("ses-1", Some(b"sealed")).await.unwrap();
+    store
+        .save_session_state("ses-1", Some(b"sealed"))
+        .await
+        .unwrap();
     assert_eq!(
         store.session_state("ses-1").await.unwrap(),
         (Some(b"sealed".to_vec()), false)
@@ -399,19 +422,39 @@ async fn a_session_is_held_by_one_execution_at_a_time_and_freed_when_it_ends() {
     );
 
     // Idle past its TTL: expired; ended: gone from the live list, its name free, never taken.
-    assert!(store.expired_sessions(stigmer_activities::store::now_ms()).await.unwrap().is_empty());
+    assert!(
+        store
+            .expired_sessions(stigmer_activities::store::now_ms())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let later = stigmer_activities::store::now_ms() + 3_601_000;
     let expired = store.expired_sessions(later).await.unwrap();
     assert_eq!(expired.len(), 1);
-    assert!(store.end_session("ses-1", "idle past its TTL").await.unwrap());
+    assert!(
+        store
+            .end_session("ses-1", "idle past its TTL")
+            .await
+            .unwrap()
+    );
     assert!(!store.end_session("ses-1", "again").await.unwrap());
     assert!(store.list_sessions(false).await.unwrap().is_empty());
     assert_eq!(store.list_sessions(true).await.unwrap().len(), 1);
-    assert!(store.session_state("ses-1").await.unwrap().0.is_none(), "the state goes with it");
-    store.insert_execution(&new_execution("aex-s4")).await.unwrap();
+    assert!(
+        store.session_state("ses-1").await.unwrap().0.is_none(),
+        "the state goes with it"
+    );
+    store
+        .insert_execution(&new_execution("aex-s4"))
+        .await
+        .unwrap();
     assert!(!store.try_acquire_session("ses-1", "aex-s4").await.unwrap());
     store.create_session(&twin).await.unwrap();
-    assert_eq!(store.get_session("work").await.unwrap().unwrap().id, "ses-2");
+    assert_eq!(
+        store.get_session("work").await.unwrap().unwrap().id,
+        "ses-2"
+    );
 }
 
 /// Sets an execution's status behind the store's back (a finish that never came).

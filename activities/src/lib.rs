@@ -109,16 +109,21 @@ impl Activities {
     }
 
     /// Lays out a local session's saved state for its next command (opened from the store).
-    async fn local_session_state(&self, session: &str, id: &str) -> Result<session::LocalState, String> {
+    async fn local_session_state(
+        &self,
+        session: &str,
+        id: &str,
+    ) -> Result<session::LocalState, String> {
         let (sealed, lost) = self
             .store
             .session_state(session)
             .await
             .map_err(|e| format!("could not read the session's state: {e}"))?;
         let plain = match (sealed, &self.session_seal) {
-            (Some(sealed), Some(seal)) => Some(seal.open(&sealed).map_err(|e| {
-                format!("could not open the session's saved state: {e}")
-            })?),
+            (Some(sealed), Some(seal)) => Some(
+                seal.open(&sealed)
+                    .map_err(|e| format!("could not open the session's saved state: {e}"))?,
+            ),
             _ => None,
         };
         session::LocalState::prepare(id, plain.as_deref(), lost)
@@ -137,7 +142,11 @@ impl Activities {
             },
             _ => None,
         };
-        if let Err(e) = self.store.save_session_state(session, sealed.as_deref()).await {
+        if let Err(e) = self
+            .store
+            .save_session_state(session, sealed.as_deref())
+            .await
+        {
             tracing::warn!("could not save session {session}'s state: {e}");
         }
     }

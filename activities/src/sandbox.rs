@@ -507,11 +507,18 @@ impl SandboxBackend {
 
     /// Removes the containers of an ended session (found by their `io.stigmer.session` label)
     /// and retires their leases. Returns the containers removed.
-    pub async fn remove_session_containers(&self, session: &str) -> Result<Vec<String>, SandboxError> {
+    pub async fn remove_session_containers(
+        &self,
+        session: &str,
+    ) -> Result<Vec<String>, SandboxError> {
         let (engine, _) = self.engine().await?;
         let mut removed = Vec::new();
         for c in engine.list_managed(self.store.store_id()).await? {
-            if c.labels.get(stigmer_docker::LABEL_SESSION).map(String::as_str) != Some(session) {
+            if c.labels
+                .get(stigmer_docker::LABEL_SESSION)
+                .map(String::as_str)
+                != Some(session)
+            {
                 continue;
             }
             engine.remove_container(&c.id).await?;
@@ -851,11 +858,11 @@ impl crate::backend::ContainerBackend for SandboxBackend {
         // command's group was stopped, and its files and background processes are the session's
         // (docs/sessions.md). `exec`'s own taint (a lost command) still counts below.
         let taint = taint
-            && !self
+            && self
                 .store
                 .get_execution(execution_id)
                 .await?
-                .is_some_and(|e| e.session.is_some());
+                .is_none_or(|e| e.session.is_none());
         // `exec` may have tainted the lease itself (a process left behind after a clean exit).
         let taint = taint
             || self

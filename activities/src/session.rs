@@ -191,12 +191,18 @@ mod tests {
         let (_, _, code) = run(&dir, &first, &[("TOKEN", "s3"), (ENV_NAMES_VAR, "TOKEN")]);
         assert_eq!(code, 3);
         let saved = std::fs::read_to_string(dir.join("state")).unwrap();
-        assert!(!saved.contains("s3"), "a per-command variable is never saved");
+        assert!(
+            !saved.contains("s3"),
+            "a per-command variable is never saved"
+        );
         let (out, err, code) = run(&dir, "pwd; echo \"$FOO\"; f; hi; echo \"[$BAR]\"", &[]);
         assert_eq!(code, 0, "{err}");
         assert_eq!(
             out,
-            format!("{}\na b\nfn\nalias\n[]\n", sub.canonicalize().unwrap().display())
+            format!(
+                "{}\na b\nfn\nalias\n[]\n",
+                sub.canonicalize().unwrap().display()
+            )
         );
         let (_, _, _) = run(&dir, "export FOO=lost; exec true", &[]);
         let (out, err, _) = run(&dir, "echo $FOO", &[]);

@@ -46,8 +46,8 @@ use bollard::Docker;
 
 pub use agent::{AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT, agent_available};
 pub use container::{
-    ContainerState, LABEL_LEASE, LABEL_MANAGED, LABEL_OWNER, LABEL_SESSION, SESSION_OWNER_PREFIX, LABEL_SPEC_HASH, LABEL_STORE,
-    LABEL_WORKER, ManagedContainer, ProcessInfo,
+    ContainerState, LABEL_LEASE, LABEL_MANAGED, LABEL_OWNER, LABEL_SESSION, LABEL_SPEC_HASH,
+    LABEL_STORE, LABEL_WORKER, ManagedContainer, ProcessInfo, SESSION_OWNER_PREFIX,
 };
 pub use error::EngineError;
 pub use exec::{

@@ -53,7 +53,11 @@ pub async fn start_session(store: &Store, start: SessionStart) -> Result<Session
             ))
             .into());
         }
-        if let Some(live) = store.get_session(name).await?.filter(SessionRecord::is_live) {
+        if let Some(live) = store
+            .get_session(name)
+            .await?
+            .filter(SessionRecord::is_live)
+        {
             return Err(UsageError(format!(
                 "--name {name:?} is taken by the live session {}; end it (`stigmer session end {}`) or pick another name",
                 live.id, live.id
@@ -75,7 +79,12 @@ pub async fn start_session(store: &Store, start: SessionStart) -> Result<Session
         .create_session(&NewSession {
             id: id.clone(),
             name: start.name.clone(),
-            mode: if start.sandbox.is_some() { "sandbox" } else { "local" }.into(),
+            mode: if start.sandbox.is_some() {
+                "sandbox"
+            } else {
+                "local"
+            }
+            .into(),
             spec,
             ttl_secs: start.ttl_secs,
             creator: start.creator,

@@ -105,11 +105,13 @@ impl Store {
         }
         let by_name =
             format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE name = $1 AND ended_at IS NULL");
-        Ok(with_pool!(self, pool => sqlx::query_as::<_, SessionRecord>(&by_name)
+        Ok(
+            with_pool!(self, pool => sqlx::query_as::<_, SessionRecord>(&by_name)
             .bind(id_or_name)
             .fetch_optional(pool)
             .await
-            .map_err(q("read session by name"))?))
+            .map_err(q("read session by name"))?),
+        )
     }
 
     /// Sessions, newest first: the live ones, or all with `all`.
@@ -117,10 +119,12 @@ impl Store {
         let filter = if all { "" } else { "WHERE ended_at IS NULL" };
         let sql =
             format!("SELECT {SESSION_COLUMNS} FROM sessions {filter} ORDER BY created_at DESC, id");
-        Ok(with_pool!(self, pool => sqlx::query_as::<_, SessionRecord>(&sql)
+        Ok(
+            with_pool!(self, pool => sqlx::query_as::<_, SessionRecord>(&sql)
             .fetch_all(pool)
             .await
-            .map_err(q("list sessions"))?))
+            .map_err(q("list sessions"))?),
+        )
     }
 
     /// Ends a live session and drops its saved state. Returns whether this call ended it.
@@ -190,13 +194,15 @@ impl Store {
              AND last_used_at + ttl_secs * 1000 < $1 AND {}",
             holder_gone("$2", "$3", "$1")
         );
-        Ok(with_pool!(self, pool => sqlx::query_as::<_, SessionRecord>(&sql)
+        Ok(
+            with_pool!(self, pool => sqlx::query_as::<_, SessionRecord>(&sql)
             .bind(now_ms)
             .bind(Status::Queued.as_str())
             .bind(Status::Running.as_str())
             .fetch_all(pool)
             .await
-            .map_err(q("find expired sessions"))?))
+            .map_err(q("find expired sessions"))?),
+        )
     }
 
     /// A local session's sealed state (if any was saved) and whether the last command lost it.
