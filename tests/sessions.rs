@@ -104,6 +104,13 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     assert_eq!(record["session"], s1.as_str(), "{record}");
     assert_eq!(record["effective_mode"], "sandbox");
     assert_eq!(session_containers(&s1).len(), 1, "one container of its own");
+    let audit = env.stigmer(&["audit", "export"]);
+    assert!(audit.status.success(), "{}", text(&audit.stderr));
+    assert!(
+        text(&audit.stdout).contains(&format!("\"session\":\"{s1}\"")),
+        "the audit record names the session: {}",
+        text(&audit.stdout)
+    );
 
     // Exit codes pass through, and the state is still saved.
     let out = run_in(&env, &s1, "export CODE=three; exit 3");
