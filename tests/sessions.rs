@@ -177,6 +177,11 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     // Without it, the next command waits its turn.
     let out = run_in(&env, &s1, "echo after");
     assert_eq!(text(&out.stdout), "after\n", "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("waiting for it to end"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(busy.wait().unwrap().success());
 
     // kill -9 of the daemon between two commands loses nothing.
