@@ -42,6 +42,7 @@ fn run_payloads() -> Vec<Payload> {
         placement: None,
         route: Route::Direct,
         stdin: None,
+        session: None,
     };
     let result = ExecutionResult {
         id: input.id.clone(),

@@ -98,6 +98,65 @@ pub enum Command {
     },
     /// Serve the Model Context Protocol on stdin/stdout, for agents (docs/mcp.md).
     Mcp,
+    /// Sessions: a durable workspace whose commands keep their directory, exported variables,
+    /// files and background processes (docs/sessions.md).
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Start a session and print its id (run in it with `stigmer run --session ID CMD`).
+    Start(Box<SessionStartArgs>),
+    /// The live sessions (with --all, the ended ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// One session, by id or name.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// End a session now and remove its container.
+    End {
+        id: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SessionStartArgs {
+    /// Where its commands run: sandbox (default; a container of its own) or local.
+    #[arg(long, value_name = "sandbox|local")]
+    pub mode: Option<String>,
+    /// A name to use instead of the id (unique among live sessions).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// End the session after this many idle seconds (default 3600).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub ttl: u64,
+    /// Sandbox image (overrides STIGMER_SANDBOX_IMAGE).
+    #[arg(long)]
+    pub sandbox_image: Option<String>,
+    /// Sandbox network: bridge or none.
+    #[arg(long, value_name = "bridge|none")]
+    pub network: Option<String>,
+    /// Sandbox memory limit, e.g. 512m, 2g.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Sandbox CPU limit, e.g. 1.5.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Sandbox process limit.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,6 +336,14 @@ pub struct RunArgs {
     /// Sandbox image (overrides STIGMER_SANDBOX_IMAGE).
     #[arg(long)]
     pub sandbox_image: Option<String>,
+    /// Run in a session (id or name; `stigmer session start`): the session decides the mode
+    /// and the sandbox, and the command starts where the previous one ended.
+    #[arg(long, value_name = "ID_OR_NAME")]
+    pub session: Option<String>,
+    /// With --session: refuse at once when the session is running a command, instead of
+    /// waiting for it.
+    #[arg(long, requires = "session")]
+    pub no_wait: bool,
     /// Working directory of the command (default: the current directory).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
@@ -449,6 +516,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Policy(command) => policy_command(command),
         Command::Mcp => crate::mcp::serve().await,
+        Command::Session(command) => crate::client::session(command).await,
         Command::Codec(CodecCommand::Key { output }) => {
             let cfg = load_config(&Flags::new())?;
             let keys = crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?;
@@ -931,6 +999,8 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
         sandbox,
         labels,
         stdin: stdin_input(args, cfg, effective)?,
+        session: None,
+        no_wait: false,
     })
 }
 
@@ -1155,14 +1225,23 @@ fn sandbox_spec(args: &RunArgs, cfg: &Config) -> Result<stigmer_workflows::Sandb
 
 async fn run(args: RunArgs) -> Result<i32> {
     let mut flags = Flags::new();
-    if let Some(mode) = &args.mode {
+    let session = match &args.session {
+        Some(id) => Some(session_of_run(&args, id).await?),
+        None => None,
+    };
+    if let Some(session) = &session {
+        flags.insert("execution_mode", ("--session".into(), session.mode.clone()));
+    } else if let Some(mode) = &args.mode {
         flags.insert("execution_mode", ("--mode".into(), mode.clone()));
     }
     if let Some(image) = &args.sandbox_image {
         flags.insert("sandbox_image", ("--sandbox-image".into(), image.clone()));
     }
     let cfg = load_config(&flags)?;
-    let request = build_request(&args, &cfg)?;
+    let mut request = build_request(&args, &cfg)?;
+    if let Some(session) = &session {
+        in_session(&mut request, &args, session)?;
+    }
     if request.requested_mode == RequestedMode::Auto {
         eprintln!(
             "stigmer: auto mode chose {}: {}",
@@ -1180,6 +1259,85 @@ async fn run(args: RunArgs) -> Result<i32> {
     }
 
     client::run(&cfg, request, args.output).await
+}
+
+/// A session's sandbox from `session start`'s flags, checked as `run`'s are.
+pub(crate) fn session_sandbox_spec(
+    args: &SessionStartArgs,
+    cfg: &Config,
+) -> Result<stigmer_workflows::SandboxSpec> {
+    let mut run = match Cli::try_parse_from(["stigmer", "run", "--", "true"]) {
+        Ok(Cli {
+            command: Command::Run(run),
+        }) => *run,
+        _ => bail!("internal error: `stigmer run` did not parse"),
+    };
+    run.network = args.network.clone();
+    run.memory = args.memory.clone();
+    run.cpus = args.cpus;
+    run.pids_limit = args.pids_limit;
+    let mut spec = sandbox_spec(&run, cfg)?;
+    spec.ttl_secs = args.ttl;
+    Ok(spec)
+}
+
+/// The live session `run --session` names, refusing flags the session decides.
+async fn session_of_run(
+    args: &RunArgs,
+    id: &str,
+) -> Result<stigmer_activities::store::SessionRecord> {
+    let cfg = load_config(&Flags::new())?;
+    let store = match crate::ops::open_for_reading(&cfg).await {
+        Ok(store) => store,
+        Err(e) => bail!(usage(format!(
+            "no session {id:?} ({e:#}); `stigmer session start` starts one"
+        ))),
+    };
+    let session = crate::ops::session::find_session(&store, id).await?;
+    if let Some(mode) = args.mode.as_deref().filter(|m| *m != session.mode) {
+        bail!(usage(format!(
+            "--mode {mode} contradicts session {}: the session decides the mode ({}); drop --mode",
+            session.id, session.mode
+        )));
+    }
+    let sandbox_flags = [
+        ("--sandbox-image", args.sandbox_image.is_some()),
+        ("--network", args.network.is_some()),
+        ("--memory", args.memory.is_some()),
+        ("--cpus", args.cpus.is_some()),
+        ("--pids-limit", args.pids_limit.is_some()),
+        ("--workspace", args.workspace.is_some()),
+        ("--mount-credentials", !args.mount_credentials.is_empty()),
+        ("--requirements", args.requirements.is_some()),
+    ];
+    if let Some((flag, _)) = sandbox_flags.iter().find(|(_, given)| *given) {
+        bail!(usage(format!(
+            "{flag} with --session: the session decides its sandbox (set it with `stigmer session              start`); drop {flag}"
+        )));
+    }
+    Ok(session)
+}
+
+/// Puts a request into its session: the session's sandbox, and the names of the command's own
+/// `--env` variables, which apply to it alone and are never saved with the session's state.
+fn in_session(
+    request: &mut RunRequest,
+    args: &RunArgs,
+    session: &stigmer_activities::store::SessionRecord,
+) -> Result<()> {
+    request.session = Some(session.id.clone());
+    request.no_wait = args.no_wait;
+    request.reason = format!("session {} ({})", session.id, session.mode);
+    request.sandbox = crate::ops::session::session_spec(session)?;
+    let names: Vec<&str> = args
+        .env
+        .iter()
+        .filter_map(|pair| pair.split_once('=').map(|(k, _)| k))
+        .collect();
+    let var = stigmer_activities::session::ENV_NAMES_VAR;
+    request.env.retain(|(k, _)| k != var);
+    request.env.push((var.to_string(), names.join(",")));
+    Ok(())
 }
 
 #[cfg(test)]

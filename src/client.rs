@@ -661,6 +661,7 @@ pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
         "labels": r.labels(),
         "stdin_bytes": r.stdin_bytes,
         "stdin_sha256": r.stdin_sha256,
+        "session": r.session,
     });
     // Only executions started with tracing on have a trace.
     if let Some(trace_id) = &r.trace_id {
@@ -847,6 +848,167 @@ pub async fn leases_reap(cfg: &Config, format: OutputFormat) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `stigmer session start|list|show|end` (docs/sessions.md): the store is the truth, so these
+/// work on it directly; `start` makes sure the daemon runs (it creates the store and reaps the
+/// session when its TTL passes).
+pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
+    use crate::cli::{SessionCommand, UsageError};
+    use crate::ops::session as ops_session;
+    let usage = |msg: String| -> anyhow::Error { UsageError(msg).into() };
+    match command {
+        SessionCommand::Start(args) => {
+            let mut flags = crate::config::Flags::new();
+            if let Some(image) = &args.sandbox_image {
+                flags.insert("sandbox_image", ("--sandbox-image".into(), image.clone()));
+            }
+            let cfg = Config::load(&flags).map_err(|e| usage(format!("{e:#}")))?;
+            let max = stigmer_workflows::limits::MAX_TTL_SECS;
+            if args.ttl == 0 || args.ttl > max {
+                return Err(usage(format!(
+                    "--ttl {}: give between 1 and {max} seconds",
+                    args.ttl
+                )));
+            }
+            let sandbox = match args.mode.as_deref().unwrap_or("sandbox") {
+                "sandbox" => Some(crate::cli::session_sandbox_spec(&args, &cfg)?),
+                "local" => {
+                    let flags = [
+                        args.sandbox_image.is_some(),
+                        args.network.is_some(),
+                        args.memory.is_some(),
+                        args.cpus.is_some(),
+                        args.pids_limit.is_some(),
+                    ];
+                    if flags.iter().any(|f| *f) {
+                        return Err(usage(
+                            "the sandbox flags do not apply to a local session; drop them or use --mode sandbox".into(),
+                        ));
+                    }
+                    None
+                }
+                other => {
+                    return Err(usage(format!(
+                        "--mode {other:?}: a session runs in {}",
+                        ops_session::SESSION_MODES
+                    )));
+                }
+            };
+            if !cfg.is_remote() {
+                // The daemon creates the store, and reaps the session when it idles out.
+                drop(connect_daemon(&cfg).await?);
+            }
+            let store = Store::open(&cfg.database_url.value, false).await?;
+            let started = ops_session::start_session(
+                &store,
+                ops_session::SessionStart {
+                    name: args.name.clone(),
+                    sandbox,
+                    ttl_secs: args.ttl,
+                    creator: ops_session::creator_of(nix::unistd::getuid().as_raw()),
+                },
+            )
+            .await?;
+            match args.output {
+                OutputFormat::Json => println!("{}", json!({ "id": started.id })),
+                OutputFormat::Text => println!("{}", started.id),
+            }
+            Ok(0)
+        }
+        SessionCommand::List { all, output } => {
+            let cfg =
+                Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
+            let store = ops::open_for_reading(&cfg).await?;
+            let sessions = store.list_sessions(all).await?;
+            match output {
+                OutputFormat::Json => {
+                    let list: Vec<_> = sessions.iter().map(session_json).collect();
+                    println!("{}", serde_json::Value::Array(list));
+                }
+                OutputFormat::Text => {
+                    println!(
+                        "{:<21} {:<16} {:<8} {:<8} {:<26} LAST USED",
+                        "ID", "NAME", "MODE", "STATE", "BUSY"
+                    );
+                    for s in &sessions {
+                        let state = if s.is_live() { "live" } else { "ended" };
+                        println!(
+                            "{:<21} {:<16} {:<8} {:<8} {:<26} {}",
+                            s.id,
+                            s.name.as_deref().unwrap_or("-"),
+                            s.mode,
+                            state,
+                            s.busy.as_deref().unwrap_or("-"),
+                            rfc3339(Some(s.last_used_at)).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        SessionCommand::Show { id, output } => {
+            let cfg =
+                Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
+            let store = ops::open_for_reading(&cfg).await?;
+            let s = ops_session::session(&store, &id).await?;
+            print_object(&session_json(&s), output)?;
+            Ok(0)
+        }
+        SessionCommand::End { id, output } => {
+            let cfg =
+                Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
+            let store = ops::open_for_reading(&cfg).await?;
+            let (s, removed) =
+                ops_session::end_session(&store, &id, "ended by `session end`").await?;
+            match output {
+                OutputFormat::Json => {
+                    let mut value = session_json(&s);
+                    value["removed_containers"] = json!(removed);
+                    println!("{value}");
+                }
+                OutputFormat::Text => {
+                    println!("ended {} (removed {} container(s))", s.id, removed.len())
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn session_json(s: &stigmer_activities::store::SessionRecord) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "mode": s.mode,
+        "state": if s.is_live() { "live" } else { "ended" },
+        "ttl_secs": s.ttl_secs,
+        "created_at": rfc3339(Some(s.created_at)),
+        "last_used_at": rfc3339(Some(s.last_used_at)),
+        "ended_at": rfc3339(s.ended_at),
+        "end_reason": s.end_reason,
+        "busy": s.busy,
+        "sandbox": s.spec.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
+    })
+}
+
+fn print_object(value: &serde_json::Value, format: OutputFormat) -> Result<()> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        OutputFormat::Text => {
+            if let Some(map) = value.as_object() {
+                for (key, v) in map {
+                    let shown = match v {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    println!("{key:>14}  {shown}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

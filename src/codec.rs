@@ -346,6 +346,42 @@ impl PayloadCodec for Codec {
     }
 }
 
+/// Seals a local session's saved shell state at rest (it holds exported variables, which may be
+/// secrets) with the payload codec: the same key and AES-256-GCM as every Temporal payload.
+pub struct SessionSeal(Codec);
+
+impl SessionSeal {
+    #[must_use]
+    pub fn new(keys: Keyring) -> Self {
+        Self(Codec::new(keys))
+    }
+}
+
+impl stigmer_activities::session::StateSeal for SessionSeal {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+        let payload = Payload {
+            data: plain.to_vec(),
+            ..Default::default()
+        };
+        self.0
+            .encrypt(payload)
+            .map(|sealed| sealed.encode_to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        let payload = Payload::decode(sealed).map_err(|e| format!("not a sealed state: {e}"))?;
+        if payload.metadata.get(ENCODING).map(Vec::as_slice) != Some(ENCRYPTED) {
+            return Err("the saved state is not encrypted".into());
+        }
+        let opened = self.0.decrypt(payload);
+        if let Some(why) = opened.metadata.get(codec_marks::CODEC_ERROR) {
+            return Err(String::from_utf8_lossy(why).into_owned());
+        }
+        Ok(opened.data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,7 +258,10 @@ impl Workers {
                 ..Default::default()
             },
             cloud_snapshot: cfg.daytona_snapshot_id.value.clone(),
-        });
+        })
+        .with_session_seal(std::sync::Arc::new(crate::codec::SessionSeal::new(
+            crate::codec::Keyring::load_or_create(&cfg.codec_key_file.value)?,
+        )));
         let options = WorkerOptions::new(cfg.task_queue.value.clone())
             .register_workflow::<AgentExecution>()
             .context("could not register the AgentExecution workflow")?
@@ -629,7 +632,18 @@ async fn keep_temporal_up(cfg: &Config) {
     }
 }
 
-/// Reaps expired and orphaned sandbox containers at start and every 30 s, forever. A worker
+/// How often the reaper runs: 30 s, or `STIGMER_REAPER_INTERVAL_SECS` (tests shorten it to see
+/// a session's TTL pass).
+fn reaper_interval() -> Duration {
+    std::env::var("STIGMER_REAPER_INTERVAL_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|secs| *secs > 0)
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
+
+/// Reaps expired and orphaned sandbox containers and idle sessions at start and every 30 s
+/// (see [`reaper_interval`]), forever. A worker
 /// without a Docker engine skips quietly (local mode needs none).
 async fn reaper(
     store: Store,
@@ -642,9 +656,15 @@ async fn reaper(
         sandbox.worker_id().into(),
         daytona,
     );
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(reaper_interval());
     loop {
         tick.tick().await;
+        // Sessions idle past their TTL end, and their containers go (docs/sessions.md).
+        match ops::session::reap_sessions(&store).await {
+            Ok(ended) if !ended.is_empty() => tracing::info!("reaper: ended sessions {ended:?}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("session reaper pass failed: {e:#}"),
+        }
         let pass =
             stigmer_activities::reaper::reap_all(&store, &sandbox, cloud.as_ref(), cleanup).await;
         match pass.daytona {
@@ -742,6 +762,11 @@ async fn handle_connection(shared: Shared, stream: UnixStream) -> Result<()> {
                      client claims ({:?})",
                     request.os_user
                 ),
+            }
+            if request.session.is_some()
+                && let Err(msg) = session_request(&shared, &mut request, peer.as_ref().ok()).await
+            {
+                return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
             }
             handle_run(shared, frames, writer, request).await
         }
@@ -891,6 +916,109 @@ async fn docker_missing(shared: &Shared, request: &RunRequest) -> Option<String>
     answered.err().map(|e| no_docker_message(request, &e))
 }
 
+/// Puts a run into its session, as the store has it: only the session's creator may use it,
+/// and the session, not the client, decides the mode and the sandbox (whose owner, the
+/// session, gives it a container of its own).
+async fn session_request(
+    shared: &Shared,
+    request: &mut RunRequest,
+    peer: Option<&u32>,
+) -> std::result::Result<(), String> {
+    let id = request.session.clone().unwrap_or_default();
+    let session = match shared.store.get_session(&id).await {
+        Ok(Some(s)) if s.is_live() => s,
+        Ok(_) => {
+            return Err(format!(
+                "no live session {id}; `stigmer session list` shows the live ones, `stigmer session start` starts one"
+            ));
+        }
+        Err(e) => return Err(format!("could not read session {id}: {e}")),
+    };
+    let caller = peer.map(|uid| ops::session::creator_of(*uid));
+    if caller.as_deref().is_some_and(|c| c != session.creator) {
+        return Err(format!(
+            "session {id} belongs to {}; only who started it may run commands in it",
+            session.creator
+        ));
+    }
+    let mode = match session.mode.as_str() {
+        "sandbox" => Mode::Sandbox,
+        _ => Mode::Local,
+    };
+    if request.effective_mode != mode {
+        return Err(format!(
+            "session {id} runs its commands in {} mode; the session decides the mode",
+            session.mode
+        ));
+    }
+    request.sandbox =
+        ops::session::session_spec(&session).map_err(|e| format!("session {id}: {e:#}"))?;
+    Ok(())
+}
+
+/// Takes the session for execution `id`: at once, or (without `--no-wait`) once its command
+/// ends. Says on the client's stderr what it waits for, and gives up when the client goes away
+/// or cancels: nothing was started. Returns the stdin the client streamed meanwhile.
+async fn take_session(
+    shared: &Shared,
+    frames: &mut protocol::Frames<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    request: &RunRequest,
+    id: &str,
+) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let session = request.session.as_deref().unwrap_or_default();
+    let mut told = false;
+    let mut stdin = Vec::new();
+    let mut stdin_bytes = 0;
+    loop {
+        match shared.store.try_acquire_session(session, id).await {
+            Ok(true) => return Ok(stdin),
+            Ok(false) => {}
+            Err(e) => return Err(format!("could not take session {session}: {e}")),
+        }
+        let current = match shared.store.get_session(session).await {
+            Ok(Some(s)) if s.is_live() => s,
+            Ok(_) => {
+                return Err(format!(
+                    "session {session} ended; `stigmer session start` starts a new one"
+                ));
+            }
+            Err(e) => return Err(format!("could not read session {session}: {e}")),
+        };
+        let holder = current.busy.as_deref().unwrap_or("another command");
+        if request.no_wait {
+            return Err(format!(
+                "session {session} is busy: execution {holder} is running in it (one command at \
+                 a time); run again without --no-wait to wait for it, or `stigmer logs -f \
+                 {holder}` to follow it"
+            ));
+        }
+        if !told {
+            told = true;
+            let msg =
+                format!("session {session} is busy with execution {holder}; waiting for it to end");
+            let _ = protocol::write_frame(writer, Tag::Notice, msg.as_bytes()).await;
+        }
+        let pause = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                frame = frames.next(), if stdin_bytes < STDIN_READ_AHEAD => match frame {
+                    Ok(Some((Tag::Stdin, chunk))) => {
+                        stdin_bytes += chunk.len();
+                        stdin.push(chunk);
+                    }
+                    Ok(Some((Tag::Cancel, _))) | Ok(None) | Err(_) => {
+                        return Err("cancelled while waiting for the session; nothing ran".into());
+                    }
+                    Ok(Some(_)) => {}
+                },
+            }
+        }
+    }
+}
+
 async fn handle_run(
     shared: Shared,
     mut frames: protocol::Frames<OwnedReadHalf>,
@@ -903,12 +1031,25 @@ async fn handle_run(
     // With eager start the exec activity can print before start_workflow returns, so the
     // subscription exists before the workflow does.
     let id = ops::new_execution_id();
+    let early_stdin = if request.session.is_some() {
+        match take_session(&shared, &mut frames, &mut writer, &request, &id).await {
+            Ok(chunks) => chunks,
+            Err(msg) => {
+                return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let mut events = shared.hub.subscribe(&id);
     let mut stdin = StdinRelay::default();
     if request.follow && request.stdin == Some(StdinInput::Streamed) {
         let (tx, source) = StdinSource::channel();
         shared.hub.offer_stdin(&id, source);
         stdin.tx = Some(tx);
+    }
+    for chunk in early_stdin {
+        stdin.push(chunk);
     }
     let started = ops::start_execution(
         &shared.store,
@@ -927,6 +1068,8 @@ async fn handle_run(
         }
         Err(e) => {
             shared.hub.unsubscribe(&id);
+            // Nothing runs: the session is free for the next command.
+            let _ = shared.store.release_session(&id).await;
             let msg = format!("{e:#}");
             return protocol::write_frame(&mut writer, Tag::Fatal, msg.as_bytes()).await;
         }

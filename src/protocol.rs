@@ -77,6 +77,13 @@ pub struct RunRequest {
     /// carried in the request (a `--no-follow` run's, bounded).
     #[serde(default)]
     pub stdin: Option<StdinInput>,
+    /// `--session`: the session's id (the client resolved a name); the daemon checks that the
+    /// caller started it and gives the sandbox its container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// `--no-wait`: refuse at once when the session is busy, instead of waiting for it.
+    #[serde(default)]
+    pub no_wait: bool,
 }
 
 /// The daemon's acknowledgement that the execution exists.

@@ -331,3 +331,137 @@ fn a_command_whose_store_fails_mid_run_is_killed_not_left_running() {
         "a child of the command is still running after its run failed"
     );
 }
+
+#[tokio::test]
+async fn a_session_is_held_by_one_execution_at_a_time_and_freed_when_it_ends() {
+    use stigmer_activities::store::NewSession;
+    let env = common::Env::new();
+    let store = open(&env).await;
+    store
+        .create_session(&NewSession {
+            id: "ses-1".into(),
+            name: Some("work".into()),
+            mode: "sandbox".into(),
+            spec: Some("{}".into()),
+            ttl_secs: 3600,
+            creator: "uid:1000".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_session("work").await.unwrap().unwrap().id,
+        "ses-1"
+    );
+    // A live name is unique.
+    let twin = NewSession {
+        id: "ses-2".into(),
+        name: Some("work".into()),
+        mode: "local".into(),
+        ttl_secs: 60,
+        creator: "uid:1000".into(),
+        ..Default::default()
+    };
+    assert!(store.create_session(&twin).await.is_err());
+
+    store
+        .insert_execution(&new_execution("aex-s1"))
+        .await
+        .unwrap();
+    store
+        .insert_execution(&new_execution("aex-s2"))
+        .await
+        .unwrap();
+    assert!(store.try_acquire_session("ses-1", "aex-s1").await.unwrap());
+    assert!(
+        !store.try_acquire_session("ses-1", "aex-s2").await.unwrap(),
+        "a second command must wait"
+    );
+    let s = store.get_session("ses-1").await.unwrap().unwrap();
+    assert_eq!(s.busy.as_deref(), Some("aex-s1"));
+    // Its end frees the session.
+    let done = ExecutionResult {
+        id: "aex-s1".into(),
+        status: Status::Succeeded,
+        exit_code: Some(0),
+        error: None,
+        report: None,
+    };
+    let _ = store.finish(&done, None).await.unwrap();
+    assert!(
+        store
+            .get_session("ses-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .busy
+            .is_none()
+    );
+    assert!(store.try_acquire_session("ses-1", "aex-s2").await.unwrap());
+    // A holder that ended without its finish reaching the session no longer counts.
+    exec_status(&env, "aex-s2", "failed").await;
+    store
+        .insert_execution(&new_execution("aex-s3"))
+        .await
+        .unwrap();
+    assert!(store.try_acquire_session("ses-1", "aex-s3").await.unwrap());
+    store.release_session("aex-s3").await.unwrap();
+
+    // The sealed state is kept as given; a command that saved nothing marks it lost.
+    store
+        .save_session_state("ses-1", Some(b"sealed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session_state("ses-1").await.unwrap(),
+        (Some(b"sealed".to_vec()), false)
+    );
+    store.save_session_state("ses-1", None).await.unwrap();
+    assert_eq!(
+        store.session_state("ses-1").await.unwrap(),
+        (Some(b"sealed".to_vec()), true)
+    );
+
+    // Idle past its TTL: expired; ended: gone from the live list, its name free, never taken.
+    assert!(
+        store
+            .expired_sessions(stigmer_activities::store::now_ms())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = stigmer_activities::store::now_ms() + 3_601_000;
+    let expired = store.expired_sessions(later).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert!(
+        store
+            .end_session("ses-1", "idle past its TTL")
+            .await
+            .unwrap()
+    );
+    assert!(!store.end_session("ses-1", "again").await.unwrap());
+    assert!(store.list_sessions(false).await.unwrap().is_empty());
+    assert_eq!(store.list_sessions(true).await.unwrap().len(), 1);
+    assert!(
+        store.session_state("ses-1").await.unwrap().0.is_none(),
+        "the state goes with it"
+    );
+    store
+        .insert_execution(&new_execution("aex-s4"))
+        .await
+        .unwrap();
+    assert!(!store.try_acquire_session("ses-1", "aex-s4").await.unwrap());
+    store.create_session(&twin).await.unwrap();
+    assert_eq!(
+        store.get_session("work").await.unwrap().unwrap().id,
+        "ses-2"
+    );
+}
+
+/// Sets an execution's status behind the store's back (a finish that never came).
+async fn exec_status(env: &common::Env, id: &str, status: &str) {
+    let url = env.database_url.clone();
+    let sql = format!("UPDATE executions SET status = '{status}' WHERE id = '{id}'");
+    tokio::task::spawn_blocking(move || common::exec_sql(&url, &sql))
+        .await
+        .unwrap();
+}

@@ -126,6 +126,7 @@ pub fn plan(
         route: Route::Direct,
         // Filled in by the workflow from the start, like the environment's values.
         stdin: None,
+        session: None,
     })
 }
 
@@ -247,6 +248,7 @@ pub async fn record(
             env_names: planned.env_names.clone(),
             trace_id: None,
             labels: request.input.labels.clone(),
+            session: None,
         })
         .await?;
     store.set_run_id(&planned.id, &request.run_id).await?;

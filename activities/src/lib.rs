@@ -18,6 +18,7 @@ pub mod process;
 pub mod reaper;
 pub mod route;
 pub mod sandbox;
+pub mod session;
 pub mod stdin;
 pub use stigmer_store as store;
 pub mod telemetry;
@@ -73,6 +74,8 @@ pub struct Activities {
     sandbox: SandboxBackend,
     cloud: cloud::CloudBackend,
     admission: admit::AdmitSettings,
+    /// Seals a local session's saved state in the store (the payload codec's key).
+    session_seal: Option<Arc<dyn session::StateSeal>>,
 }
 
 impl Activities {
@@ -94,6 +97,57 @@ impl Activities {
             sandbox,
             cloud,
             admission: admit::AdmitSettings::default(),
+            session_seal: None,
+        }
+    }
+
+    /// How a local session's state is sealed at rest; without it, local sessions keep no state.
+    #[must_use]
+    pub fn with_session_seal(mut self, seal: Arc<dyn session::StateSeal>) -> Self {
+        self.session_seal = Some(seal);
+        self
+    }
+
+    /// Lays out a local session's saved state for its next command (opened from the store).
+    async fn local_session_state(
+        &self,
+        session: &str,
+        id: &str,
+    ) -> Result<session::LocalState, String> {
+        let (sealed, lost) = self
+            .store
+            .session_state(session)
+            .await
+            .map_err(|e| format!("could not read the session's state: {e}"))?;
+        let plain = match (sealed, &self.session_seal) {
+            (Some(sealed), Some(seal)) => Some(
+                seal.open(&sealed)
+                    .map_err(|e| format!("could not open the session's saved state: {e}"))?,
+            ),
+            _ => None,
+        };
+        session::LocalState::prepare(id, plain.as_deref(), lost)
+            .map_err(|e| format!("could not lay out the session's state: {e}"))
+    }
+
+    /// Keeps what a local session's command left (sealed), or notes that it saved nothing.
+    async fn keep_local_session_state(&self, session: &str, state: session::LocalState) {
+        let sealed = match (state.collect(), &self.session_seal) {
+            (Some(plain), Some(seal)) => match seal.seal(&plain) {
+                Ok(sealed) => Some(sealed),
+                Err(e) => {
+                    tracing::warn!("could not seal session {session}'s state: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Err(e) = self
+            .store
+            .save_session_state(session, sealed.as_deref())
+            .await
+        {
+            tracing::warn!("could not save session {session}'s state: {e}");
         }
     }
 
@@ -385,7 +439,22 @@ impl Activities {
                 exit_code: None,
                 reason,
             }),
-            (None, Mode::Local) => {
+            (None, Mode::Local) => 'local: {
+                let (argv, state) = match &input.session {
+                    Some(session) => match self.local_session_state(session, &id).await {
+                        Ok(state) => {
+                            let file = state.state_file().display().to_string();
+                            (session::wrap(&input.command, &file), Some(state))
+                        }
+                        Err(reason) => {
+                            break 'local Ok(Ended::Failed {
+                                exit_code: None,
+                                reason,
+                            });
+                        }
+                    },
+                    None => (input.command.argv(), None),
+                };
                 let store = self.store.clone();
                 let exec_id = id.clone();
                 let on_spawn = move |pgid: i32| {
@@ -398,8 +467,8 @@ impl Activities {
                         });
                     }
                 };
-                local::run(
-                    &input.command.argv(),
+                let ended = local::run(
+                    &argv,
                     &input.workdir,
                     &env,
                     &mut sink,
@@ -408,7 +477,11 @@ impl Activities {
                     on_spawn,
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+                if let (Some(session), Some(state)) = (&input.session, state) {
+                    self.keep_local_session_state(session, state).await;
+                }
+                ended
             }
             (None, Mode::Sandbox | Mode::Cloud) => match (&input.placement, &input.sandbox) {
                 (Some(placement), Some(spec)) => with_backend!(self, spec.backend, |backend| {
@@ -417,7 +490,10 @@ impl Activities {
                         &id,
                         placement,
                         spec,
-                        input.command.argv(),
+                        match &input.session {
+                            Some(_) => session::wrap(&input.command, session::SANDBOX_STATE_FILE),
+                            None => input.command.argv(),
+                        },
                         &env,
                         stdin,
                         &mut sink,

@@ -521,6 +521,31 @@ impl SandboxBackend {
         Ok(None)
     }
 
+    /// Removes the containers of an ended session (found by their `io.stigmer.session` label)
+    /// and retires their leases. Returns the containers removed.
+    pub async fn remove_session_containers(
+        &self,
+        session: &str,
+    ) -> Result<Vec<String>, SandboxError> {
+        let (engine, _) = self.engine().await?;
+        let mut removed = Vec::new();
+        for c in engine.list_managed(self.store.store_id()).await? {
+            if c.labels
+                .get(stigmer_docker::LABEL_SESSION)
+                .map(String::as_str)
+                != Some(session)
+            {
+                continue;
+            }
+            engine.remove_container(&c.id).await?;
+            if let Some(lease) = c.labels.get(stigmer_docker::LABEL_LEASE) {
+                self.store.lease_removed(lease).await?;
+            }
+            removed.push(c.id);
+        }
+        Ok(removed)
+    }
+
     /// Removes (cleanup on) or stops (cleanup off: kept for inspection) a container whose lease
     /// is `removing`, then marks the lease removed.
     pub async fn dispose(
@@ -697,6 +722,15 @@ impl crate::backend::ContainerBackend for SandboxBackend {
             .skip_check_on_success()
             .with_envs(env.iter().cloned())
             .with_workdir(stigmer_docker::WORKSPACE_DIR);
+        // A session's own container keeps what its commands leave running (docs/sessions.md);
+        // the clean-container rule is for containers that other executions may meet.
+        let session_owned = spec
+            .owner
+            .as_deref()
+            .is_some_and(|o| o.starts_with(stigmer_docker::SESSION_OWNER_PREFIX));
+        if session_owned {
+            req = req.keep_background();
+        }
         if spec.ttl_secs == 0 {
             // Never reused: the container stops by itself once the command is done, so the
             // release's removal does not wait for its teardown.
@@ -795,8 +829,9 @@ impl crate::backend::ContainerBackend for SandboxBackend {
                 },
             },
         };
-        let mut taint = outcome.stray_processes || outcome.ended != ExecEnd::Exited;
-        if !outcome.checked && !taint {
+        let mut taint =
+            !session_owned && (outcome.stray_processes || outcome.ended != ExecEnd::Exited);
+        if !outcome.checked && !taint && !session_owned {
             taint = match engine
                 .processes_besides_keepalive(&placement.container_id)
                 .await
@@ -835,6 +870,15 @@ impl crate::backend::ContainerBackend for SandboxBackend {
         ttl_secs: u64,
         cleanup: bool,
     ) -> Result<String, SandboxError> {
+        // A session's own container outlives a command that timed out or was cancelled: the
+        // command's group was stopped, and its files and background processes are the session's
+        // (docs/sessions.md). `exec`'s own taint (a lost command) still counts below.
+        let taint = taint
+            && self
+                .store
+                .get_execution(execution_id)
+                .await?
+                .is_none_or(|e| e.session.is_none());
         // `exec` may have tainted the lease itself (a process left behind after a clean exit).
         let taint = taint
             || self

@@ -10,9 +10,11 @@
 //! system (it works with a remote engine).
 //!
 //! Requests (one line each; variable fields are hex, so no byte of a value can break a line):
-//!   `RUN <nonce> <timeout_ms|0> <grace_ms> <last:0|1> <pid_file> <workdir> <argc> <arg>… <envc> <K=V>…`
-//!   (`last`: the container's last command; the agent exits after its exit frame, so the
-//!   container stops by itself while the worker records the result, and its removal is quick)
+//!   `RUN <nonce> <timeout_ms|0> <grace_ms> <flags> <pid_file> <workdir> <argc> <arg>… <envc> <K=V>…`
+//!   (`flags`: bit 0 `last`, the container's last command; the agent exits after its exit
+//!   frame, so the container stops by itself while the worker records the result, and its
+//!   removal is quick. Bit 1 `keep`: a session's own container, where what the command left
+//!   running in the background (a dev server) stays, so it is not killed after the command)
 //!   `STOP <nonce>` — SIGTERM to the command's process group, SIGKILL after the grace period.
 //! Frames (`protocol.rs`): `[kind: u8][nonce: u64 BE][len: u32 BE][payload]`; kinds: stdout,
 //! stderr, started (payload: pid), exit (`<how> <code> <pids_max_before> <oom_before>
@@ -168,6 +170,8 @@ struct Running {
     exited: Option<(i32, Instant)>,
     /// Exit after this command.
     last: bool,
+    /// Leave what the command started in the background running (a session's container).
+    keep: bool,
 }
 
 struct Agent<'a> {
@@ -314,7 +318,7 @@ impl Agent<'_> {
         // and the caller. Whatever survives that makes the container unfit for the next
         // execution (it would meet it, and could read its environment).
         let check_started = Instant::now();
-        if others_alive() {
+        if !r.keep && others_alive() {
             // SAFETY: kill(2) with pid -1 signals processes; no memory is involved.
             unsafe {
                 kill(-1, SIGKILL);
@@ -331,7 +335,8 @@ impl Agent<'_> {
         }
         let alive = others_alive();
         let check_us = check_started.elapsed().as_micros();
-        if !alive {
+        // A kept background process must not be found by a later kill of this command's group.
+        if !alive || r.keep {
             let _ = std::fs::write(&r.pid_file, b"");
         }
         let (pm1, ok1) = counters();
@@ -439,6 +444,7 @@ impl Agent<'_> {
             kill_at: None,
             exited: None,
             last: run.last,
+            keep: run.keep,
         });
         self.frame(FRAME_STARTED, nonce, pid.to_string().as_bytes());
     }
@@ -452,6 +458,7 @@ impl Agent<'_> {
 
 struct Run {
     last: bool,
+    keep: bool,
     timeout: Option<Duration>,
     grace: Duration,
     pid_file: String,
@@ -469,7 +476,7 @@ fn parse_run<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<Run, Strin
     };
     let timeout_ms = num("timeout")?;
     let grace_ms = num("grace")?;
-    let last = num("last")? == 1;
+    let flags = num("flags")?;
     let mut field = |what: &str| {
         words
             .next()
@@ -494,7 +501,8 @@ fn parse_run<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<Run, Strin
         return Err("bad request: empty command".into());
     }
     Ok(Run {
-        last,
+        last: flags & 1 != 0,
+        keep: flags & 2 != 0,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
         grace: Duration::from_millis(grace_ms),
         pid_file,

@@ -41,7 +41,8 @@ pub const LABEL_AGENT: &str = "io.stigmer.agent";
 /// (`stigmer-activities`' `reuse_idle`), so a framing change never meets an old agent.
 ///
 /// 2: the agent is the container's PID 1 (no docker-init holding its stdio).
-/// 3: its exit frame carries how long the clean check took.
+/// 3: its exit frame carries how long the clean check took, and `RUN`'s fourth field is flags
+/// (bit 1: keep the command's background processes, for a session's own container).
 pub const AGENT_PROTOCOL: &str = "3";
 
 /// The agent binary built for this crate's target, empty where it could not be built.
@@ -179,7 +180,7 @@ fn request_line(nonce: u64, req: &ExecRequest) -> Vec<u8> {
     let mut line = format!(
         "\nRUN {nonce} {timeout_ms} {} {} {} {} {}",
         req.kill_grace.as_millis(),
-        u8::from(req.last_command),
+        u8::from(req.last_command) | (u8::from(req.keep_background) << 1),
         hex::encode(&req.pid_file),
         hex::encode(&req.workdir),
         req.argv.len()

@@ -37,6 +37,11 @@ pub const LABEL_WORKER: &str = "io.stigmer.worker";
 pub const LABEL_SPEC_HASH: &str = "io.stigmer.spec-hash";
 /// Label: the owner a container is reused for (absent: shared by its spec).
 pub const LABEL_OWNER: &str = "io.stigmer.owner";
+/// Label naming the session a container belongs to (its owner is `session:<id>`): `session end`
+/// and the session reaper find the container by it.
+pub const LABEL_SESSION: &str = "io.stigmer.session";
+/// The owner prefix of a session's own container.
+pub const SESSION_OWNER_PREFIX: &str = "session:";
 
 /// How long a stop waits for the keep-alive to exit before the engine kills it.
 const STOP_GRACE_SECS: i32 = 5;
@@ -126,6 +131,9 @@ impl Engine {
         all_labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
         if let Some(owner) = &spec.owner {
             all_labels.insert(LABEL_OWNER.into(), owner.clone());
+            if let Some(session) = owner.strip_prefix(SESSION_OWNER_PREFIX) {
+                all_labels.insert(LABEL_SESSION.into(), session.to_string());
+            }
         }
 
         let mut agent = !spec.readonly_rootfs && self.agent_fits(&spec.image).await;

@@ -176,6 +176,10 @@ pub struct ExecRequest {
     /// the container stops by itself and its removal afterwards is quick. No effect where
     /// commands are `docker exec`s.
     pub last_command: bool,
+    /// Leave what the command started in the background running after it (a session's own
+    /// container: `npm run dev &` persists). The agent then neither kills the others nor counts
+    /// them against the container; the caller decides what a leftover means.
+    pub keep_background: bool,
 }
 
 impl ExecRequest {
@@ -196,6 +200,7 @@ impl ExecRequest {
             kill_grace: DEFAULT_KILL_GRACE,
             check_on_success: true,
             last_command: false,
+            keep_background: false,
         }
     }
 
@@ -262,6 +267,14 @@ impl ExecRequest {
     #[must_use]
     pub fn skip_check_on_success(mut self) -> Self {
         self.check_on_success = false;
+        self
+    }
+
+    /// Leaves the command's background processes running (see
+    /// [`ExecRequest::keep_background`]).
+    #[must_use]
+    pub fn keep_background(mut self) -> Self {
+        self.keep_background = true;
         self
     }
 

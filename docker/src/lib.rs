@@ -47,8 +47,8 @@ use bollard::Docker;
 
 pub use agent::{AGENT_PATH, AGENT_PROTOCOL, LABEL_AGENT, agent_available};
 pub use container::{
-    ContainerState, LABEL_LEASE, LABEL_MANAGED, LABEL_OWNER, LABEL_SPEC_HASH, LABEL_STORE,
-    LABEL_WORKER, ManagedContainer, ProcessInfo,
+    ContainerState, LABEL_LEASE, LABEL_MANAGED, LABEL_OWNER, LABEL_SESSION, LABEL_SPEC_HASH,
+    LABEL_STORE, LABEL_WORKER, ManagedContainer, ProcessInfo, SESSION_OWNER_PREFIX,
 };
 pub use egress::{
     ALLOWED_PORTS, EGRESS_MOUNT, EgressPolicy, LABEL_EGRESS, MAX_ALLOW_ENTRIES,

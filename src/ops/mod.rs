@@ -4,6 +4,7 @@
 
 mod inspect;
 mod reap;
+pub mod session;
 mod start;
 
 pub use inspect::{execution, executions, leases, open_for_reading, prune};

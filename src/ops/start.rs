@@ -58,6 +58,7 @@ pub async fn start_execution(
             timeout_secs: request.timeout_secs,
             env_names: request.env.iter().map(|(k, _)| k.clone()).collect(),
             labels: request.labels.clone(),
+            session: request.session.clone(),
         })
         .await;
     if let Err(e) = recorded {
@@ -86,6 +87,7 @@ pub async fn start_execution(
         placement: None,
         route: Route::Direct,
         stdin: request.stdin.clone(),
+        session: request.session.clone(),
     };
     let route = stigmer_activities::route::route_for(
         store,

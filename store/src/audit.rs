@@ -238,6 +238,10 @@ pub struct AuditRecord {
     /// before stdin was forwarded lack the keys).
     pub stdin_bytes: Option<i64>,
     pub stdin_sha256: Option<String>,
+    /// The session the command ran in (docs/sessions.md); omitted when none, so a record of a
+    /// command outside a session reads as it did before sessions existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl AuditRecord {
@@ -283,6 +287,7 @@ impl AuditRecord {
             labels: e.labels(),
             stdin_bytes: e.stdin_bytes,
             stdin_sha256: e.stdin_sha256.clone(),
+            session: e.session.clone(),
         }
     }
 

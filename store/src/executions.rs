@@ -33,6 +33,8 @@ pub struct NewExecution {
     pub trace_id: Option<String>,
     /// The caller's labels (metadata kept with the audit records; not secret).
     pub labels: BTreeMap<String, String>,
+    /// The session it runs in, if any (docs/sessions.md).
+    pub session: Option<String>,
 }
 
 /// An execution as stored: what `executions show` prints.
@@ -72,6 +74,8 @@ pub struct ExecutionRecord {
     /// What the command was given on stdin: size and sha256, when anything was forwarded.
     pub stdin_bytes: Option<i64>,
     pub stdin_sha256: Option<String>,
+    /// The session it ran in, if any.
+    pub session: Option<String>,
 }
 
 impl ExecutionRecord {
@@ -106,7 +110,7 @@ impl ExecutionRecord {
 pub(crate) const EXECUTION_COLUMNS: &str = "id, workflow_id, run_id, command, workdir, requested_mode, \
     effective_mode, reason, status, exit_code, error, os_user, ci_identity, client_host, \
     worker_id, attempt, timeout_secs, image, image_digest, container_id, created_at, started_at, \
-    finished_at, output_bytes, output_dropped, output_sha256, trace_id, labels, stdin_bytes, stdin_sha256";
+    finished_at, output_bytes, output_dropped, output_sha256, trace_id, labels, stdin_bytes, stdin_sha256, session";
 
 /// The statuses an execution ends in; [`Store::prune_executions`] binds them in this order.
 const TERMINAL: [Status; 4] = [
@@ -168,8 +172,8 @@ impl Store {
         with_pool!(self, pool => sqlx::query(
             "INSERT INTO executions (id, workflow_id, command, argv, workdir, requested_mode, \
              effective_mode, reason, status, os_user, ci_identity, client_host, timeout_secs, env, \
-             created_at, trace_id, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $16, $9, $10, $11, $12, $13, $14, $15, $17)",
+             created_at, trace_id, labels, session) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $16, $9, $10, $11, $12, $13, $14, $15, $17, $18)",
         )
         .bind(&new.id)
         .bind(&new.workflow_id)
@@ -188,6 +192,7 @@ impl Store {
         .bind(&new.trace_id)
         .bind(Status::Queued.as_str())
         .bind(labels)
+        .bind(&new.session)
         .execute(pool)
         .await
         .map_err(q("insert execution"))?.rows_affected());
@@ -445,6 +450,8 @@ impl Store {
         .execute(pool)
         .await
         .map_err(q("record execution result"))?.rows_affected());
+        // One command at a time per session: its end frees the session for the next.
+        self.release_session(&result.id).await?;
         let appended = crate::audit::append(self, &result.id).await?;
         let result = match self.get_execution(&result.id).await? {
             Some(record) => record.result(),

@@ -33,11 +33,13 @@ pub mod audit;
 mod executions;
 mod leases;
 mod output;
+mod sessions;
 mod workers;
 
 pub use executions::{ExecutionRecord, Finished, NewExecution, PruneReport, StartClaim};
 pub use leases::{LeaseRecord, LeaseState, NewLease, UnknownLeaseState};
 pub use output::{OutputChunk, OutputSummary};
+pub use sessions::{NewSession, SessionRecord};
 pub use workers::WorkerRecord;
 
 /// Errors of the store, with what was being done.

@@ -782,6 +782,7 @@ mod tests {
             placement: None,
             route: Route::Direct,
             stdin: None,
+            session: None,
         }
     }
 

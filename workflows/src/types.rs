@@ -411,6 +411,11 @@ pub struct ExecutionInput {
     /// The command's standard input, when the caller gave one (else it reads end of file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<StdinInput>,
+    /// The session the command runs in (docs/sessions.md): its state is restored before the
+    /// command and saved after it. Absent in inputs from before sessions, and for a command
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// The most stdin an input may carry inline ([`StdinInput::Base64`]): a remote client's or a
@@ -471,6 +476,8 @@ mod wire {
         image_ready: Option<ImageReady>,
         #[serde(default)]
         stdin: Option<StdinInput>,
+        #[serde(default)]
+        session: Option<String>,
     }
 
     impl From<ExecutionInputWire> for ExecutionInput {
@@ -498,6 +505,7 @@ mod wire {
                 placement: w.placement,
                 route,
                 stdin: w.stdin,
+                session: w.session,
             }
         }
     }
