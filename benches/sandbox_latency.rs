@@ -109,6 +109,37 @@ fn main() {
         median(&warm) / median(&docker_exec)
     );
 
+    // A session's command (the state wrapper restores and saves the shell's state around it)
+    // against the warm run, alternating.
+    let out = cmd("3600")
+        .args(["session", "start", "--mode", "sandbox"])
+        .output()
+        .expect("session start");
+    assert!(
+        out.status.success(),
+        "session start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let session = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (warm_again, in_session) = measure_pair(
+        || ok(cmd("3600").args(["run", "--mode", "sandbox", "true"])),
+        || ok(cmd("3600").args(["run", "--session", &session, "true"])),
+    );
+    report(
+        "stigmer run --mode sandbox true (warm, reused)",
+        &warm_again,
+    );
+    report(
+        "stigmer run --session ID true (sandbox session)",
+        &in_session,
+    );
+    println!(
+        "{:<52} {:>8.2}x",
+        "session ratio (target ≤ 1.0x warm run)",
+        median(&in_session) / median(&warm_again)
+    );
+    ok(cmd("3600").args(["session", "end", &session]));
+
     // The clean check: after each command the agent kills what it left and counts what
     // remains, before the container may meet the next execution. Its own measure, from the exit
     // frames of commands run through the engine in that same container.
@@ -139,10 +170,17 @@ fn main() {
                 stigmer_docker::CancellationToken::new(),
             ))
             .expect("exec through the agent");
-        checks.push(outcome.clean_check.expect("the agent reports its clean check"));
+        checks.push(
+            outcome
+                .clean_check
+                .expect("the agent reports its clean check"),
+        );
     }
     checks.sort();
-    report("clean check after a command (agent; target ≤ 2 ms)", &checks);
+    report(
+        "clean check after a command (agent; target ≤ 2 ms)",
+        &checks,
+    );
 
     // Cold: a container per run. `stigmer run` answers once the result is recorded, and the
     // workflow's release removes the container after; `docker run --rm` answers once the

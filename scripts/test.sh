@@ -99,7 +99,7 @@ log "chaos: the daemon killed with SIGKILL at random points (figures printed)"
 STIGMER_TEST_POSTGRES_URL= cargo test --test chaos the_daemon_killed -- --nocapture
 
 log "end-to-end suites again (Postgres store)"
-cargo test --test local_mode --test store --test remote_worker --test sandbox_mode --test audit --test metrics --test tracing -- --test-threads "$THREADS"
+cargo test --test local_mode --test store --test remote_worker --test sandbox_mode --test sessions --test audit --test metrics --test tracing -- --test-threads "$THREADS"
 
 log "chaos: two workers on Postgres racing for the same idle containers, killed with SIGKILL"
 cargo test --test chaos two_workers -- --nocapture

@@ -76,7 +76,10 @@ fn the_sandbox_is_non_root_capability_free_isolated_and_sees_only_named_variable
     // variables that lead HTTP(S) to the worker's proxy.
     assert_eq!(lines.last(), Some(&"lo"), "{stdout}");
     assert!(!lines.contains(&"eth0"), "{stdout}");
-    assert!(lines.contains(&"https_proxy=http://127.0.0.1:3128"), "{stdout}");
+    assert!(
+        lines.contains(&"https_proxy=http://127.0.0.1:3128"),
+        "{stdout}"
+    );
     let record = env.last_execution();
     assert_eq!(record["effective_mode"], "sandbox");
     assert_eq!(record["container_id"].as_str().unwrap().len(), 64);
@@ -204,7 +207,10 @@ fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
         format!("{gateway}:80 refused: {gateway} is an address of the worker's own host"),
         "pypi.org:8080 refused: only ports 80 and 443".to_string(),
     ] {
-        assert!(stdout.contains(&refused), "{refused:?} in the 403's body: {stdout}");
+        assert!(
+            stdout.contains(&refused),
+            "{refused:?} in the 403's body: {stdout}"
+        );
         assert!(
             stderr.contains(&format!("stigmer: egress: {refused}")),
             "{refused:?} noticed on the execution's stderr: {stderr}"
@@ -212,7 +218,10 @@ fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
     }
     // A name that resolves to loopback on the worker's host (`localhost`, from its hosts file)
     // is refused too: the proxy checks the address it would connect to, not the name.
-    assert!(stdout.contains("localhost: 56"), "CONNECT refused: {stdout}");
+    assert!(
+        stdout.contains("localhost: 56"),
+        "CONNECT refused: {stdout}"
+    );
     assert!(
         stderr.contains("stigmer: egress: localhost:443 refused: it resolves to"),
         "{stderr}"
@@ -238,7 +247,10 @@ fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(stdout.lines().next(), Some("lo"), "{stdout}");
-    assert!(stdout.contains("example.com: 56"), "a 403 to CONNECT: {stdout}");
+    assert!(
+        stdout.contains("example.com: 56"),
+        "a 403 to CONNECT: {stdout}"
+    );
     assert!(
         stderr.contains(
             "stigmer: egress: example.com:443 refused: example.com is not in --allow-net \
@@ -247,11 +259,20 @@ fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
         "{stderr}"
     );
     assert!(
-        stdout.lines().any(|l| l.starts_with("six-") && l.ends_with(".whl")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("six-") && l.ends_with(".whl")),
         "pip download through the allowed registry: {stdout}"
     );
 
-    let out = env.stigmer(&["run", "--network", "none", "--allow-net", "pypi.org", "true"]);
+    let out = env.stigmer(&[
+        "run",
+        "--network",
+        "none",
+        "--allow-net",
+        "pypi.org",
+        "true",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("--allow-net needs the public network posture"),
@@ -260,7 +281,11 @@ fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
     );
     let out = env.stigmer(&["run", "--allow-net", "https://pypi.org/simple", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("is not a host"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not a host"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = env.stigmer(&[
         "run",
@@ -269,7 +294,11 @@ fn network_postures_keep_a_sandbox_to_what_it_may_reach() {
         &format!("{interfaces}; echo \"proxy=${{https_proxy:-unset}}\""),
     ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "lo\nproxy=unset\n", "none: loopback alone");
+    assert_eq!(
+        text(&out.stdout),
+        "lo\nproxy=unset\n",
+        "none: loopback alone"
+    );
 
     let out = env.stigmer(&["run", "--network", "bridge", interfaces]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));

@@ -52,9 +52,9 @@ static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stigmer-a
 #[allow(dead_code)]
 #[path = "../agent/protocol.rs"]
 mod protocol;
-pub(crate) use protocol::PROXY_LISTEN;
 #[cfg(test)]
 pub(crate) use protocol::EGRESS_SOCKET_PATH;
+pub(crate) use protocol::PROXY_LISTEN;
 use protocol::{
     FRAME_EXIT, FRAME_HEADER, FRAME_REFUSED, FRAME_STARTED, FRAME_STDERR, FRAME_STDOUT,
 };
@@ -280,7 +280,10 @@ fn parse_exit(payload: &[u8]) -> Option<Exit> {
         pids_limit_hit: grew(f[2], f[4]).unwrap_or(false),
         oom_killed: grew(f[3], f[5]),
         left_running: f[6] == "1",
-        clean_check: f.get(7).and_then(|us| us.parse().ok()).map(Duration::from_micros),
+        clean_check: f
+            .get(7)
+            .and_then(|us| us.parse().ok())
+            .map(Duration::from_micros),
     })
 }
 

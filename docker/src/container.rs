@@ -144,7 +144,14 @@ impl Engine {
         };
         let egress = self.egress_for_new(spec, name, agent, &mut all_labels)?;
         let made = match self
-            .create_stopped(spec, &all_labels, name, agent, mount.as_deref(), egress.as_deref())
+            .create_stopped(
+                spec,
+                &all_labels,
+                name,
+                agent,
+                mount.as_deref(),
+                egress.as_deref(),
+            )
             .await
         {
             Err(EngineError::Api { source, .. })

@@ -117,12 +117,14 @@ impl EgressPolicy {
     fn permits_host(&self, host: &str) -> bool {
         match self {
             EgressPolicy::Public => true,
-            EgressPolicy::Allow(hosts) => hosts.iter().any(|entry| match entry.strip_prefix("*.") {
-                Some(suffix) => host
-                    .strip_suffix(suffix)
-                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-                None => entry == host,
-            }),
+            EgressPolicy::Allow(hosts) => {
+                hosts.iter().any(|entry| match entry.strip_prefix("*.") {
+                    Some(suffix) => host
+                        .strip_suffix(suffix)
+                        .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                    None => entry == host,
+                })
+            }
         }
     }
 }
@@ -296,7 +298,9 @@ pub(crate) struct EgressProxy {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Listener")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -510,8 +514,17 @@ impl crate::Engine {
             Some(Some(name)) if proxy.serves(&name) => return Some(name),
             _ => {}
         }
-        let inspect = self.docker.inspect_container(container_id, None).await.ok()?;
-        let name = inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_string();
+        let inspect = self
+            .docker
+            .inspect_container(container_id, None)
+            .await
+            .ok()?;
+        let name = inspect
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
         let policy = inspect
             .config
             .and_then(|c| c.labels)
@@ -861,7 +874,10 @@ mod tests {
             "203.0.113.7",
         ] {
             let ip: IpAddr = blocked.parse().unwrap();
-            assert!(blocked_address(ip, &own).is_some(), "{blocked} must be refused");
+            assert!(
+                blocked_address(ip, &own).is_some(),
+                "{blocked} must be refused"
+            );
         }
         for public in ["151.101.0.223", "203.0.113.80", "2a04:4e42::223", "8.8.8.8"] {
             let ip: IpAddr = public.parse().unwrap();
@@ -884,15 +900,26 @@ mod tests {
             EgressPolicy::from_label(&policy.label()),
             Some(policy.clone())
         );
-        assert_eq!(EgressPolicy::from_label("public"), Some(EgressPolicy::Public));
-        for bad in ["https://pypi.org", "pypi.org:443", "*.com", "a b", "*", "pypi.org/simple"] {
+        assert_eq!(
+            EgressPolicy::from_label("public"),
+            Some(EgressPolicy::Public)
+        );
+        for bad in [
+            "https://pypi.org",
+            "pypi.org:443",
+            "*.com",
+            "a b",
+            "*",
+            "pypi.org/simple",
+        ] {
             assert!(parse_allow_list(bad).is_err(), "{bad} must be refused");
         }
     }
 
     #[test]
     fn requests_are_read_and_plain_http_is_rewritten_for_the_origin() {
-        let (t, _) = parse_head(b"CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n").unwrap();
+        let (t, _) =
+            parse_head(b"CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n").unwrap();
         assert!(t.connect && t.host == "pypi.org" && t.port == 443);
         let (t, _) = parse_head(b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 443));

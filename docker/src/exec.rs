@@ -481,7 +481,9 @@ impl Engine {
         let outcome = self
             .run_exec_inner(container_id, req, stdin, &mut sink, cancel)
             .await;
-        let notices = egress.map(|name| self.egress_notices(&name)).unwrap_or_default();
+        let notices = egress
+            .map(|name| self.egress_notices(&name))
+            .unwrap_or_default();
         for line in notices {
             let data = bytes::Bytes::from(format!("{line}\n"));
             match &mut sink {
@@ -522,9 +524,7 @@ impl Engine {
             });
         }
         if stdin.is_none() && self.uses_agent(container_id).await {
-            return self
-                .run_agent_exec(container_id, &req, sink, cancel)
-                .await;
+            return self.run_agent_exec(container_id, &req, sink, cancel).await;
         }
         let env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let options = CreateExecOptions::<String> {

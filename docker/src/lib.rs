@@ -51,8 +51,8 @@ pub use container::{
     LABEL_STORE, LABEL_WORKER, ManagedContainer, ProcessInfo, SESSION_OWNER_PREFIX,
 };
 pub use egress::{
-    ALLOWED_PORTS, EGRESS_MOUNT, EgressPolicy, LABEL_EGRESS, MAX_ALLOW_ENTRIES,
-    blocked_address, check_allow_entry, parse_allow_list, proxy_env,
+    ALLOWED_PORTS, EGRESS_MOUNT, EgressPolicy, LABEL_EGRESS, MAX_ALLOW_ENTRIES, blocked_address,
+    check_allow_entry, parse_allow_list, proxy_env,
 };
 pub use error::EngineError;
 pub use exec::{
@@ -87,7 +87,8 @@ pub struct Engine {
     /// host is given for their sockets.
     egress: Option<std::sync::Arc<egress::EgressProxy>>,
     /// Container id → its name, for the containers with a proxy this process has met.
-    egress_names: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>,
+    egress_names:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>,
 }
 
 impl Engine {
