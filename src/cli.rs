@@ -143,9 +143,13 @@ pub struct SessionStartArgs {
     /// Sandbox image (overrides STIGMER_SANDBOX_IMAGE).
     #[arg(long)]
     pub sandbox_image: Option<String>,
-    /// Sandbox network: bridge or none.
-    #[arg(long, value_name = "bridge|none")]
+    /// Sandbox network: public (the default: HTTP(S) to public hosts through the worker's
+    /// proxy), none or bridge.
+    #[arg(long, value_name = "public|none|bridge")]
     pub network: Option<String>,
+    /// Only these hosts through the proxy (comma-separated; implies --network public).
+    #[arg(long, value_name = "HOST[,HOST…]")]
+    pub allow_net: Option<String>,
     /// Sandbox memory limit, e.g. 512m, 2g.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
@@ -1273,6 +1277,7 @@ pub(crate) fn session_sandbox_spec(
         _ => bail!("internal error: `stigmer run` did not parse"),
     };
     run.network = args.network.clone();
+    run.allow_net = args.allow_net.clone();
     run.memory = args.memory.clone();
     run.cpus = args.cpus;
     run.pids_limit = args.pids_limit;
@@ -1303,6 +1308,7 @@ async fn session_of_run(
     let sandbox_flags = [
         ("--sandbox-image", args.sandbox_image.is_some()),
         ("--network", args.network.is_some()),
+        ("--allow-net", args.allow_net.is_some()),
         ("--memory", args.memory.is_some()),
         ("--cpus", args.cpus.is_some()),
         ("--pids-limit", args.pids_limit.is_some()),
@@ -1312,7 +1318,7 @@ async fn session_of_run(
     ];
     if let Some((flag, _)) = sandbox_flags.iter().find(|(_, given)| *given) {
         bail!(usage(format!(
-            "{flag} with --session: the session decides its sandbox (set it with `stigmer session              start`); drop {flag}"
+            "{flag} with --session: the session decides its sandbox (set it with `stigmer session start`); drop {flag}"
         )));
     }
     Ok(session)

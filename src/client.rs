@@ -877,6 +877,7 @@ pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
                     let flags = [
                         args.sandbox_image.is_some(),
                         args.network.is_some(),
+                        args.allow_net.is_some(),
                         args.memory.is_some(),
                         args.cpus.is_some(),
                         args.pids_limit.is_some(),

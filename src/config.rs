@@ -54,6 +54,9 @@ pub struct Config {
     /// With the `public` posture: the only hosts the proxy lets a sandbox reach (empty: any
     /// public host).
     pub sandbox_allow_net: Setting<Vec<String>>,
+    /// Where the egress proxy binds one socket per `public` container; the Docker engine must
+    /// see it at the same path (a worker in a container mounts a host directory there).
+    pub sandbox_egress_dir: Setting<PathBuf>,
     pub temporal_address: Setting<Option<String>>,
     pub temporal_namespace: Setting<String>,
     pub temporal_port: Setting<u16>,
@@ -199,6 +202,7 @@ const FILE_KEYS: &[&str] = &[
     "sandbox_ttl",
     "sandbox_network",
     "sandbox_allow_net",
+    "sandbox_egress_dir",
     "temporal_address",
     "temporal_namespace",
     "temporal_port",
@@ -317,6 +321,7 @@ impl Config {
             || home_dir().join(".stigmer"),
             |raw| Ok(PathBuf::from(expand_home(raw))),
         )?;
+        let default_egress = data_dir.value.join("egress");
         let default_db = format!("sqlite:{}", data_dir.value.join("stigmer.db").display());
         let default_codec_key = data_dir.value.join("codec.key");
         let temporal_port = layers.get(
@@ -372,6 +377,12 @@ impl Config {
                 &["STIGMER_SANDBOX_ALLOW_NET"],
                 Vec::new,
                 stigmer_docker::parse_allow_list,
+            )?,
+            sandbox_egress_dir: layers.get(
+                "sandbox_egress_dir",
+                &["STIGMER_SANDBOX_EGRESS_DIR"],
+                move || default_egress.clone(),
+                |raw| Ok(PathBuf::from(expand_home(raw))),
             )?,
             temporal_address: layers.get(
                 "temporal_address",
@@ -535,6 +546,9 @@ impl Config {
             row("sandbox_ttl", &self.sandbox_ttl, u64::to_string),
             row("sandbox_network", &self.sandbox_network, |v| {
                 v.as_str().into()
+            }),
+            row("sandbox_egress_dir", &self.sandbox_egress_dir, |v| {
+                v.display().to_string()
             }),
             row("sandbox_allow_net", &self.sandbox_allow_net, |v| {
                 if v.is_empty() {

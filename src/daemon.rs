@@ -229,7 +229,7 @@ impl Workers {
     ) -> Result<Self> {
         let sandbox = SandboxBackend::new(store.clone(), worker_id.to_string())
             .with_agent(cfg.sandbox_agent.value, cfg.data_dir.value.join("agent"))
-            .with_egress_dir(cfg.data_dir.value.join("egress"));
+            .with_egress_dir(cfg.sandbox_egress_dir.value.clone());
         let activities = Activities::new(
             store,
             hub,
