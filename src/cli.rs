@@ -121,6 +121,14 @@ pub enum SessionCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
+    /// Copy one file into or out of a sandbox session: `cp FILE SESSION:/path` or
+    /// `cp SESSION:/path FILE` (binary-safe, with its permission bits; at most 256 MiB).
+    Cp {
+        src: String,
+        dst: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
     /// End a session now and remove its container.
     End {
         id: String,

@@ -956,6 +956,28 @@ pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
             print_object(&session_json(&s), output)?;
             Ok(0)
         }
+        SessionCommand::Cp { src, dst, output } => {
+            let cfg =
+                Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
+            let store = ops::open_for_reading(&cfg).await?;
+            let c = ops_session::copy(&store, &src, &dst).await?;
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    json!({
+                        "session": c.session,
+                        "from": c.from,
+                        "to": c.to,
+                        "bytes": c.bytes,
+                        "mode": format!("{:04o}", c.mode),
+                    })
+                ),
+                OutputFormat::Text => {
+                    println!("copied {} bytes: {} -> {}", c.bytes, c.from, c.to)
+                }
+            }
+            Ok(0)
+        }
         SessionCommand::End { id, output } => {
             let cfg =
                 Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;

@@ -147,6 +147,109 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     let out = run_in(&env, &s2, "cat /tmp/d/f; echo [$FOO]");
     assert_eq!(text(&out.stdout), "[]\n", "another session saw the file");
 
+    // Files in and out with `session cp`: binary data (NUL bytes, every byte value) and the
+    // file's mode survive the round trip; the file is the sandbox user's inside; the paths stay
+    // in the session's container, and a bad one is a usage error that says what to do.
+    let host = env.data_dir().join("cp");
+    std::fs::create_dir_all(&host).unwrap();
+    let mut data: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 * 1024 + 7).collect();
+    data.extend_from_slice(b"\0end\0");
+    let input = host.join("in.bin");
+    std::fs::write(&input, &data).unwrap();
+    std::fs::set_permissions(&input, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let remote = format!("{s1}:/tmp/d/in.bin");
+    let out = env.stigmer(&["session", "cp", input.to_str().unwrap(), &remote]);
+    assert!(out.status.success(), "cp in: {}", text(&out.stderr));
+    let out = run_in(
+        &env,
+        &s1,
+        "stat -c '%u %a %s' /tmp/d/in.bin; sha256sum < /tmp/d/in.bin",
+    );
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    assert_eq!(
+        text(&out.stdout),
+        format!("1000 750 {}\n{digest}  -\n", data.len()),
+        "cp in: {}",
+        text(&out.stderr)
+    );
+    let back = host.join("back.bin");
+    let out = env.stigmer(&[
+        "session",
+        "cp",
+        "--output",
+        "json",
+        &remote,
+        back.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "cp out: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], data.len() as u64);
+    assert_eq!(report["mode"], "0750");
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        data,
+        "cp out: the same bytes"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&back).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o750, "cp out: the same mode");
+    let out = env.stigmer(&[
+        "session",
+        "cp",
+        input.to_str().unwrap(),
+        &format!("{s2}:/tmp/d/in.bin"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "another session's missing dir: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("does not exist in the sandbox"),
+        "{}",
+        text(&out.stderr)
+    );
+    for (src, dst, says) in [
+        (
+            format!("{s1}:/tmp/d"),
+            back.display().to_string(),
+            "is a directory",
+        ),
+        (
+            format!("{s1}:/tmp/../etc/passwd"),
+            back.display().to_string(),
+            "without `..`",
+        ),
+        (
+            format!("{s1}:/tmp/none"),
+            back.display().to_string(),
+            "does not exist",
+        ),
+        (
+            "a".to_string(),
+            "b".to_string(),
+            "give one side as SESSION:/path",
+        ),
+        ("ses-0000:/tmp/x".to_string(), "b".to_string(), "no session"),
+    ] {
+        let out = env.stigmer(&["session", "cp", &src, &dst]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{src} {dst}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(says),
+            "{src} {dst}: {}",
+            text(&out.stderr)
+        );
+    }
+
     // The session decides the mode and the sandbox.
     let out = env.stigmer(&["run", "--session", &s1, "--mode", "local", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));

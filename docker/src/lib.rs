@@ -38,6 +38,7 @@ mod container;
 mod egress;
 mod error;
 mod exec;
+mod files;
 mod image;
 mod spec;
 
@@ -58,6 +59,7 @@ pub use error::EngineError;
 pub use exec::{
     DEFAULT_KILL_GRACE, ExecEnd, ExecOutcome, ExecRequest, OutputChunk, StreamKind, feed_stdin,
 };
+pub use files::{ContainerFile, MAX_COPY_BYTES, check_container_path};
 pub use image::{BuildSpec, EnsureImage, ImageHow, ImageInfo, ImageProgress};
 pub use spec::{
     ContainerSpec, CredentialMount, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS, DEFAULT_PIDS_LIMIT,

@@ -169,3 +169,190 @@ pub async fn reap_sessions(store: &Store) -> Result<Vec<String>> {
     }
     Ok(ended)
 }
+
+/// One side of `session cp`: a path on this host, or `SESSION:/path` inside a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyEnd {
+    Host(std::path::PathBuf),
+    Session { session: String, path: String },
+}
+
+impl CopyEnd {
+    /// `SESSION:/path` (a session id or name, a colon, an absolute path) is in a session;
+    /// anything else is a host path (write `./a:/b` for a host path that looks like one).
+    #[must_use]
+    pub fn parse(raw: &str) -> Self {
+        match raw.split_once(':') {
+            Some((session, path))
+                if !session.is_empty()
+                    && !session.contains('/')
+                    && !session.starts_with('.')
+                    && path.starts_with('/') =>
+            {
+                CopyEnd::Session {
+                    session: session.to_string(),
+                    path: path.to_string(),
+                }
+            }
+            _ => CopyEnd::Host(raw.into()),
+        }
+    }
+}
+
+/// What `session cp` copied.
+#[derive(Clone, Debug)]
+pub struct Copied {
+    pub session: String,
+    pub from: String,
+    pub to: String,
+    pub bytes: u64,
+    pub mode: u32,
+}
+
+/// Copies one file between this host and a sandbox session's container, binary-safe and with
+/// its permission bits, through the engine's archive API. Only the session's creator may.
+pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
+    use std::os::unix::fs::PermissionsExt;
+    let (src, dst) = (CopyEnd::parse(src), CopyEnd::parse(dst));
+    let (session_ref, inward) = match (&src, &dst) {
+        (CopyEnd::Host(_), CopyEnd::Session { session, .. }) => (session.clone(), true),
+        (CopyEnd::Session { session, .. }, CopyEnd::Host(_)) => (session.clone(), false),
+        _ => {
+            return Err(UsageError(
+                "give one side as SESSION:/path and the other as a path on this host, e.g. \
+                 `stigmer session cp data.csv ses-1234:/workspace/data.csv`"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let session = find_session(store, &session_ref).await?;
+    let me = creator_of(nix::unistd::getuid().as_raw());
+    if session.creator != me {
+        return Err(UsageError(format!(
+            "session {} belongs to {}; only its creator copies files in or out",
+            session.id, session.creator
+        ))
+        .into());
+    }
+    if session.mode != "sandbox" {
+        return Err(UsageError(format!(
+            "session {} is a {} session: its files are this host's own; use cp",
+            session.id, session.mode
+        ))
+        .into());
+    }
+    let engine = stigmer_docker::Engine::connect().await?;
+    let Some(container) = engine
+        .session_container(store.store_id(), &session.id)
+        .await?
+    else {
+        return Err(UsageError(format!(
+            "session {} has no running container yet: run a command in it first \
+             (`stigmer run --session {} true`)",
+            session.id, session.id
+        ))
+        .into());
+    };
+    let usage = |e: stigmer_docker::EngineError| -> anyhow::Error {
+        match e {
+            stigmer_docker::EngineError::InvalidSpec(m) => UsageError(m).into(),
+            other => other.into(),
+        }
+    };
+    let copied = match (src, dst) {
+        (CopyEnd::Host(from), CopyEnd::Session { mut path, .. }) if inward => {
+            let meta = std::fs::metadata(&from).map_err(|e| {
+                UsageError(format!("{}: {e}; give a file on this host", from.display()))
+            })?;
+            if !meta.is_file() {
+                return Err(UsageError(format!(
+                    "{} is not a regular file: copy one file (pack a directory with tar first)",
+                    from.display()
+                ))
+                .into());
+            }
+            if meta.len() > stigmer_docker::MAX_COPY_BYTES {
+                return Err(UsageError(format!(
+                    "{} is {} bytes, more than a copy may carry ({} MiB)",
+                    from.display(),
+                    meta.len(),
+                    stigmer_docker::MAX_COPY_BYTES / (1024 * 1024)
+                ))
+                .into());
+            }
+            let data =
+                std::fs::read(&from).map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if path.ends_with('/') {
+                let name = from.file_name().map(|n| n.to_string_lossy().into_owned());
+                path.push_str(&name.unwrap_or_default());
+            }
+            engine
+                .write_file(&container, &path, &data, mode)
+                .await
+                .map_err(usage)?;
+            Copied {
+                session: session.id.clone(),
+                from: from.display().to_string(),
+                to: format!("{}:{path}", session.id),
+                bytes: data.len() as u64,
+                mode,
+            }
+        }
+        (CopyEnd::Session { path, .. }, CopyEnd::Host(mut to)) => {
+            let file = engine.read_file(&container, &path).await.map_err(usage)?;
+            if to.is_dir() {
+                to = to.join(path.rsplit('/').next().unwrap_or("file"));
+            }
+            std::fs::write(&to, &file.data)
+                .map_err(|e| UsageError(format!("{}: {e}", to.display())))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(file.mode))
+                .map_err(|e| UsageError(format!("{}: {e}", to.display())))?;
+            Copied {
+                session: session.id.clone(),
+                from: format!("{}:{path}", session.id),
+                to: to.display().to_string(),
+                bytes: file.data.len() as u64,
+                mode: file.mode,
+            }
+        }
+        _ => unreachable!("one side is the session's, checked above"),
+    };
+    // Moving files is using the session: its idle clock starts again.
+    store.touch_session(&session.id).await?;
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::CopyEnd;
+
+    #[test]
+    fn a_session_side_is_a_name_a_colon_and_an_absolute_path() {
+        assert_eq!(
+            CopyEnd::parse("ses-12ab:/workspace/a.csv"),
+            CopyEnd::Session {
+                session: "ses-12ab".into(),
+                path: "/workspace/a.csv".into()
+            }
+        );
+        assert_eq!(
+            CopyEnd::parse("work:/tmp/x"),
+            CopyEnd::Session {
+                session: "work".into(),
+                path: "/tmp/x".into()
+            }
+        );
+        for host in [
+            "a.csv",
+            "./a:/b",
+            "dir/a:/b",
+            "a:b",
+            "/abs/path",
+            "C:relative",
+        ] {
+            assert!(matches!(CopyEnd::parse(host), CopyEnd::Host(_)), "{host}");
+        }
+    }
+}
