@@ -5,19 +5,41 @@
 # prefix, the everyday tools; apt-get must fail with the custom-image message.
 # Nothing is downloaded: packages are installed from files made inside the container.
 #
+# The image's size is printed, and the test fails when it is larger than SANDBOX_MAX_MB.
+#
 # Usage: sandbox/test-image.sh [IMAGE]   (default: $SANDBOX_BASIC_IMAGE or stigmer-sandbox-basic:local)
+# Environment: SANDBOX_MAX_MB  the largest size allowed, in MB (10^6 bytes, as `docker images`
+#              counts); default 450 for the basic image (its title label says which it is), no
+#              limit for the full one; 0 or empty: no limit.
 set -euo pipefail
 
 image="${1:-${SANDBOX_BASIC_IMAGE:-stigmer-sandbox-basic:local}}"
 docker image inspect "$image" >/dev/null 2>&1 \
   || { echo "sandbox-test: no image $image (make sandbox-build-basic)" >&2; exit 1; }
 
+title="$(docker image inspect --format '{{ index .Config.Labels "org.opencontainers.image.title" }}' "$image")"
+if [ -z "${SANDBOX_MAX_MB+set}" ]; then
+  case "$title" in stigmer-sandbox-basic) max_mb=450 ;; *) max_mb=0 ;; esac
+else
+  max_mb="$SANDBOX_MAX_MB"
+fi
+size_mb=$(( $(docker image inspect --format '{{ .Size }}' "$image") / 1000000 ))
+size_rc=0
+if [ "${max_mb:-0}" -gt 0 ] && [ "$size_mb" -gt "$max_mb" ]; then
+  size_line="  FAIL  size $size_mb MB, more than the $max_mb MB allowed (SANDBOX_MAX_MB)"
+  size_rc=1
+else
+  size_line="  ok    size $size_mb MB${max_mb:+ (at most $max_mb MB)}"
+  [ "${max_mb:-0}" -gt 0 ] || size_line="  ok    size $size_mb MB (no limit)"
+fi
+
 hardened=(--rm --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges --network none
           --memory 2g --memory-swap 2g --cpus 2 --pids-limit 512 --init)
 
 echo "sandbox-test: $image, run as: docker run ${hardened[*]}"
-rc=0
-docker run -i "${hardened[@]}" "$image" bash -s <<'CHECKS' || rc=$?
+echo "$size_line"
+rc=$size_rc
+docker run -i "${hardened[@]}" "$image" bash -s <<'CHECKS' || rc=1
 set -u
 fails=0
 check() {
