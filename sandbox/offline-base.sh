@@ -39,9 +39,10 @@ PACKAGES=(
 
 # Files dpkg never unpacks (dpkg.cfg path-exclude; `*` also matches `/`). Docs, man pages and
 # translations as in the official slim images; then what a sandbox has no use for: static
-# libraries nobody links (`gcc -static` and LTO dumps are not supported; the small glibc stub
-# archives such as libc_nonshared.a and libpthread.a stay), the sanitizer runtimes
-# (-fsanitize=…), gprofng, Perl's headers and CJK encodings, git's servers, and the TypeScript
+# libraries nobody links (`gcc -static` is not supported; the small glibc stub archives such as
+# libc_nonshared.a and libpthread.a stay), the sanitizer runtimes (-fsanitize=…), gcc's LTO
+# compiler and lto-dump (-flto is not supported; Python's build flags do not use it), gprofng,
+# Perl's headers and CJK encodings, git's servers, and the TypeScript
 # declarations, source maps and READMEs in Debian's npm tree.
 DPKG_EXCLUDES=(
   '/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*'
@@ -70,7 +71,18 @@ DPKG_EXCLUDES=(
   '/usr/share/nodejs/*.js.map' '/usr/share/nodejs/*.mjs.map' '/usr/share/nodejs/*.cjs.map'
   '/usr/share/nodejs/*.ts.map' '/usr/share/nodejs/*/README.md' '/usr/share/nodejs/*/CHANGELOG.md'
   '/usr/share/nodejs/@types/*'
+  '/usr/lib/gcc/*/lto1'
 )
+# Debian's npm pulls in a tree of node-* packages, some of them only for building other
+# packages (webpack, babel, eslint, core-js, ...). npm never loads these (traced over its
+# commands, and outside the closure of its package.json dependencies); their files go too.
+NPM_UNUSED=(
+  webpack @webassemblyjs webassemblyjs @babel core-js core-js-pure core-js-compat eslint terser
+  caniuse-lite lodash lodash-es lodash-cli web-streams-polyfill es-abstract undici handlebars
+  regenerate-unicode-properties neo-async acorn node-fetch istanbul istanbul-reports esquery
+  esprima js-yaml yargs source-map postcss ajv @jridgewell
+)
+for p in "${NPM_UNUSED[@]}"; do DPKG_EXCLUDES+=("/usr/share/nodejs/$p/*"); done
 DPKG_INCLUDES=('/usr/share/doc/*/copyright' '/usr/share/locale/locale.alias')
 
 tag="${STIGMER_BASE_IMAGE:-stigmer-base:bookworm}"
@@ -215,6 +227,15 @@ find "$root/usr/lib" -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/n
 : >"$root/etc/machine-id"
 echo localhost >"$root/etc/hostname"
 
+# What the excludes must not break: npm (NPM_UNUSED) and the compilers.
+chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp sh -ec '
+  npm --version >/dev/null; npm ls -g >/dev/null; npm help install >/dev/null
+  printf "int main(void){return 0;}\n" >/tmp/t.c && gcc -o /tmp/t /tmp/t.c && /tmp/t
+  printf "#include <string>\nint main(){std::string s; return (int)s.size();}\n" >/tmp/t.cc && g++ -o /tmp/t /tmp/t.cc && /tmp/t
+  rm -rf /tmp/t /tmp/t.c /tmp/t.cc /tmp/.npm' >"$logs/check.out" 2>&1 || {
+  tail -n 20 "$logs/check.out" >&2
+  die "the slimmed system fails a check (logs kept in $logs)"
+}
 node_version="$(chroot "$root" node --version 2>/dev/null || echo unknown)"
 python_version="$(chroot "$root" python3 -c 'import platform; print(platform.python_version())' 2>/dev/null || echo unknown)"
 arch="$(chroot "$root" dpkg --print-architecture)"
