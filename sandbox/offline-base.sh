@@ -76,14 +76,18 @@ DPKG_EXCLUDES=(
 # Debian's npm pulls in a tree of node-* packages, some of them only for building other
 # packages (webpack, babel, eslint, core-js, ...). npm never loads these (traced over its
 # commands, and outside the closure of its package.json dependencies); their files go too.
+# Not acorn, acorn-walk, cjs-module-lexer, undici: Debian's libnode loads them as builtins.
+DPKG_INCLUDES=('/usr/share/doc/*/copyright' '/usr/share/locale/locale.alias')
 NPM_UNUSED=(
   webpack @webassemblyjs webassemblyjs @babel core-js core-js-pure core-js-compat eslint terser
-  caniuse-lite lodash lodash-es lodash-cli web-streams-polyfill es-abstract undici handlebars
-  regenerate-unicode-properties neo-async acorn node-fetch istanbul istanbul-reports esquery
+  caniuse-lite lodash lodash-es lodash-cli web-streams-polyfill es-abstract handlebars
+  regenerate-unicode-properties neo-async node-fetch istanbul istanbul-reports esquery
   esprima js-yaml yargs source-map postcss ajv @jridgewell
 )
-for p in "${NPM_UNUSED[@]}"; do DPKG_EXCLUDES+=("/usr/share/nodejs/$p/*"); done
-DPKG_INCLUDES=('/usr/share/doc/*/copyright' '/usr/share/locale/locale.alias')
+# Their bin/ folders stay: maintainer scripts register them as alternatives (babeljs-7).
+for p in "${NPM_UNUSED[@]}"; do
+  DPKG_EXCLUDES+=("/usr/share/nodejs/$p/*"); DPKG_INCLUDES+=("/usr/share/nodejs/$p/*bin/*")
+done
 
 tag="${STIGMER_BASE_IMAGE:-stigmer-base:bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
