@@ -11,7 +11,7 @@
 # Environment: SANDBOX_MAX_MB  the largest size allowed, in MB (10^6 bytes, as `docker images`
 #              counts); default 550 for the basic image (its title label says which it is), no
 #              limit for the full one; 0 or empty: no limit. The target is 450 MB (issue 16);
-#              the offline build is 533 MB today, so the default guards against growth only.
+#              the offline build is 534 MB today, so the default guards against growth only.
 set -euo pipefail
 
 image="${1:-${SANDBOX_BASIC_IMAGE:-stigmer-sandbox-basic:local}}"
@@ -24,7 +24,7 @@ if [ -z "${SANDBOX_MAX_MB+set}" ]; then
 else
   max_mb="$SANDBOX_MAX_MB"
 fi
-size_mb=$(( $(docker image inspect --format '{{ .Size }}' "$image") / 1000000 ))
+size_mb=$(( ($(docker image inspect --format '{{ .Size }}' "$image") + 500000) / 1000000 ))
 size_rc=0
 if [ "${max_mb:-0}" -gt 0 ] && [ "$size_mb" -gt "$max_mb" ]; then
   size_line="  FAIL  size $size_mb MB, more than the $max_mb MB allowed (SANDBOX_MAX_MB)"
