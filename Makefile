@@ -78,7 +78,7 @@ sandbox-build-basic:
 sandbox-build-full: sandbox-build-basic
 	$(SANDBOX_ENV) sandbox/build.sh full
 
-## sandbox-test: checks inside the basic image, run with stigmer's hardened flags, no network
+## sandbox-test: checks inside the basic image (hardened flags, no network) and its size (SANDBOX_MAX_MB)
 sandbox-test:
 	sandbox/test-image.sh '$(SANDBOX_BASIC_IMAGE)'
 

@@ -56,12 +56,13 @@ if [ "$flavour" = basic ]; then
         die "cannot pull $registry_base (OFFLINE=0); OFFLINE=1 builds from the offline base instead"
       else
         say "no registry reachable: building from the offline base $offline_base instead"
-        say "(Debian's Node.js 18 instead of NodeSource's Node.js 20; OFFLINE=1 skips the pull)"
+        say "(Debian's Node.js 18 instead of NodeSource's Node.js; OFFLINE=1 skips the pull)"
       fi
     fi
   fi
   if [ -z "$base" ]; then
-    # Idempotent: returns at once when the image exists; needs root only to create it.
+    # Returns at once when the image exists and was made by the current recipe; needs root
+    # only to (re)build it.
     STIGMER_BASE_IMAGE="$offline_base" "$here/offline-base.sh"
     base="$offline_base"
   fi
@@ -98,13 +99,35 @@ fi
 revision="$(git -C "$here" log -1 --format=%h -- . 2>/dev/null || true)"
 created="$(git -C "$here" log -1 --format=%cI -- . 2>/dev/null || true)"
 version="$(git -C "$here" describe --tags --always "${revision:-HEAD}" 2>/dev/null || true)"
+build_args+=(--build-arg "VERSION=${version:-dev}" --build-arg "REVISION=${revision:-unknown}"
+  --build-arg "CREATED=${created:-unknown}")
+
+# The recipe: the files of the build context (CA certificates included; not those
+# .dockerignore leaves out), the build arguments
+# and the base image's ID. The image carries it as the label io.stigmer.recipe; an image with
+# this label is up to date and kept, any other is rebuilt (a changed Dockerfile, base or
+# requirements.txt is never reused because a tag of that name exists).
+base_id="$(docker image inspect --format '{{ .Id }}' "$base")"
+recipe="$( {
+  (cd "$ctx" && find . -type f ! -name .dockerignore ! -name README.md ! -name '*.yml' \
+    ! -name offline-base.sh ! -name build.sh ! -name test-image.sh -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  printf '%s\n' "$dockerfile" "$base_id" "${build_args[@]}" "${DOCKER_BUILD_ARGS:-}"
+} | sha256sum | cut -c1-64)"
+existing="$(docker image inspect --format '{{ index .Config.Labels "io.stigmer.recipe" }}' "$tag" 2>/dev/null || true)"
+if [ "$existing" = "$recipe" ]; then
+  size="$(docker image inspect --format '{{ .Size }}' "$tag")"
+  say "$tag is up to date (recipe ${recipe:0:12}, FROM $base): $(( size / 1000000 )) MB"
+  exit 0
+fi
+if [ -n "$existing" ] && [ "$existing" != "<no value>" ]; then
+  say "$tag was made by recipe ${existing:0:12}, this is ${recipe:0:12}: rebuilding it"
+fi
+
 say "building $tag FROM $base"
 start=$(date +%s)
 # shellcheck disable=SC2086  # DOCKER_BUILD_ARGS is a list of words
 docker build --network "$network" -f "$ctx/$dockerfile" \
-  "${build_args[@]}" \
-  --build-arg "VERSION=${version:-dev}" --build-arg "REVISION=${revision:-unknown}" \
-  --build-arg "CREATED=${created:-unknown}" \
+  "${build_args[@]}" --label "io.stigmer.recipe=$recipe" \
   ${DOCKER_BUILD_ARGS:-} -t "$tag" "$ctx"
 size="$(docker image inspect --format '{{ .Size }}' "$tag")"
 say "built $tag FROM $base in $(( $(date +%s) - start ))s: $(( size / 1000000 )) MB"

@@ -71,8 +71,9 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
 fi
 
-# Sandbox images: made offline with debootstrap when no registry is reachable, once per
-# machine (the scripts skip images that already exist).
+# Sandbox images: made offline with debootstrap when no registry is reachable; the scripts keep
+# an image that exists only when it was made by the current recipe (label io.stigmer.recipe),
+# so a changed recipe is rebuilt. Then the basic image's own checks and its size limit.
 log "sandbox images"
 if ! command -v debootstrap >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -80,6 +81,7 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 if grep -q '^sandbox-build-basic:' Makefile; then
   make sandbox-build-basic
+  make sandbox-test
   export STIGMER_TEST_SANDBOX_IMAGE=${STIGMER_TEST_SANDBOX_IMAGE:-stigmer-sandbox-basic:local}
 else
   sandbox/offline-base.sh
