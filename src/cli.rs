@@ -20,7 +20,7 @@ use stigmer_workflows::{
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn usage(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
@@ -1295,7 +1295,7 @@ pub(crate) fn session_sandbox_spec(
 }
 
 /// The live session `run --session` names, refusing flags the session decides.
-async fn session_of_run(
+pub(crate) async fn session_of_run(
     args: &RunArgs,
     id: &str,
 ) -> Result<stigmer_activities::store::SessionRecord> {
@@ -1334,7 +1334,7 @@ async fn session_of_run(
 
 /// Puts a request into its session: the session's sandbox, and the names of the command's own
 /// `--env` variables, which apply to it alone and are never saved with the session's state.
-fn in_session(
+pub(crate) fn in_session(
     request: &mut RunRequest,
     args: &RunArgs,
     session: &stigmer_activities::store::SessionRecord,

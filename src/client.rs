@@ -859,58 +859,7 @@ pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
     let usage = |msg: String| -> anyhow::Error { UsageError(msg).into() };
     match command {
         SessionCommand::Start(args) => {
-            let mut flags = crate::config::Flags::new();
-            if let Some(image) = &args.sandbox_image {
-                flags.insert("sandbox_image", ("--sandbox-image".into(), image.clone()));
-            }
-            let cfg = Config::load(&flags).map_err(|e| usage(format!("{e:#}")))?;
-            let max = stigmer_workflows::limits::MAX_TTL_SECS;
-            if args.ttl == 0 || args.ttl > max {
-                return Err(usage(format!(
-                    "--ttl {}: give between 1 and {max} seconds",
-                    args.ttl
-                )));
-            }
-            let sandbox = match args.mode.as_deref().unwrap_or("sandbox") {
-                "sandbox" => Some(crate::cli::session_sandbox_spec(&args, &cfg)?),
-                "local" => {
-                    let flags = [
-                        args.sandbox_image.is_some(),
-                        args.network.is_some(),
-                        args.allow_net.is_some(),
-                        args.memory.is_some(),
-                        args.cpus.is_some(),
-                        args.pids_limit.is_some(),
-                    ];
-                    if flags.iter().any(|f| *f) {
-                        return Err(usage(
-                            "the sandbox flags do not apply to a local session; drop them or use --mode sandbox".into(),
-                        ));
-                    }
-                    None
-                }
-                other => {
-                    return Err(usage(format!(
-                        "--mode {other:?}: a session runs in {}",
-                        ops_session::SESSION_MODES
-                    )));
-                }
-            };
-            if !cfg.is_remote() {
-                // The daemon creates the store, and reaps the session when it idles out.
-                drop(connect_daemon(&cfg).await?);
-            }
-            let store = Store::open(&cfg.database_url.value, false).await?;
-            let started = ops_session::start_session(
-                &store,
-                ops_session::SessionStart {
-                    name: args.name.clone(),
-                    sandbox,
-                    ttl_secs: args.ttl,
-                    creator: ops_session::creator_of(nix::unistd::getuid().as_raw()),
-                },
-            )
-            .await?;
+            let started = ops_session::start_from_args(&args).await?;
             match args.output {
                 OutputFormat::Json => println!("{}", json!({ "id": started.id })),
                 OutputFormat::Text => println!("{}", started.id),

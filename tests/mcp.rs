@@ -39,14 +39,29 @@ fn python_scenario(env: &Env, sleep_secs: u32) -> Value {
 
 #[test]
 fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
-    let env = Env::new();
+    let mut env = Env::new();
+    // Its sandbox session runs in the image the other suites use, made by the test script.
+    let image = std::env::var("STIGMER_TEST_SANDBOX_IMAGE")
+        .unwrap_or_else(|_| "stigmer-sandbox-basic:local".into());
+    env.extra.push(("STIGMER_SANDBOX_IMAGE".into(), image));
+    env.extra
+        .push(("STIGMER_SANDBOX_AUTO_PULL".into(), "false".into()));
+    let _containers = common::RemoveContainers(&env);
     // A duration no other test sleeps, to find this command's process by.
     let sleep_secs = 40_000 + std::process::id() % 10_000;
     let seen = python_scenario(&env, sleep_secs);
 
     // The tools, each with a description and the JSON Schema of its input and result.
     let tools = &seen["tools"];
-    for name in ["run_command", "read_output", "explain_command"] {
+    for name in [
+        "run_command",
+        "read_output",
+        "explain_command",
+        "start_session",
+        "end_session",
+        "write_file",
+        "read_file",
+    ] {
         let tool = &tools[name];
         assert!(tool["description"].is_string(), "{name}: {tool}");
         assert_eq!(tool["input_schema"]["type"], "object", "{name}");
@@ -186,4 +201,52 @@ fn an_mcp_client_lists_runs_follows_and_cancels_commands() {
     assert_eq!(record["status"], "cancelled", "{record}");
     // The connection goes on after a cancelled call.
     assert_eq!(seen["after_cancel"]["structured"]["stdout"], "still here\n");
+
+    // A sandbox session over MCP: the directory and exported variables carry over, files go in
+    // (text and binary, with a mode) and out, and mistakes are tool errors that say what to do.
+    let started = &seen["start_session"];
+    assert_eq!(started["is_error"], false, "{started}");
+    let sid = started["structured"]["id"].as_str().expect("session id");
+    assert!(sid.starts_with("ses-"), "{sid}");
+    assert_eq!(started["structured"]["mode"], "sandbox");
+    assert_eq!(
+        seen["session_first"]["structured"]["exit_code"], 0,
+        "{seen}"
+    );
+    for step in ["write_text", "write_binary"] {
+        assert_eq!(seen[step]["is_error"], false, "{step}: {}", seen[step]);
+    }
+    let second = &seen["session_second"]["structured"];
+    let digest = seen["payload_sha256"].as_str().unwrap();
+    assert_eq!(
+        second["stdout"].as_str().unwrap(),
+        format!("/tmp/w\nhello\nfrom the client\n750 16389\n{digest}  -\n"),
+        "{second}"
+    );
+    assert_eq!(seen["read_text"]["structured"]["content"], "made", "{seen}");
+    assert_eq!(seen["read_binary_same"], true, "binary read back whole");
+    assert_eq!(seen["read_binary_mode"], "750");
+    for (step, says) in [
+        ("read_binary_as_text", "base64: true"),
+        ("read_missing", "does not exist"),
+        ("session_with_mode", "the session decides the mode"),
+        ("after_end", "ended"),
+        ("unknown_session", "session start"),
+    ] {
+        let r = &seen[step];
+        assert_eq!(r["is_error"], true, "{step}: {r}");
+        assert!(
+            r["text"].as_str().is_some_and(|t| t.contains(says)),
+            "{step}: {r}"
+        );
+    }
+    let ended = &seen["end_session"];
+    assert_eq!(ended["is_error"], false, "{ended}");
+    assert_eq!(
+        ended["structured"]["removed_containers"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{ended}"
+    );
 }

@@ -10,6 +10,7 @@
 
 mod output;
 mod run;
+mod session;
 
 pub use output::{OutputPage, ReadOutputArgs, read_output};
 pub use run::{CommandOutcome, RunCommandArgs};
@@ -70,9 +71,7 @@ impl StigmerMcp {
         Self {
             store: Arc::new(OnceCell::new()),
             calls: Arc::new(RwLock::new(())),
-            // Session tools (start_session, end_session, write_file, read_file) come as a
-            // router of their own, added here: `Self::command_tools() + Self::session_tools()`.
-            tools: Self::command_tools(),
+            tools: Self::command_tools() + Self::session_tools(),
         }
     }
 
@@ -175,7 +174,7 @@ pub fn explain(args: &ExplainCommandArgs) -> Result<Explanation, String> {
 }
 
 /// A CLI message with the CLI's flag names replaced by the tool's argument names.
-fn in_tool_terms(message: &str) -> String {
+pub(crate) fn in_tool_terms(message: &str) -> String {
     [
         ("--mode", "`mode`"),
         ("--workdir", "`workdir`"),
@@ -251,7 +250,9 @@ impl StigmerMcp {
     instructions = "stigmer runs commands durably, on this host or in hardened sandbox \
     containers, and records each as an execution with an id. Use run_command to run one; \
     read_output to follow one that is still running; explain_command to see where auto mode \
-    would run a command."
+    would run a command. For multi-step work, start_session, then run_command with `session` \
+    (the directory and exported variables carry over), write_file and read_file to move files, \
+    and end_session."
 )]
 impl rmcp::ServerHandler for StigmerMcp {}
 
@@ -271,10 +272,19 @@ mod tests {
     #[test]
     fn every_tool_has_a_description_and_an_object_schema_for_its_input_and_result() {
         let tools = StigmerMcp::new().tools.list_all();
-        let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+        let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
         assert_eq!(
             names,
-            ["explain_command", "read_output", "run_command"],
+            [
+                "end_session",
+                "explain_command",
+                "read_file",
+                "read_output",
+                "run_command",
+                "start_session",
+                "write_file"
+            ],
             "{names:?}"
         );
         for tool in tools {

@@ -66,6 +66,11 @@ pub struct RunCommandArgs {
     /// the step it belongs to): at most 32, names of letters, digits and `._/-`.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// A session's id or name (`start_session`): the command runs in its container, where the
+    /// previous command of the session ended (directory, exported variables). The session
+    /// decides the mode; waits while another command of the session runs.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// `run_command`'s result: the execution's end, or its id while it runs.
@@ -174,7 +179,36 @@ pub async fn run_command(
              after the wait and `read_output` follows it"
         ));
     }
-    let request = request(cfg, args)?;
+    let mut run = run_args(args)?;
+    let session = match &args.session {
+        Some(id) => {
+            if args.mode.is_some() {
+                return Err(
+                    "`mode` with `session`: the session decides the mode; drop `mode`".into(),
+                );
+            }
+            run.session = Some(id.clone());
+            let found = crate::cli::session_of_run(&run, id)
+                .await
+                .map_err(|e| in_tool_terms(&format!("{e:#}")))?;
+            Some(found)
+        }
+        None => None,
+    };
+    let session_cfg;
+    let cfg = match &session {
+        Some(s) => {
+            session_cfg = StigmerMcp::config(Some(&s.mode))?;
+            &session_cfg
+        }
+        None => cfg,
+    };
+    let mut request =
+        crate::cli::build_request(&run, cfg).map_err(|e| in_tool_terms(&format!("{e:#}")))?;
+    if let Some(s) = &session {
+        crate::cli::in_session(&mut request, &run, s)
+            .map_err(|e| in_tool_terms(&format!("{e:#}")))?;
+    }
     let stream = client::connect_daemon(cfg).await.map_err(|e| {
         format!(
             "could not reach the stigmer daemon: {e:#}. Nothing was run; `stigmer server start` \
@@ -189,9 +223,9 @@ pub async fn run_command(
     call.drive(server, cfg, stream, &request).await
 }
 
-/// The request `stigmer run` would send for these arguments: clap's defaults for every flag
-/// the tool does not have, then the CLI's own checks.
-fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
+/// `stigmer run`'s arguments for this call: clap's defaults for every flag the tool does not
+/// have (the CLI's own checks follow in `build_request`).
+fn run_args(args: &RunCommandArgs) -> Result<RunArgs, String> {
     // A command line cannot carry NUL, so the CLI's checks do not look for it; JSON can.
     if args.command.contains('\0') {
         return Err("the command contains a NUL character, which no process can run".into());
@@ -223,6 +257,13 @@ fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
         }
         run.env.push(format!("{name}={value}"));
     }
+    Ok(run)
+}
+
+/// The request `stigmer run` would send for these arguments (outside a session).
+#[cfg(test)]
+fn request(cfg: &Config, args: &RunCommandArgs) -> Result<RunRequest, String> {
+    let run = run_args(args)?;
     crate::cli::build_request(&run, cfg).map_err(|e| in_tool_terms(&format!("{e:#}")))
 }
 

@@ -9,6 +9,8 @@ use stigmer_activities::sandbox::SandboxBackend;
 use stigmer_activities::store::{NewSession, SessionRecord, Store, now_ms};
 use stigmer_workflows::SandboxSpec;
 
+use crate::config::Config;
+
 /// The mode a session runs its commands in.
 pub const SESSION_MODES: &str = "sandbox or local";
 
@@ -91,6 +93,63 @@ pub async fn start_session(store: &Store, start: SessionStart) -> Result<Session
         })
         .await?;
     find_session(store, &id).await
+}
+
+/// `session start`: checks the flags as `run` does, makes sure the daemon runs (it creates the
+/// store and reaps the session when it idles out), and records the session.
+pub async fn start_from_args(args: &crate::cli::SessionStartArgs) -> Result<SessionRecord> {
+    let mut flags = crate::config::Flags::new();
+    if let Some(image) = &args.sandbox_image {
+        flags.insert("sandbox_image", ("--sandbox-image".into(), image.clone()));
+    }
+    let cfg = Config::load(&flags).map_err(|e| crate::cli::usage(format!("{e:#}")))?;
+    let max = stigmer_workflows::limits::MAX_TTL_SECS;
+    if args.ttl == 0 || args.ttl > max {
+        return Err(crate::cli::usage(format!(
+            "--ttl {}: give between 1 and {max} seconds",
+            args.ttl
+        )));
+    }
+    let sandbox = match args.mode.as_deref().unwrap_or("sandbox") {
+        "sandbox" => Some(crate::cli::session_sandbox_spec(args, &cfg)?),
+        "local" => {
+            let flags = [
+                args.sandbox_image.is_some(),
+                args.network.is_some(),
+                args.allow_net.is_some(),
+                args.memory.is_some(),
+                args.cpus.is_some(),
+                args.pids_limit.is_some(),
+            ];
+            if flags.iter().any(|f| *f) {
+                return Err(crate::cli::usage(
+                    "the sandbox flags do not apply to a local session; drop them or use --mode sandbox",
+                ));
+            }
+            None
+        }
+        other => {
+            return Err(crate::cli::usage(format!(
+                "--mode {other:?}: a session runs in {}",
+                SESSION_MODES
+            )));
+        }
+    };
+    if !cfg.is_remote() {
+        // The daemon creates the store, and reaps the session when it idles out.
+        drop(crate::client::connect_daemon(&cfg).await?);
+    }
+    let store = Store::open(&cfg.database_url.value, false).await?;
+    start_session(
+        &store,
+        SessionStart {
+            name: args.name.clone(),
+            sandbox,
+            ttl_secs: args.ttl,
+            creator: creator_of(nix::unistd::getuid().as_raw()),
+        },
+    )
+    .await
 }
 
 /// A live session by id or name, or a usage error that says how to find or start one.
@@ -209,24 +268,13 @@ pub struct Copied {
     pub mode: u32,
 }
 
-/// Copies one file between this host and a sandbox session's container, binary-safe and with
-/// its permission bits, through the engine's archive API. Only the session's creator may.
-pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
-    use std::os::unix::fs::PermissionsExt;
-    let (src, dst) = (CopyEnd::parse(src), CopyEnd::parse(dst));
-    let (session_ref, inward) = match (&src, &dst) {
-        (CopyEnd::Host(_), CopyEnd::Session { session, .. }) => (session.clone(), true),
-        (CopyEnd::Session { session, .. }, CopyEnd::Host(_)) => (session.clone(), false),
-        _ => {
-            return Err(UsageError(
-                "give one side as SESSION:/path and the other as a path on this host, e.g. \
-                 `stigmer session cp data.csv ses-1234:/workspace/data.csv`"
-                    .into(),
-            )
-            .into());
-        }
-    };
-    let session = find_session(store, &session_ref).await?;
+/// A sandbox session's running container, for moving files: only the session's creator may,
+/// and the session needs its container (made by its first command).
+pub async fn open_files(
+    store: &Store,
+    session_ref: &str,
+) -> Result<(SessionRecord, stigmer_docker::Engine, String)> {
+    let session = find_session(store, session_ref).await?;
     let me = creator_of(nix::unistd::getuid().as_raw());
     if session.creator != me {
         return Err(UsageError(format!(
@@ -254,12 +302,27 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
         ))
         .into());
     };
-    let usage = |e: stigmer_docker::EngineError| -> anyhow::Error {
-        match e {
-            stigmer_docker::EngineError::InvalidSpec(m) => UsageError(m).into(),
-            other => other.into(),
+    Ok((session, engine, container))
+}
+
+/// Copies one file between this host and a sandbox session's container, binary-safe and with
+/// its permission bits, through the engine's archive API. Only the session's creator may.
+pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
+    use std::os::unix::fs::PermissionsExt;
+    let (src, dst) = (CopyEnd::parse(src), CopyEnd::parse(dst));
+    let (session_ref, inward) = match (&src, &dst) {
+        (CopyEnd::Host(_), CopyEnd::Session { session, .. }) => (session.clone(), true),
+        (CopyEnd::Session { session, .. }, CopyEnd::Host(_)) => (session.clone(), false),
+        _ => {
+            return Err(UsageError(
+                "give one side as SESSION:/path and the other as a path on this host, e.g. \
+                 `stigmer session cp data.csv ses-1234:/workspace/data.csv`"
+                    .into(),
+            )
+            .into());
         }
     };
+    let (session, engine, container) = open_files(store, &session_ref).await?;
     let copied = match (src, dst) {
         (CopyEnd::Host(from), CopyEnd::Session { mut path, .. }) if inward => {
             let meta = std::fs::metadata(&from).map_err(|e| {
@@ -291,7 +354,7 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
             engine
                 .write_file(&container, &path, &data, mode)
                 .await
-                .map_err(usage)?;
+                .map_err(usage_of)?;
             Copied {
                 session: session.id.clone(),
                 from: from.display().to_string(),
@@ -301,7 +364,10 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
             }
         }
         (CopyEnd::Session { path, .. }, CopyEnd::Host(mut to)) => {
-            let file = engine.read_file(&container, &path).await.map_err(usage)?;
+            let file = engine
+                .read_file(&container, &path)
+                .await
+                .map_err(usage_of)?;
             if to.is_dir() {
                 to = to.join(path.rsplit('/').next().unwrap_or("file"));
             }
@@ -322,6 +388,14 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
     // Moving files is using the session: its idle clock starts again.
     store.touch_session(&session.id).await?;
     Ok(copied)
+}
+
+/// An engine error the caller can fix (a bad path, a missing file) is a usage error.
+pub fn usage_of(e: stigmer_docker::EngineError) -> anyhow::Error {
+    match e {
+        stigmer_docker::EngineError::InvalidSpec(m) => UsageError(m).into(),
+        other => other.into(),
+    }
 }
 
 #[cfg(test)]

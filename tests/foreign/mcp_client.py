@@ -9,6 +9,7 @@ and is read with read_output, and a command cancelled from the client (`sleep SL
 whose process the caller looks for). The server inherits this process's environment.
 """
 
+import base64
 import json
 import os
 import sys
@@ -153,6 +154,43 @@ async def scenario(session, sleep_secs):
     out["after_cancel"] = call_json(
         await session.call_tool("run_command", {"command": "echo still here"})
     )
+
+    # A sandbox session: state carries over between commands, files go in and out.
+    started = call_json(await session.call_tool("start_session", {"ttl_secs": 600}))
+    out["start_session"] = started
+    sid = (started["structured"] or {}).get("id")
+    if sid:
+        async def run(command, **extra):
+            args = {"session": sid, "command": command, **extra}
+            return call_json(await session.call_tool("run_command", args))
+
+        out["session_first"] = await run("mkdir -p /tmp/w && cd /tmp/w && export GREETING=hello")
+        payload = bytes(range(256)) * 64 + b"\0end\0"
+        out["write_text"] = call_json(await session.call_tool(
+            "write_file", {"session": sid, "path": "/tmp/w/note.txt", "content": "from the client\n"}))
+        out["write_binary"] = call_json(await session.call_tool("write_file", {
+            "session": sid, "path": "/tmp/w/blob.bin", "mode": "750", "base64": True,
+            "content": base64.b64encode(payload).decode()}))
+        out["session_second"] = await run(
+            "pwd; echo $GREETING; cat note.txt; stat -c '%a %s' blob.bin; sha256sum < blob.bin; "
+            "printf made > out.txt")
+        out["payload_sha256"] = __import__("hashlib").sha256(payload).hexdigest()
+        out["read_text"] = call_json(await session.call_tool(
+            "read_file", {"session": sid, "path": "/tmp/w/out.txt"}))
+        read_binary = call_json(await session.call_tool(
+            "read_file", {"session": sid, "path": "/tmp/w/blob.bin", "base64": True}))
+        out["read_binary_mode"] = (read_binary["structured"] or {}).get("mode")
+        content = (read_binary["structured"] or {}).get("content") or ""
+        out["read_binary_same"] = base64.b64decode(content) == payload
+        out["read_binary_as_text"] = call_json(await session.call_tool(
+            "read_file", {"session": sid, "path": "/tmp/w/blob.bin"}))
+        out["read_missing"] = call_json(await session.call_tool(
+            "read_file", {"session": sid, "path": "/tmp/w/none"}))
+        out["session_with_mode"] = await run("true", mode="local")
+        out["end_session"] = call_json(await session.call_tool("end_session", {"id": sid}))
+        out["after_end"] = await run("true")
+    out["unknown_session"] = call_json(await session.call_tool(
+        "run_command", {"session": "ses-0000000000000000", "command": "true"}))
     return out
 
 
