@@ -674,22 +674,7 @@ pub fn execution_json(r: &ExecutionRecord) -> serde_json::Value {
 pub async fn show(cfg: &Config, id: &str, format: OutputFormat) -> Result<i32> {
     let store = ops::open_for_reading(cfg).await?;
     let record = ops::execution(&store, id).await?;
-    let value = execution_json(&record);
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        OutputFormat::Text => {
-            if let Some(map) = value.as_object() {
-                for (key, v) in map {
-                    let shown = match v {
-                        serde_json::Value::Null => "-".to_string(),
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    println!("{key:>20}  {shown}");
-                }
-            }
-        }
-    }
+    print_object(&execution_json(&record), format, 20)?;
     Ok(0)
 }
 
@@ -902,7 +887,7 @@ pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
                 Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
             let store = ops::open_for_reading(&cfg).await?;
             let s = ops_session::session(&store, &id).await?;
-            print_object(&session_json(&s), output)?;
+            print_object(&session_json(&s), output, 14)?;
             Ok(0)
         }
         SessionCommand::Cp { src, dst, output } => {
@@ -964,7 +949,8 @@ fn session_json(s: &stigmer_activities::store::SessionRecord) -> serde_json::Val
     })
 }
 
-fn print_object(value: &serde_json::Value, format: OutputFormat) -> Result<()> {
+/// One record: pretty JSON, or its fields one per line, names right-aligned to `width`.
+fn print_object(value: &serde_json::Value, format: OutputFormat, width: usize) -> Result<()> {
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Text => {
@@ -975,7 +961,7 @@ fn print_object(value: &serde_json::Value, format: OutputFormat) -> Result<()> {
                         serde_json::Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    println!("{key:>14}  {shown}");
+                    println!("{key:>width$}  {shown}");
                 }
             }
         }

@@ -258,17 +258,9 @@ impl StigmerMcp {
         };
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let (session, engine, container) = ops_session::open_files(store, &args.session)
+        let session = ops_session::write_in(store, &args.session, &args.path, &data, mode)
             .await
             .map_err(|e| tool_error(&e))?;
-        engine
-            .write_file(&container, &args.path, &data, mode)
-            .await
-            .map_err(|e| tool_error(&ops_session::usage_of(e)))?;
-        store
-            .touch_session(&session.id)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
         Ok(Answer(FileWritten {
             session: session.id,
             path: args.path,
@@ -290,17 +282,9 @@ impl StigmerMcp {
     ) -> Result<Answer<FileRead>, String> {
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let (session, engine, container) = ops_session::open_files(store, &args.session)
+        let (session, file) = ops_session::read_in(store, &args.session, &args.path)
             .await
             .map_err(|e| tool_error(&e))?;
-        let file = engine
-            .read_file(&container, &args.path)
-            .await
-            .map_err(|e| tool_error(&ops_session::usage_of(e)))?;
-        store
-            .touch_session(&session.id)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
         let bytes = file.data.len() as u64;
         let base64 = args.base64.unwrap_or(false);
         let content = if base64 {

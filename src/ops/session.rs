@@ -270,7 +270,7 @@ pub struct Copied {
 
 /// A sandbox session's running container, for moving files: only the session's creator may,
 /// and the session needs its container (made by its first command).
-pub async fn open_files(
+async fn open_files(
     store: &Store,
     session_ref: &str,
 ) -> Result<(SessionRecord, stigmer_docker::Engine, String)> {
@@ -305,26 +305,42 @@ pub async fn open_files(
     Ok((session, engine, container))
 }
 
+/// Writes one file into a sandbox session's container (`session cp`, MCP's `write_file`); a
+/// copy is use, so the session's idle clock starts again.
+pub async fn write_in(
+    store: &Store,
+    session_ref: &str,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<SessionRecord> {
+    let (session, engine, container) = open_files(store, session_ref).await?;
+    engine
+        .write_file(&container, path, data, mode)
+        .await
+        .map_err(usage_of)?;
+    store.touch_session(&session.id).await?;
+    Ok(session)
+}
+
+/// Reads one file out of a sandbox session's container (`session cp`, MCP's `read_file`).
+pub async fn read_in(
+    store: &Store,
+    session_ref: &str,
+    path: &str,
+) -> Result<(SessionRecord, stigmer_docker::ContainerFile)> {
+    let (session, engine, container) = open_files(store, session_ref).await?;
+    let file = engine.read_file(&container, path).await.map_err(usage_of)?;
+    store.touch_session(&session.id).await?;
+    Ok((session, file))
+}
+
 /// Copies one file between this host and a sandbox session's container, binary-safe and with
 /// its permission bits, through the engine's archive API. Only the session's creator may.
 pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
     use std::os::unix::fs::PermissionsExt;
-    let (src, dst) = (CopyEnd::parse(src), CopyEnd::parse(dst));
-    let (session_ref, inward) = match (&src, &dst) {
-        (CopyEnd::Host(_), CopyEnd::Session { session, .. }) => (session.clone(), true),
-        (CopyEnd::Session { session, .. }, CopyEnd::Host(_)) => (session.clone(), false),
-        _ => {
-            return Err(UsageError(
-                "give one side as SESSION:/path and the other as a path on this host, e.g. \
-                 `stigmer session cp data.csv ses-1234:/workspace/data.csv`"
-                    .into(),
-            )
-            .into());
-        }
-    };
-    let (session, engine, container) = open_files(store, &session_ref).await?;
-    let copied = match (src, dst) {
-        (CopyEnd::Host(from), CopyEnd::Session { mut path, .. }) if inward => {
+    match (CopyEnd::parse(src), CopyEnd::parse(dst)) {
+        (CopyEnd::Host(from), CopyEnd::Session { session, mut path }) => {
             let meta = std::fs::metadata(&from).map_err(|e| {
                 UsageError(format!("{}: {e}; give a file on this host", from.display()))
             })?;
@@ -351,23 +367,17 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
                 let name = from.file_name().map(|n| n.to_string_lossy().into_owned());
                 path.push_str(&name.unwrap_or_default());
             }
-            engine
-                .write_file(&container, &path, &data, mode)
-                .await
-                .map_err(usage_of)?;
-            Copied {
-                session: session.id.clone(),
+            let session = write_in(store, &session, &path, &data, mode).await?;
+            Ok(Copied {
                 from: from.display().to_string(),
                 to: format!("{}:{path}", session.id),
+                session: session.id,
                 bytes: data.len() as u64,
                 mode,
-            }
+            })
         }
-        (CopyEnd::Session { path, .. }, CopyEnd::Host(mut to)) => {
-            let file = engine
-                .read_file(&container, &path)
-                .await
-                .map_err(usage_of)?;
+        (CopyEnd::Session { session, path }, CopyEnd::Host(mut to)) => {
+            let (session, file) = read_in(store, &session, &path).await?;
             if to.is_dir() {
                 to = to.join(path.rsplit('/').next().unwrap_or("file"));
             }
@@ -375,23 +385,25 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
                 .map_err(|e| UsageError(format!("{}: {e}", to.display())))?;
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(file.mode))
                 .map_err(|e| UsageError(format!("{}: {e}", to.display())))?;
-            Copied {
-                session: session.id.clone(),
+            Ok(Copied {
                 from: format!("{}:{path}", session.id),
                 to: to.display().to_string(),
+                session: session.id,
                 bytes: file.data.len() as u64,
                 mode: file.mode,
-            }
+            })
         }
-        _ => unreachable!("one side is the session's, checked above"),
-    };
-    // Moving files is using the session: its idle clock starts again.
-    store.touch_session(&session.id).await?;
-    Ok(copied)
+        _ => Err(UsageError(
+            "give one side as SESSION:/path and the other as a path on this host, e.g. \
+             `stigmer session cp data.csv ses-1234:/workspace/data.csv`"
+                .into(),
+        )
+        .into()),
+    }
 }
 
 /// An engine error the caller can fix (a bad path, a missing file) is a usage error.
-pub fn usage_of(e: stigmer_docker::EngineError) -> anyhow::Error {
+fn usage_of(e: stigmer_docker::EngineError) -> anyhow::Error {
     match e {
         stigmer_docker::EngineError::InvalidSpec(m) => UsageError(m).into(),
         other => other.into(),
