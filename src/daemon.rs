@@ -34,6 +34,12 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
+/// How often a running step's heartbeat reaches the server at most. The SDK's default (80% of
+/// the heartbeat timeout, 4 s of `exec`'s 5 s) leaves a late RPC on a busy host one second
+/// before the server times the attempt out and kills a healthy command; every second leaves
+/// four.
+const HEARTBEAT_THROTTLE: Duration = Duration::from_secs(1);
+
 /// Creates the data dir (private to the user) and checks it can be written.
 pub fn prepare_data_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| {
@@ -267,6 +273,7 @@ impl Workers {
             .context("could not register the AgentExecution workflow")?
             .register_activities(activities.clone())
             .graceful_shutdown_period(Duration::from_secs(5))
+            .max_heartbeat_throttle_interval(HEARTBEAT_THROTTLE)
             .build();
         let main = Worker::new(runtime, client.clone(), options)
             .context("could not create the Temporal worker")?;
@@ -276,6 +283,7 @@ impl Workers {
                 let options = WorkerOptions::new(queue.clone())
                     .register_activities(activities)
                     .graceful_shutdown_period(Duration::from_secs(5))
+                    .max_heartbeat_throttle_interval(HEARTBEAT_THROTTLE)
                     .build();
                 let worker = Worker::new(runtime, client, options)
                     .context("could not create the Temporal worker for this Docker host")?;

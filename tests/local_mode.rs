@@ -1038,6 +1038,60 @@ fn run_whose_daemon_dies_mid_command_reports_the_loss_without_repeating_output()
 }
 
 #[test]
+fn a_worker_frozen_past_its_heartbeat_timeout_fails_the_execution_once_and_kills_the_command() {
+    // A host too busy to heartbeat (here: the daemon stopped for longer than exec's 5 s
+    // heartbeat timeout) makes Temporal time the attempt out while its command runs. That is
+    // no cancel request: the execution ends failed and says why, the command is killed, and
+    // the retry does not run it again.
+    let env = Env::new();
+    env.start_daemon();
+    let daemon = env.daemon_pid().unwrap();
+    let runs = env.dir.path().join("runs");
+    let marker = "4747.4747";
+    let out = env.stigmer(&[
+        "run",
+        "--no-follow",
+        &format!("echo ran >> '{}'; sleep {marker}", runs.display()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(eventually(Duration::from_secs(20), || !processes_matching(
+        &format!("sleep {marker}")
+    )
+    .is_empty()));
+    let pid = nix::unistd::Pid::from_raw(daemon);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(9));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    let mut record = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            record = env.show(&id);
+            !matches!(record["status"].as_str(), Some("queued" | "running"))
+        }),
+        "still not ended: {record}"
+    );
+    assert_eq!(record["status"], "failed", "{record}");
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed this attempt out"), "{record}");
+    assert!(error.contains("not re-run"), "{record}");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "ran\n",
+        "the command ran once"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || processes_matching(marker).is_empty()),
+        "the command still runs: {:?}",
+        processes_matching(marker)
+    );
+    // The worker is healthy again.
+    let out = env.stigmer(&["run", "echo alive"]);
+    assert_eq!(text(&out.stdout), "alive\n", "{}", text(&out.stderr));
+}
+
+#[test]
 fn a_temporal_server_killed_mid_run_is_started_again_and_the_run_completes_once() {
     let env = Env::new();
     env.start_daemon();

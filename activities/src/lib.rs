@@ -40,6 +40,7 @@ use store::{StartClaim, Store, StoreError};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio_util::sync::CancellationToken;
 
 /// Default bound on the output the store keeps per execution.
 pub const DEFAULT_OUTPUT_RETAIN_BYTES: u64 = 8 * 1024 * 1024;
@@ -76,6 +77,57 @@ pub struct Activities {
     admission: admit::AdmitSettings,
     /// Seals a local session's saved state in the store (the payload codec's key).
     session_seal: Option<Arc<dyn session::StateSeal>>,
+    /// The executions whose command an attempt in this process runs.
+    running: Running,
+}
+
+/// The executions whose command an attempt in this process runs, each with a token cancelled
+/// when that attempt has recorded its end.
+#[derive(Clone, Default)]
+struct Running(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<CancellationToken>>>>);
+
+impl Running {
+    fn enter(&self, id: &str) -> RunningGuard {
+        let token = Arc::new(CancellationToken::new());
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string(), token.clone());
+        RunningGuard {
+            running: self.clone(),
+            id: id.to_string(),
+            token,
+        }
+    }
+
+    fn attempt_of(&self, id: &str) -> Option<Arc<CancellationToken>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+}
+
+/// Leaves [`Running`] when the attempt ends, on every path.
+struct RunningGuard {
+    running: Running,
+    id: String,
+    token: Arc<CancellationToken>,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .running
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(&self.id).is_some_and(|t| Arc::ptr_eq(t, &self.token)) {
+            map.remove(&self.id);
+        }
+        self.token.cancel();
+    }
 }
 
 impl Activities {
@@ -98,6 +150,7 @@ impl Activities {
             cloud,
             admission: admit::AdmitSettings::default(),
             session_seal: None,
+            running: Running::default(),
         }
     }
 
@@ -334,6 +387,12 @@ impl Activities {
                 Route::Direct | Route::Acquire => {}
             }
         }
+        // Temporal may time out an attempt whose heartbeats came late while its command still
+        // runs here, and send the retry to this same process: the retry waits for the earlier
+        // attempt to kill its command and record how it ended, and reports that.
+        if let Some(earlier) = self.running.attempt_of(&id) {
+            with_heartbeats(ctx, earlier.cancelled()).await;
+        }
         match self
             .store
             .mark_started(&id, &self.worker_id, attempt)
@@ -385,6 +444,7 @@ impl Activities {
             }
         }
 
+        let _running = self.running.enter(&id);
         // The values travel in the (encrypted) input; executions started before kept them in
         // the store.
         let env = if input.env.is_empty() {
@@ -517,6 +577,7 @@ impl Activities {
         }
 
         let ended = match ended {
+            Ok(Ended::Cancelled) => cancel_cause(ctx).await.ended(),
             Ok(ended) => ended,
             Err(e) => Ended::Failed {
                 exit_code: None,
@@ -820,6 +881,104 @@ async fn with_heartbeats<T>(ctx: &ActivityContext, step: impl Future<Output = T>
             }
         }
     }
+}
+
+/// Why Temporal cancelled an attempt. Its SDK gives the activity no reason, and only a cancel
+/// the workflow asked for is the execution's end: an attempt the server timed out (a heartbeat
+/// late on an overloaded host) or a worker shutting down is neither the user's wish nor
+/// something to record as one.
+#[derive(Debug, PartialEq, Eq)]
+enum CancelCause {
+    /// The workflow asked (a cancel request, or the workflow ended).
+    Requested,
+    /// The server gave up on this attempt: its heartbeats stopped arriving.
+    AttemptTimedOut,
+    /// The attempt is still the current one: its worker stopped it (shutdown, pause, reset).
+    WorkerStopped,
+    /// Temporal could not be asked.
+    Unknown,
+}
+
+impl CancelCause {
+    fn ended(self) -> Ended {
+        let reason = match self {
+            Self::Requested | Self::Unknown => return Ended::Cancelled,
+            Self::AttemptTimedOut => format!(
+                "Temporal timed this attempt out while the command ran (no heartbeat reached it \
+                 within {} s: is the worker's host overloaded?); the command and its process \
+                 group were killed and were not re-run",
+                stigmer_workflows::EXEC_HEARTBEAT_TIMEOUT.as_secs()
+            ),
+            Self::WorkerStopped => "the worker stopped this attempt while the command ran \
+                (shut down, or the activity was paused or reset); the command and its process \
+                group were killed and were not re-run"
+                .to_string(),
+        };
+        Ended::Failed {
+            exit_code: None,
+            reason,
+        }
+    }
+}
+
+/// Asks Temporal why this attempt was cancelled: the workflow's pending `exec` says whether a
+/// cancel was requested, or whether the server has moved on to another attempt.
+async fn cancel_cause(ctx: &ActivityContext) -> CancelCause {
+    use temporalio_common::protos::temporal::api::enums::v1::{
+        PendingActivityState, WorkflowExecutionStatus,
+    };
+    let Some(handle) = ctx.workflow_handle::<stigmer_workflows::AgentExecution>() else {
+        return CancelCause::Unknown;
+    };
+    let described = tokio::time::timeout(
+        Duration::from_secs(5),
+        handle.describe(temporalio_client::WorkflowDescribeOptions::default()),
+    )
+    .await;
+    let raw = match described {
+        Ok(Ok(d)) => d.raw_description,
+        Ok(Err(e)) => {
+            tracing::warn!("could not ask Temporal why the command was cancelled: {e}");
+            return CancelCause::Unknown;
+        }
+        Err(_) => {
+            tracing::warn!("Temporal did not say in 5 s why the command was cancelled");
+            return CancelCause::Unknown;
+        }
+    };
+    let running = raw
+        .workflow_execution_info
+        .as_ref()
+        .is_some_and(|w| w.status == WorkflowExecutionStatus::Running as i32);
+    if !running {
+        return CancelCause::Requested;
+    }
+    let info = ctx.info();
+    let cause = match raw
+        .pending_activities
+        .iter()
+        .find(|a| a.activity_id == info.activity_id)
+    {
+        Some(a) if a.state == PendingActivityState::CancelRequested as i32 => {
+            CancelCause::Requested
+        }
+        Some(a)
+            if u32::try_from(a.attempt).ok() == Some(info.attempt)
+                && a.state == PendingActivityState::Started as i32 =>
+        {
+            CancelCause::WorkerStopped
+        }
+        _ => CancelCause::AttemptTimedOut,
+    };
+    if cause != CancelCause::Requested {
+        tracing::warn!(
+            "exec attempt {} of workflow {:?} was cancelled without a request ({cause:?}); \
+             recording the execution failed, not cancelled",
+            info.attempt,
+            info.workflow_id
+        );
+    }
+    cause
 }
 
 /// Heartbeats `progress` until aborted, and turns Temporal's cancellation into a stop.
