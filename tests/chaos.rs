@@ -1,6 +1,7 @@
 //! Chaos: workers killed with SIGKILL at random points while sandbox executions run, then the
 //! promise checked: every execution terminal (a command that had not started ran to
-//! completion; one that was running ended `failed` saying its worker was lost), no container
+//! completion; one that was running ended `failed` saying its worker was lost, or that Temporal
+//! timed its attempt out on the loaded host), no container
 //! without a live lease, no lease without its container, and never one container running two
 //! executions at once.
 //!
@@ -183,6 +184,7 @@ struct Findings {
     executions: usize,
     succeeded: usize,
     lost_mid_command: usize,
+    attempts_timed_out: usize,
     other_failures: Vec<String>,
     containers_without_lease: Vec<String>,
     leases_without_container: Vec<String>,
@@ -199,6 +201,9 @@ fn inspect(env: &Env, records: &[serde_json::Value]) -> Findings {
         match r["status"].as_str() {
             Some("succeeded") => f.succeeded += 1,
             Some("failed") if error.contains("was lost") => f.lost_mid_command += 1,
+            // A host this loaded can be late with a heartbeat: Temporal then times the attempt
+            // out, and the execution ends failed saying so, its command killed and not re-run.
+            Some("failed") if error.contains("timed this attempt out") => f.attempts_timed_out += 1,
             _ => f
                 .other_failures
                 .push(format!("{} {} {}", r["id"], r["status"], r["error"])),
@@ -300,11 +305,13 @@ fn reap_after_stale_workers(env: &Env) {
 fn report(what: &str, kills: usize, by: &HashMap<&str, usize>, f: &Findings) {
     eprintln!(
         "chaos [{what}]: {} executions, {kills} kills {by:?}; {} succeeded, {} ended failed \
-         because their worker was lost mid-command, {} other outcomes; leaks: {} containers \
+         because their worker was lost mid-command, {} because Temporal timed out their \
+         attempt, {} other outcomes; leaks: {} containers \
          without a live lease, {} leases without their container; {} overlapping uses",
         f.executions,
         f.succeeded,
         f.lost_mid_command,
+        f.attempts_timed_out,
         f.other_failures.len(),
         f.containers_without_lease.len(),
         f.leases_without_container.len(),

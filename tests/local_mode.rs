@@ -1082,7 +1082,8 @@ fn a_worker_frozen_past_its_heartbeat_timeout_fails_the_execution_once_and_kills
         "the command ran once"
     );
     assert!(
-        eventually(Duration::from_secs(10), || processes_matching(marker).is_empty()),
+        eventually(Duration::from_secs(10), || processes_matching(marker)
+            .is_empty()),
         "the command still runs: {:?}",
         processes_matching(marker)
     );

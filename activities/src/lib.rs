@@ -123,7 +123,10 @@ impl Drop for RunningGuard {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.get(&self.id).is_some_and(|t| Arc::ptr_eq(t, &self.token)) {
+        if map
+            .get(&self.id)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.token))
+        {
             map.remove(&self.id);
         }
         self.token.cancel();
