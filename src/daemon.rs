@@ -515,16 +515,19 @@ async fn serve_with_temporal(cfg: &Config, temporal: Option<ManagedTemporal>) ->
     };
     let worker_run = workers.run();
     tokio::pin!(worker_run);
-    tokio::select! {
-        result = &mut worker_run => result?,
-        () = accept => {}
-        () = upkeep => {}
-        () = supervise => {}
-        () = metrics.serve(store.clone()) => {}
-        () = async { signals.await; std::future::pending::<()>().await } => {}
+    let workers_stopped = tokio::select! {
+        result = &mut worker_run => result.map(|()| true)?,
+        () = accept => false,
+        () = upkeep => false,
+        () = supervise => false,
+        () = metrics.serve(store.clone()) => false,
+        () = async { signals.await; std::future::pending::<()>().await } => false,
+    };
+    // Let the worker finish its shutdown (running activities get the grace period); a future
+    // that has completed must not be polled again.
+    if !workers_stopped {
+        let _ = tokio::time::timeout(Duration::from_secs(15), worker_run).await;
     }
-    // Let the worker finish its shutdown (running activities get the grace period).
-    let _ = tokio::time::timeout(Duration::from_secs(15), worker_run).await;
     Ok(())
 }
 

@@ -731,6 +731,16 @@ fn server_lifecycle_status_second_start_and_adoption_after_sigkill() {
         .is_empty()),
         "server stop left the managed Temporal server running"
     );
+    // The daemon stopped as it should: no panic on its way out.
+    assert!(
+        eventually(Duration::from_secs(10), || env.daemon_pid().is_none()),
+        "the daemon is still running after server stop"
+    );
+    let log = std::fs::read_to_string(env.data_dir().join("daemon.log")).unwrap_or_default();
+    assert!(
+        !log.contains("panicked"),
+        "the daemon panicked on stop:\n{log}"
+    );
 }
 
 #[test]
