@@ -105,7 +105,7 @@ fn main() {
     report("stigmer run --mode sandbox true (warm, reused)", &warm);
     println!(
         "{:<52} {:>8.2}x",
-        "warm ratio (target ≤ 1.0x docker exec)",
+        "warm ratio (target ≤ 0.5x docker exec)",
         median(&warm) / median(&docker_exec)
     );
 
