@@ -305,6 +305,59 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
         text(&out.stderr)
     );
 
+    // kill -9 of the daemon while a command runs: that command is lost (stopped, not re-run),
+    // and the session keeps its container and its files. The command is stopped with SIGTERM
+    // first, so, as in a terminal after Ctrl-C, what it had exported before is kept.
+    let container = session_containers(&s1);
+    let lost = env
+        .cmd()
+        .args([
+            "run",
+            "--session",
+            &s1,
+            "export FOO=never; touch /tmp/d/mid; sleep 4646",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let in_container = |test: &str| {
+        std::process::Command::new("docker")
+            .args(["exec", &container[0], "sh", "-c", test])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(eventually(Duration::from_secs(30), || in_container(
+        "test -f /tmp/d/mid"
+    )));
+    let pid = env.daemon_pid().expect("daemon pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_output(lost, Duration::from_secs(60));
+    let out = run_in(
+        &env,
+        &s1,
+        "pwd; echo $FOO; cat /tmp/d/f; test -f /tmp/d/mid && echo mid; \
+         ps -eo args | grep -qx 'sleep 4646' || echo gone",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "/tmp\nnever\nhi\nmid\ngone\n",
+        "after kill -9 mid-command: {}\n{}",
+        text(&out.stderr),
+        text(
+            &env.stigmer(&["leases", "list", "--all", "--output", "json"])
+                .stdout
+        ) + &text(
+            &env.stigmer(&["executions", "list", "--limit", "3", "--output", "json"])
+                .stdout
+        )
+    );
+    assert_eq!(session_containers(&s1), container, "the same container");
+
     // `session end` removes the container; a later run in it is a usage error.
     let out = env.stigmer(&["session", "end", &s1]);
     assert!(out.status.success(), "{}", text(&out.stderr));

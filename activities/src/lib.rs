@@ -329,13 +329,15 @@ impl Activities {
     }
 
     /// A sandbox command whose worker was lost may still run in its container: kill what is
-    /// left of it there and taint the lease, so the container is removed, never reused.
+    /// left of it there and taint the lease, so the container is removed, never reused (a
+    /// session keeps its own container: see [`SandboxBackend::abandon`]).
     async fn abandon_container(&self, id: &str, input: &ExecutionInput) {
         if input.effective_mode != Mode::Sandbox {
             return;
         }
+        let session_owned = input.session.is_some();
         if let Some(placement) = &input.placement
-            && let Err(e) = self.sandbox.abandon(id, placement).await
+            && let Err(e) = self.sandbox.abandon(id, placement, session_owned).await
         {
             tracing::warn!("could not stop what the lost worker left in its container: {e}");
         }

@@ -382,12 +382,27 @@ impl SandboxBackend {
     }
 
     /// What a lost worker's command left in its container: killed (its whole process group),
-    /// and the lease tainted so the container is removed rather than reused.
+    /// and the lease tainted so the container is removed rather than reused; a session's own
+    /// container, once the command is killed, stays the session's.
     pub async fn abandon(
         &self,
         execution_id: &str,
         placement: &Placement,
+        session_owned: bool,
     ) -> Result<(), SandboxError> {
+        let (engine, _) = self.engine().await?;
+        let pid_file = ExecRequest::pid_file_for(execution_id);
+        if session_owned {
+            // A session's container is its files and processes: once the lost command is
+            // stopped it goes on serving the session. Only one that cannot be stopped is given up.
+            match engine.kill_exec(&placement.container_id, &pid_file).await {
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::warn!(
+                    "could not stop the lost command of {execution_id} in its session's \
+                     container, which is given up: {e}"
+                ),
+            }
+        }
         self.store
             .taint_lease(
                 &placement.lease_id,
@@ -395,13 +410,7 @@ impl SandboxBackend {
                 Some(execution_id),
             )
             .await?;
-        let (engine, _) = self.engine().await?;
-        engine
-            .kill_exec(
-                &placement.container_id,
-                &ExecRequest::pid_file_for(execution_id),
-            )
-            .await?;
+        engine.kill_exec(&placement.container_id, &pid_file).await?;
         Ok(())
     }
 

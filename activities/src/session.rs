@@ -7,7 +7,7 @@
 //! the state again, into the other of two slots (so a save cut short never destroys the state it
 //! started from), numbered and with an end marker that the next restore checks. A mark written
 //! before the command, which the save's number meets, says when a command did not save (it
-//! `exec`ed, was killed or timed out, or replaced the trap): the next one then starts from the
+//! `exec`ed, was killed outright, or replaced the trap; one stopped with SIGTERM runs its trap): the next one then starts from the
 //! state before it, and says so. A persistent shell was not
 //! chosen: one lost process would lose everything, and its output markers could be spoofed.
 //!
@@ -75,7 +75,7 @@ __stg_mark=0
 [ -f "$__stg_state.pending" ] && read -r __stg_mark <"$__stg_state.pending"
 [[ $__stg_mark =~ ^[0-9]+$ ]] || __stg_mark=0
 if [ "$__stg_mark" -gt "$__stg_seq" ]; then
-  echo "stigmer: the previous command in this session did not save its state (it ran exec, was killed or timed out, or replaced the EXIT trap); this one starts from the state before it" >&2
+  echo "stigmer: the previous command in this session did not save its state (it ran exec, was killed outright, or replaced the EXIT trap); this one starts from the state before it" >&2
 fi
 if [ -n "$__stg_from" ]; then
   . "$__stg_state.$__stg_from"

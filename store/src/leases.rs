@@ -269,6 +269,11 @@ impl Store {
                 .map_err(q("release lease"))?
                 .rows_affected()
         });
+        // A session whose command's end was recorded while it still held this container is
+        // free from here (see `release_session`).
+        if let Some(holder) = holder {
+            self.release_session(holder).await?;
+        }
         Ok(self.get_lease(lease_id).await?.map_or(Removed, |l| l.state))
     }
 

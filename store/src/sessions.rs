@@ -60,14 +60,21 @@ impl SessionRecord {
 const SESSION_COLUMNS: &str = "id, name, mode, spec, ttl_secs, creator, created_at, last_used_at, \
     ended_at, end_reason, busy, busy_since, state_lost";
 
-/// The condition under which the holder in `busy` no longer holds: it ended, or it was never
-/// recorded and the grace for that has passed. `$T1`, `$T2` are the active statuses, `$NOW`
-/// the clock.
+/// No container lease is still held for the execution in `busy`. A command's end is recorded
+/// before its container is given back; the next command in the session waits for that, or it
+/// would find the session's container busy and make the session a second one.
+const HOLDER_LEASE_GONE: &str = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.execution_id = \
+     sessions.busy AND l.state IN ('creating', 'busy'))";
+
+/// The condition under which the holder in `busy` no longer holds: it ended and gave its
+/// container back, or it was never recorded and the grace for that has passed. `$T1`, `$T2`
+/// are the active statuses, `$NOW` the clock.
 fn holder_gone(t1: &str, t2: &str, now: &str) -> String {
     format!(
         "(busy IS NULL OR NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = sessions.busy \
-         AND e.status IN ({t1}, {t2})) AND (EXISTS (SELECT 1 FROM executions e WHERE e.id = \
-         sessions.busy) OR busy_since < {now} - {ABSENT_HOLDER_GRACE_MS}))"
+         AND e.status IN ({t1}, {t2})) AND {HOLDER_LEASE_GONE} AND (EXISTS (SELECT 1 FROM \
+         executions e WHERE e.id = sessions.busy) OR busy_since < {now} - \
+         {ABSENT_HOLDER_GRACE_MS}))"
     )
 }
 
@@ -173,12 +180,15 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Frees the session `execution_id` holds, if any (called by [`Store::finish`], and by a
-    /// starter whose execution never got going).
+    /// Frees the session `execution_id` holds, if any, once no container lease is held for it
+    /// (called by [`Store::finish`], by [`Store::release_lease`], and by a starter whose
+    /// execution never got going).
     pub async fn release_session(&self, execution_id: &str) -> Result<()> {
-        with_pool!(self, pool => sqlx::query(
-            "UPDATE sessions SET busy = NULL, busy_since = NULL, last_used_at = $2 WHERE busy = $1",
-        )
+        let sql = format!(
+            "UPDATE sessions SET busy = NULL, busy_since = NULL, last_used_at = $2 \
+             WHERE busy = $1 AND {HOLDER_LEASE_GONE}"
+        );
+        with_pool!(self, pool => sqlx::query(&sql)
         .bind(execution_id)
         .bind(now_ms())
         .execute(pool)
