@@ -18,8 +18,8 @@
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::{OutputSink, StreamKind};
 use crate::stdin::StdinFeed;
-use base64::Engine as _;
 use crate::store::{LeaseState, NewLease, Store, StoreError};
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -242,10 +242,7 @@ impl CloudBackend {
 
     /// Deletes the sandboxes of an ended session (found by their `io.stigmer.session` label)
     /// and retires their leases. Returns the sandboxes deleted.
-    pub async fn remove_session_sandboxes(
-        &self,
-        session: &str,
-    ) -> Result<Vec<String>, CloudError> {
+    pub async fn remove_session_sandboxes(&self, session: &str) -> Result<Vec<String>, CloudError> {
         let client = self.client().await?;
         let mut removed = Vec::new();
         for sandbox in client.list_sandboxes(&self.session_labels(session)).await? {
@@ -293,7 +290,7 @@ impl CloudBackend {
                     "{dir} does not exist in the sandbox: make it first (mkdir -p {dir})"
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(file_error(dir, "cannot be looked at in the sandbox", e)),
         }
         match toolbox.file_info(path).await {
             Ok(info) if info.is_dir => {
@@ -303,7 +300,7 @@ impl CloudBackend {
             }
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(file_error(path, "cannot be looked at in the sandbox", e)),
         }
         toolbox
             .upload_file(path, data)
@@ -332,7 +329,7 @@ impl CloudBackend {
                     "{path} does not exist in the sandbox"
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(file_error(path, "cannot be looked at in the sandbox", e)),
         };
         if info.is_dir {
             return Err(CloudError::Invalid(format!(

@@ -141,7 +141,10 @@ impl Toolbox {
                 self.sandbox_id()
             ),
             Method::POST,
-            self.file_url(&["files", "permissions"], &[("path", path), ("mode", &mode)])?,
+            self.file_url(
+                &["files", "permissions"],
+                &[("path", path), ("mode", &mode)],
+            )?,
             None,
             self.call_timeout(),
             Idempotency::Retryable,
@@ -226,7 +229,10 @@ mod tests {
         let data: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
         let (ct, form) = multipart_file("/tmp/a.bin", &data);
         assert_eq!(multipart_file_part(&ct, &form), Some(data));
-        assert_eq!(multipart_file_part("multipart/form-data; boundary=x", b"junk"), None);
+        assert_eq!(
+            multipart_file_part("multipart/form-data; boundary=x", b"junk"),
+            None
+        );
     }
 
     #[test]

@@ -221,9 +221,10 @@ impl StigmerMcp {
     ) -> Result<Answer<SessionEnded>, String> {
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let (s, removed) = ops_session::end_session(store, &cfg.daytona(), &args.id, "ended by end_session")
-            .await
-            .map_err(|e| tool_error(&e))?;
+        let (s, removed) =
+            ops_session::end_session(store, &cfg.daytona(), &args.id, "ended by end_session")
+                .await
+                .map_err(|e| tool_error(&e))?;
         Ok(Answer(SessionEnded {
             id: s.id,
             removed_containers: removed,
@@ -262,9 +263,16 @@ impl StigmerMcp {
         };
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let session = ops_session::write_in(store, &cfg.daytona(), &args.session, &args.path, &data, mode)
-            .await
-            .map_err(|e| tool_error(&e))?;
+        let session = ops_session::write_in(
+            store,
+            &cfg.daytona(),
+            &args.session,
+            &args.path,
+            &data,
+            mode,
+        )
+        .await
+        .map_err(|e| tool_error(&e))?;
         Ok(Answer(FileWritten {
             session: session.id,
             path: args.path,
@@ -287,9 +295,10 @@ impl StigmerMcp {
     ) -> Result<Answer<FileRead>, String> {
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let (session, file) = ops_session::read_in(store, &cfg.daytona(), &args.session, &args.path)
-            .await
-            .map_err(|e| tool_error(&e))?;
+        let (session, file) =
+            ops_session::read_in(store, &cfg.daytona(), &args.session, &args.path)
+                .await
+                .map_err(|e| tool_error(&e))?;
         let bytes = file.data.len() as u64;
         let base64 = args.base64.unwrap_or(false);
         let content = if base64 {

@@ -210,7 +210,11 @@ pub async fn end_session(
 }
 
 /// The client for a cloud session's Daytona sandbox, or an error that says what to set.
-fn cloud_backend(store: &Store, daytona: &CloudSettings, s: &SessionRecord) -> Result<CloudBackend> {
+fn cloud_backend(
+    store: &Store,
+    daytona: &CloudSettings,
+    s: &SessionRecord,
+) -> Result<CloudBackend> {
     CloudBackend::configured(store.clone(), "stigmer-session".into(), daytona.clone()).ok_or_else(
         || {
             anyhow::anyhow!(

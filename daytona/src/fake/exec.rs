@@ -121,6 +121,9 @@ pub(crate) struct CommandLog {
     group: Mutex<Option<u32>>,
     /// Set when the process has exited (before the exit code is recorded).
     pub exited: std::sync::atomic::AtomicBool,
+    /// Set when the command runs on the host with a pipe for input: input that comes before
+    /// the process has started waits for its pipe.
+    pub takes_input: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +142,7 @@ impl CommandLog {
             input: tokio::sync::Mutex::new(None),
             group: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
+            takes_input: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -131,12 +131,9 @@ fn toolbox_operation(method: &str, rest: &[&str], deprecated: bool) -> Option<Op
             None,
             Some("Command"),
         ),
-        ("POST", ["process", "session", _, "command", _, "input"]) if !deprecated => op(
-            "SendInput",
-            spec,
-            Some("SessionSendInputRequest"),
-            None,
-        ),
+        ("POST", ["process", "session", _, "command", _, "input"]) if !deprecated => {
+            op("SendInput", spec, Some("SessionSendInputRequest"), None)
+        }
         ("GET", ["files", "info"]) if !deprecated => {
             op("GetFileInfo", spec, None, Some("FileInfo"))
         }
@@ -580,10 +577,7 @@ fn choose_source(
             cwd,
             env,
             merge_stderr,
-            home: state
-                .sandboxes
-                .get(sandbox_id)
-                .and_then(|s| s.home.clone()),
+            home: state.sandboxes.get(sandbox_id).and_then(|s| s.home.clone()),
             // Session commands read what `command/{id}/input` sends; `execute` reads nothing.
             input: !merge_stderr,
         }
@@ -876,6 +870,10 @@ async fn session_exec(
             false,
         );
         let log = Arc::new(CommandLog::new(command_id.clone(), body.command.clone()));
+        if matches!(source, Source::Host { input: true, .. }) {
+            log.takes_input
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Some(session) = state
             .sandboxes
             .get_mut(id)
@@ -1076,7 +1074,21 @@ async fn send_input(
     if !data.ends_with(b"\n") {
         data.push(b'\n');
     }
+    // The process may not have started yet: its pipe comes with it.
     let mut input = log.input.lock().await;
+    let since = std::time::Instant::now();
+    while input.is_none()
+        && log.takes_input.load(std::sync::atomic::Ordering::SeqCst)
+        && !log.exited.load(std::sync::atomic::Ordering::SeqCst)
+        && since.elapsed() < Duration::from_secs(10)
+    {
+        drop(input);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        input = log.input.lock().await;
+    }
+    if log.exited.load(std::sync::atomic::Ordering::SeqCst) && input.is_none() {
+        return gone(&log);
+    }
     // A scripted command reads nothing: what is sent to it is dropped, as a pipe nobody reads
     // until the command ends would.
     let Some(pipe) = input.as_mut() else {
@@ -1106,7 +1118,11 @@ struct FileQuery {
 
 /// The host path standing for `path` in sandbox `id`: inside the sandbox's directory only
 /// (the fake runs on the host; a real sandbox is a machine of its own).
-fn sandbox_path(shared: &Shared, id: &str, path: Option<&str>) -> Result<std::path::PathBuf, Reject> {
+fn sandbox_path(
+    shared: &Shared,
+    id: &str,
+    path: Option<&str>,
+) -> Result<std::path::PathBuf, Reject> {
     let home = with_started(shared, id, |state, id| {
         state
             .sandboxes
@@ -1153,10 +1169,11 @@ fn sandbox_path(shared: &Shared, id: &str, path: Option<&str>) -> Result<std::pa
         }
         Err(_) => return Err(outside()),
     };
-    if !parent.starts_with(&home) || name == ".." {
+    let resolved = parent.join(name);
+    if name == ".." || !(parent.starts_with(&home) || resolved == home) {
         return Err(outside());
     }
-    Ok(parent.join(name))
+    Ok(resolved)
 }
 
 fn io_reject(path: &std::path::Path, e: &std::io::Error) -> Reject {
