@@ -510,15 +510,14 @@ impl crate::backend::ContainerBackend for CloudBackend {
         // What the command did not read is still received and counted (the audit record's
         // tally), then dropped: the guard ends that when the run ends.
         let (stdin, _passing) = stdin.map(StdinFeed::into_channel).unzip();
-        let mut sending = match stdin {
-            Some(chunks) => Some(AbortOnDrop(tokio::spawn(send_stdin(
+        let mut sending = stdin.map(|chunks| {
+            AbortOnDrop(tokio::spawn(send_stdin(
                 toolbox.clone(),
                 session.clone(),
                 command_id.clone(),
                 chunks,
-            )))),
-            None => None,
-        };
+            )))
+        });
         let mut input_failed = None;
 
         // The follower hands chunks to a callback; a channel carries them to the async sink.
