@@ -370,15 +370,22 @@ mod tests {
         };
         assert!(why.contains("allowed: sandbox"), "{why}");
         // Cloud mode takes a stdin too (through Daytona's command input).
+        let cloud_worker = AdmitSettings {
+            allowed_modes: vec![RequestedMode::Cloud],
+            cloud_snapshot: Some("stigmer-full".into()),
+            ..super::tests::settings()
+        };
         let cloud = plan(
-            &super::tests::settings(),
+            &cloud_worker,
             "wf-1",
             &start(
                 r#"{"version":1,"command":"cat","mode":"cloud","stdin":"x","workflow_id":"wf-1"}"#,
             ),
             "/srv",
         );
-        assert!(cloud.is_ok(), "cloud refused a stdin");
+        if let Err(Refusal(why)) = cloud {
+            panic!("cloud refused a stdin: {why}");
+        }
     }
 
     #[test]
