@@ -209,7 +209,8 @@ pub async fn end_session(
     Ok((session(store, &live.id).await?, removed))
 }
 
-/// The client for a cloud session's Daytona sandbox, or an error that says what to set.
+/// The client for a cloud session's Daytona sandbox (to move files), or an error that says
+/// what to set.
 fn cloud_backend(
     store: &Store,
     daytona: &CloudSettings,
@@ -236,9 +237,25 @@ async fn remove_containers(
             let backend = SandboxBackend::new(store.clone(), "stigmer-session".into());
             Ok(backend.remove_session_containers(&s.id).await?)
         }
-        "cloud" => Ok(cloud_backend(store, daytona, s)?
-            .remove_session_sandboxes(&s.id)
-            .await?),
+        "cloud" => {
+            let Some(cloud) =
+                CloudBackend::configured(store.clone(), "stigmer-session".into(), daytona.clone())
+            else {
+                anyhow::bail!(
+                    "session {} ended, but its Daytona sandbox was not deleted: no Daytona key is \
+                     set here (DAYTONA_API_KEY); the daemon's reaper deletes it once it has been \
+                     idle for the session's TTL",
+                    s.id
+                );
+            };
+            cloud.remove_session_sandboxes(&s.id).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "session {} ended, but its Daytona sandbox could not be deleted ({e}); the \
+                         daemon's reaper deletes it once it has been idle for the session's TTL",
+                    s.id
+                )
+            })
+        }
         _ => Ok(Vec::new()),
     }
 }
