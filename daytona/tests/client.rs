@@ -811,9 +811,43 @@ async fn command_input_and_files_on_the_fakes_host() {
         .await
         .unwrap_err();
     assert!(err.is_not_found(), "{err}");
-    fake.inject(stigmer_daytona::fake::Fault::status(400).on_path("/input"));
-    let err = toolbox.send_input("s", &id, "x", long).await.unwrap_err();
-    assert_eq!(err.status(), Some(400), "{err}");
+    // Bodies the description does not allow are refused with 400, as Daytona's binding does.
+    let http = reqwest::Client::new();
+    let input_url = format!(
+        "{}/{}/process/session/s/command/{id}/input",
+        fake.toolbox_url(),
+        sandbox.id
+    );
+    for bad in [
+        serde_json::json!({"text": "x"}),
+        serde_json::json!({"data": 5}),
+    ] {
+        let answer = http
+            .post(&input_url)
+            .bearer_auth(fake.api_key())
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "{bad}");
+    }
+    let answer = http
+        .post(format!(
+            "{}/{}/files/upload?path={}/x",
+            fake.toolbox_url(),
+            sandbox.id,
+            fake.sandbox_home(&sandbox.id).unwrap().display()
+        ))
+        .bearer_auth(fake.api_key())
+        .body("not a form")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        400,
+        "an upload that is not a form"
+    );
 
     let home = fake.sandbox_home(&sandbox.id).unwrap();
     let path = format!("{}/f.bin", home.display());
@@ -834,12 +868,12 @@ async fn command_input_and_files_on_the_fakes_host() {
         .unwrap_err();
     assert!(err.is_not_found(), "{err}");
     let upload = fake.requests_for("UploadFile");
-    assert_eq!(upload.len(), 1);
+    assert_eq!(upload.len(), 2, "the bad form, then the file");
     assert!(
-        upload[0]
+        upload[1]
             .header("content-type")
             .is_some_and(|ct| ct.starts_with("multipart/form-data; boundary=")),
         "{:?}",
-        upload[0].headers
+        upload[1].headers
     );
 }
