@@ -261,7 +261,7 @@ impl CloudBackend {
         &self,
         sandbox: &str,
         path: &str,
-        data: Vec<u8>,
+        data: &[u8],
         mode: u32,
     ) -> Result<(), CloudError> {
         checked_path(path)?;

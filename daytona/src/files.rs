@@ -87,12 +87,11 @@ impl Toolbox {
     ///
     /// # Errors
     /// Error answers (a missing directory, a read-only place) and transport errors.
-    pub async fn upload_file(&self, path: &str, data: Vec<u8>) -> Result<()> {
-        let (content_type, form) = multipart_file(path, &data);
+    pub async fn upload_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let (content_type, form) = multipart_file(path, data);
         // Large files take longer than a call: a minute per 64 MiB on top.
         let timeout = self.call_timeout()
             + std::time::Duration::from_secs(60 * (1 + data.len() as u64 / (64 << 20)));
-        drop(data);
         self.call_with(
             format!("upload {path} to sandbox `{}`", self.sandbox_id()),
             Method::POST,

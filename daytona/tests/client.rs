@@ -852,7 +852,7 @@ async fn command_input_and_files_on_the_fakes_host() {
     let home = fake.sandbox_home(&sandbox.id).unwrap();
     let path = format!("{}/f.bin", home.display());
     let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-    toolbox.upload_file(&path, data.clone()).await.unwrap();
+    toolbox.upload_file(&path, &data).await.unwrap();
     toolbox.set_file_mode(&path, 0o751).await.unwrap();
     let info = toolbox.file_info(&path).await.unwrap();
     assert_eq!(

@@ -393,7 +393,7 @@ pub async fn write_in(
             .await
             .map_err(usage_of)?,
         FileHost::Cloud(cloud, sandbox) => cloud
-            .write_file(&sandbox, path, data.to_vec(), mode)
+            .write_file(&sandbox, path, data, mode)
             .await
             .map_err(cloud_usage_of)?,
     }
