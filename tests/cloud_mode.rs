@@ -431,6 +431,10 @@ fn stdin_reaches_a_cloud_command_intact_and_a_command_that_ignores_it_ends() {
             .iter()
             .all(|r| r.status == 204 && r.schema_errors.is_empty())
     );
+    // Daytona would otherwise echo the input into the output.
+    let started = fake.fake.requests_for("SessionExecuteCommand");
+    let body = started.last().unwrap().body.clone().unwrap_or_default();
+    assert_eq!(body["suppressInputEcho"], true, "{body}");
 
     let data = binary_data(3 << 20);
     let sha = hex::encode(sha2::Sha256::digest(&data));

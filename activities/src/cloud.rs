@@ -13,7 +13,8 @@
 //! a newline to what does not end with one, and has no end of input. So the bytes travel as
 //! base64 lines (one per chunk, padded only at the end), a line `.` marks the end, and a small
 //! reader in the sandbox (`sed`, `base64 -d`) turns them back into the command's stdin and
-//! gives it end of file at the mark.
+//! gives it end of file at the mark. Such a command is started with `suppressInputEcho`, or
+//! Daytona would copy the lines into its stdout.
 
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::{OutputSink, StreamKind};
@@ -500,7 +501,12 @@ impl crate::backend::ContainerBackend for CloudBackend {
             // ends.
             line.push_str(" < /dev/null");
         }
-        let command_id = match toolbox.start_command(&session, &line).await {
+        let started = if stdin.is_some() {
+            toolbox.start_command_with_input(&session, &line).await
+        } else {
+            toolbox.start_command(&session, &line).await
+        };
+        let command_id = match started {
             Ok(id) => id,
             Err(e) => {
                 let _ = toolbox.delete_session(&session).await;

@@ -257,7 +257,24 @@ impl Toolbox {
     /// Error answers and transport errors. Not retried once the command may have started.
     pub async fn start_command(&self, session_id: &str, command: &str) -> Result<String> {
         let out = self
-            .session_exec(session_id, command, true, self.call_timeout())
+            .session_exec(session_id, command, true, false, self.call_timeout())
+            .await?;
+        Ok(out.command_id)
+    }
+
+    /// [`Toolbox::start_command`] for a command that will be given input
+    /// ([`Toolbox::send_input`]): Daytona is asked not to echo that input into the command's
+    /// output (`suppressInputEcho`), which it does by default, as stdout.
+    ///
+    /// # Errors
+    /// As [`Toolbox::start_command`].
+    pub async fn start_command_with_input(
+        &self,
+        session_id: &str,
+        command: &str,
+    ) -> Result<String> {
+        let out = self
+            .session_exec(session_id, command, true, true, self.call_timeout())
             .await?;
         Ok(out.command_id)
     }
@@ -275,8 +292,14 @@ impl Toolbox {
         command: &str,
         timeout: Duration,
     ) -> Result<SessionExecOutput> {
-        self.session_exec(session_id, command, false, timeout + self.call_timeout())
-            .await
+        self.session_exec(
+            session_id,
+            command,
+            false,
+            false,
+            timeout + self.call_timeout(),
+        )
+        .await
     }
 
     async fn session_exec(
@@ -284,8 +307,13 @@ impl Toolbox {
         session_id: &str,
         command: &str,
         run_async: bool,
+        suppress_input_echo: bool,
         timeout: Duration,
     ) -> Result<SessionExecOutput> {
+        let mut body = serde_json::json!({ "command": command, "runAsync": run_async });
+        if suppress_input_echo {
+            body["suppressInputEcho"] = serde_json::Value::Bool(true);
+        }
         let answer = self
             .call(
                 format!(
@@ -294,7 +322,7 @@ impl Toolbox {
                 ),
                 Method::POST,
                 self.url(&["process", "session", session_id, "exec"])?,
-                Some(serde_json::json!({ "command": command, "runAsync": run_async })),
+                Some(body),
                 timeout,
                 Idempotency::RunsCommand,
             )

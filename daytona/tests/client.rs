@@ -791,7 +791,10 @@ async fn command_input_and_files_on_the_fakes_host() {
     let sandbox = started_sandbox(&client).await;
     let toolbox = client.toolbox_for(&sandbox).unwrap();
     toolbox.create_session("s").await.unwrap();
-    let id = toolbox.start_command("s", "head -n 2").await.unwrap();
+    let id = toolbox
+        .start_command_with_input("s", "head -n 2")
+        .await
+        .unwrap();
     let long = Duration::from_secs(10);
     assert!(toolbox.send_input("s", &id, "one", long).await.unwrap());
     assert!(toolbox.send_input("s", &id, "two\n", long).await.unwrap());
@@ -811,6 +814,17 @@ async fn command_input_and_files_on_the_fakes_host() {
         .await
         .unwrap_err();
     assert!(err.is_not_found(), "{err}");
+    // By default Daytona echoes input into the output, as stdout.
+    let echoing = toolbox.start_command("s", "cat > /dev/null").await.unwrap();
+    assert!(
+        toolbox
+            .send_input("s", &echoing, "seen", long)
+            .await
+            .unwrap()
+    );
+    let logs = toolbox.command_logs("s", &echoing).await.unwrap();
+    assert_eq!(logs.stdout, b"seen\n");
+
     // Bodies the description does not allow are refused with 400, as Daytona's binding does.
     let http = reqwest::Client::new();
     let input_url = format!(

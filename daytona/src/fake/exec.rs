@@ -124,6 +124,9 @@ pub(crate) struct CommandLog {
     /// Set when the command runs on the host with a pipe for input: input that comes before
     /// the process has started waits for its pipe.
     pub takes_input: std::sync::atomic::AtomicBool,
+    /// Whether input is echoed into the log as stdout (Daytona's default, unless the command
+    /// was started with `suppressInputEcho`).
+    pub echo_input: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +146,7 @@ impl CommandLog {
             group: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
             takes_input: std::sync::atomic::AtomicBool::new(false),
+            echo_input: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

@@ -782,6 +782,8 @@ struct SessionExecBody {
     run_async: bool,
     #[serde(default, rename = "async")]
     async_old: bool,
+    #[serde(default)]
+    suppress_input_echo: bool,
 }
 
 /// What a client gets for session output, decided from its headers as Daytona's toolbox does:
@@ -870,6 +872,10 @@ async fn session_exec(
             false,
         );
         let log = Arc::new(CommandLog::new(command_id.clone(), body.command.clone()));
+        if body.suppress_input_echo {
+            log.echo_input
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         if matches!(source, Source::Host { input: true, .. }) {
             log.takes_input
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1099,7 +1105,13 @@ async fn send_input(
         input.take();
     }
     match written {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            // As Daytona: the input also shows in the output, as stdout, unless suppressed.
+            if log.echo_input.load(std::sync::atomic::Ordering::SeqCst) {
+                log.append(crate::model::OutputStream::Stdout, &data);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(_) if log.exited.load(std::sync::atomic::Ordering::SeqCst) => gone(&log),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
