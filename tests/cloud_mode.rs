@@ -261,6 +261,20 @@ fn a_cloud_session_keeps_its_state_and_files_and_its_end_deletes_the_sandbox() {
         "{line}"
     );
 
+    // Piped input reaches a command of the session, which still starts where the last ended.
+    let out = common::run_with_stdin(
+        &env,
+        &[
+            "run",
+            "--session",
+            &id,
+            "read line; echo \"got $line in $PWD\"",
+        ],
+        b"piped\n".to_vec(),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("got piped in {dir}\n"));
+
     // Outside the session: another sandbox, and none of the session's state.
     let out = env.stigmer(&[
         "run",
