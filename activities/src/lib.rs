@@ -555,9 +555,14 @@ impl Activities {
                         &id,
                         placement,
                         spec,
-                        match &input.session {
-                            Some(_) => session::wrap(&input.command, session::SANDBOX_STATE_FILE),
-                            None => input.command.argv(),
+                        match (&input.session, spec.backend) {
+                            (Some(_), stigmer_workflows::Backend::Daytona) => {
+                                session::wrap(&input.command, session::CLOUD_STATE_FILE)
+                            }
+                            (Some(_), _) => {
+                                session::wrap(&input.command, session::SANDBOX_STATE_FILE)
+                            }
+                            (None, _) => input.command.argv(),
                         },
                         &env,
                         stdin,
@@ -769,7 +774,6 @@ impl Activities {
             &self.admission,
             &request.workflow_id,
             &request.input,
-            request.stdin,
             &worker_dir,
         )
         .map_err(|admit::Refusal(why)| refusal(why))?;

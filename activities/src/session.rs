@@ -23,6 +23,11 @@ use stigmer_workflows::CommandSpec;
 /// Where a sandbox session's state lives in its container (owned by the sandbox user, 0600).
 pub const SANDBOX_STATE_FILE: &str = "/home/sandbox/.stigmer/session-state";
 
+/// Where a cloud session's state lives in its Daytona sandbox: under the home of the user
+/// the toolbox runs commands as (the wrapper expands a leading `~/` against `$HOME`), since
+/// snapshots differ in that user.
+pub const CLOUD_STATE_FILE: &str = "~/.stigmer/session-state";
+
 /// The variable the client sets to the names of a command's own `--env` variables (comma
 /// separated): they apply to that command only and are never saved.
 pub const ENV_NAMES_VAR: &str = "STIGMER_SESSION_ENV";
@@ -46,6 +51,7 @@ const SLOTS: [&str; 2] = ["a", "b"];
 /// marker last, its sequence number first) with the highest number; a mark above that number
 /// says that the command before did not save.
 const WRAPPER: &str = r#"__stg_state=$1 __stg_cmd=$2
+case $__stg_state in "~/"*) __stg_state=$HOME/${__stg_state#"~/"} ;; esac
 __stg_home=${__stg_state%/*}
 __stg_drop=" PWD OLDPWD SHLVL _ STIGMER_SESSION_ENV ${STIGMER_SESSION_ENV//,/ } "
 __stg_cmdenv=

@@ -132,7 +132,7 @@ impl Client {
                 action,
                 method,
                 url,
-                body,
+                body: body.map(crate::http::Body::Json),
                 timeout: self.inner.config.call_timeout,
                 idempotency,
                 toolbox: false,

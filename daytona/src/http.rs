@@ -35,12 +35,23 @@ pub(crate) enum Idempotency {
     RunsCommand,
 }
 
+/// What a request carries.
+pub(crate) enum Body {
+    Json(serde_json::Value),
+    /// Bytes as they are (a file upload's multipart form); shared, so a retry does not copy
+    /// them.
+    Raw {
+        content_type: String,
+        data: bytes::Bytes,
+    },
+}
+
 /// A request to send.
 pub(crate) struct Call {
     pub action: String,
     pub method: Method,
     pub url: Url,
-    pub body: Option<serde_json::Value>,
+    pub body: Option<Body>,
     pub timeout: Duration,
     pub idempotency: Idempotency,
     pub toolbox: bool,
@@ -138,8 +149,14 @@ impl Transport {
                 .headers(headers.clone())
                 .header(ACCEPT, "application/json, text/plain;q=0.9")
                 .timeout(call.timeout);
-            if let Some(body) = &call.body {
-                request = request.json(body);
+            match &call.body {
+                Some(Body::Json(body)) => request = request.json(body),
+                Some(Body::Raw { content_type, data }) => {
+                    request = request
+                        .header(CONTENT_TYPE, content_type.as_str())
+                        .body(data.clone());
+                }
+                None => {}
             }
             tracing::debug!(action = %call.action, url = %call.url, attempt, "daytona request");
 

@@ -8,7 +8,10 @@
 //!   [`Config::from_env`] reads `DAYTONA_API_KEY` and friends.
 //! - [`Client`]: create / get / wait-until-started / list-by-labels / delete sandboxes.
 //! - [`Toolbox`]: one sandbox's toolbox: [`Toolbox::execute`] for short commands, sessions and
-//!   [`Toolbox::follow_command`] for long ones with stdout and stderr kept apart.
+//!   [`Toolbox::follow_command`] for long ones with stdout and stderr kept apart,
+//!   [`Toolbox::send_input`] for a session command's stdin, and the file API
+//!   ([`Toolbox::upload_file`], [`Toolbox::download_file`], [`Toolbox::file_info`],
+//!   [`Toolbox::set_file_mode`]).
 //! - [`Error`]: what was attempted and what came back; never the API key.
 //!
 //! With the `fake` feature, `fake::FakeDaytona` serves the same endpoints from memory on
@@ -26,6 +29,7 @@ mod client;
 mod config;
 pub mod demux;
 mod error;
+mod files;
 mod http;
 mod model;
 mod toolbox;
@@ -38,6 +42,7 @@ pub mod openapi;
 pub use client::{Client, WaitOptions};
 pub use config::{API_KEY_PAGE, ApiKey, Config, DEFAULT_API_URL, RetryPolicy, ToolboxAddressing};
 pub use error::{Error, Result};
+pub use files::FileInfo;
 pub use model::{
     CommandLogs, CreateSandbox, ExecuteCommand, ExecuteOutput, LogChunk, OutputStream, Resources,
     Sandbox, SandboxState, SessionCommand, SessionExecOutput,

@@ -96,7 +96,7 @@ impl Toolbox {
         &self.base
     }
 
-    fn url(&self, segments: &[&str]) -> Result<Url> {
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url> {
         endpoint(&self.base, segments)
     }
 
@@ -106,6 +106,27 @@ impl Toolbox {
         method: Method,
         url: Url,
         body: Option<serde_json::Value>,
+        timeout: Duration,
+        idempotency: Idempotency,
+    ) -> Result<Answer> {
+        self.call_with(
+            action,
+            method,
+            url,
+            body.map(crate::http::Body::Json),
+            timeout,
+            idempotency,
+        )
+        .await
+    }
+
+    /// [`Toolbox::call`] with any body (the file API's uploads are multipart forms).
+    pub(crate) async fn call_with(
+        &self,
+        action: String,
+        method: Method,
+        url: Url,
+        body: Option<crate::http::Body>,
         timeout: Duration,
         idempotency: Idempotency,
     ) -> Result<Answer> {
@@ -124,7 +145,7 @@ impl Toolbox {
             .await
     }
 
-    fn call_timeout(&self) -> Duration {
+    pub(crate) fn call_timeout(&self) -> Duration {
         self.client.inner.transport.call_timeout
     }
 
@@ -236,7 +257,24 @@ impl Toolbox {
     /// Error answers and transport errors. Not retried once the command may have started.
     pub async fn start_command(&self, session_id: &str, command: &str) -> Result<String> {
         let out = self
-            .session_exec(session_id, command, true, self.call_timeout())
+            .session_exec(session_id, command, true, false, self.call_timeout())
+            .await?;
+        Ok(out.command_id)
+    }
+
+    /// [`Toolbox::start_command`] for a command that will be given input
+    /// ([`Toolbox::send_input`]): Daytona is asked not to echo that input into the command's
+    /// output (`suppressInputEcho`), which it does by default, as stdout.
+    ///
+    /// # Errors
+    /// As [`Toolbox::start_command`].
+    pub async fn start_command_with_input(
+        &self,
+        session_id: &str,
+        command: &str,
+    ) -> Result<String> {
+        let out = self
+            .session_exec(session_id, command, true, true, self.call_timeout())
             .await?;
         Ok(out.command_id)
     }
@@ -254,8 +292,14 @@ impl Toolbox {
         command: &str,
         timeout: Duration,
     ) -> Result<SessionExecOutput> {
-        self.session_exec(session_id, command, false, timeout + self.call_timeout())
-            .await
+        self.session_exec(
+            session_id,
+            command,
+            false,
+            false,
+            timeout + self.call_timeout(),
+        )
+        .await
     }
 
     async fn session_exec(
@@ -263,8 +307,13 @@ impl Toolbox {
         session_id: &str,
         command: &str,
         run_async: bool,
+        suppress_input_echo: bool,
         timeout: Duration,
     ) -> Result<SessionExecOutput> {
+        let mut body = serde_json::json!({ "command": command, "runAsync": run_async });
+        if suppress_input_echo {
+            body["suppressInputEcho"] = serde_json::Value::Bool(true);
+        }
         let answer = self
             .call(
                 format!(
@@ -273,7 +322,7 @@ impl Toolbox {
                 ),
                 Method::POST,
                 self.url(&["process", "session", session_id, "exec"])?,
-                Some(serde_json::json!({ "command": command, "runAsync": run_async })),
+                Some(body),
                 timeout,
                 Idempotency::RunsCommand,
             )
@@ -304,6 +353,51 @@ impl Toolbox {
             stderr,
             output: body.output,
         })
+    }
+
+    /// Sends `data` to the standard input of a running session command
+    /// (`process/session/{id}/command/{cid}/input`). Returns `false` when the command has
+    /// already ended (Daytona answers 410 Gone): what it did not read is not an error.
+    ///
+    /// What the API offers, and what it does not (so callers frame their data themselves):
+    /// - `data` is a JSON string, so only text travels: binary data must be encoded;
+    /// - Daytona appends a newline to data that does not end with one;
+    /// - there is no end of input: a command reading to the end of its stdin waits forever
+    ///   unless the caller's framing tells it where the data ends.
+    ///
+    /// The call waits while the command does not read (its pipe is full), up to `timeout`; it
+    /// is never sent twice, since the data may have arrived.
+    ///
+    /// # Errors
+    /// Error answers (404 for an unknown session or command, 400 for a bad body) and transport
+    /// errors.
+    pub async fn send_input(
+        &self,
+        session_id: &str,
+        command_id: &str,
+        data: &str,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let result = self
+            .call(
+                format!(
+                    "send input to command `{command_id}` of session `{session_id}` in sandbox `{}`",
+                    self.sandbox_id
+                ),
+                Method::POST,
+                self.url(&[
+                    "process", "session", session_id, "command", command_id, "input",
+                ])?,
+                Some(serde_json::json!({ "data": data })),
+                timeout,
+                Idempotency::RunsCommand,
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(Error::Api { status: 410, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// A session command's state; `exit_code` is `None` while it runs.

@@ -775,3 +775,119 @@ async fn the_configured_snapshot_is_used_when_a_request_names_none() {
         .unwrap();
     assert_eq!(sandbox.snapshot.as_deref(), Some("other"));
 }
+
+/// A session command's stdin through `command/{id}/input` (text only, a newline added, no end
+/// of input, 410 once the command ended, 404 for an unknown one, 400 for a bad body), and the
+/// file API (upload, info, permissions, download), as the fake serves them on the host.
+#[tokio::test]
+async fn command_input_and_files_on_the_fakes_host() {
+    let fake = FakeDaytona::builder()
+        .start_delay(Duration::from_millis(10))
+        .execute_on_host(true)
+        .start()
+        .await
+        .unwrap();
+    let client = common::client(&fake);
+    let sandbox = started_sandbox(&client).await;
+    let toolbox = client.toolbox_for(&sandbox).unwrap();
+    toolbox.create_session("s").await.unwrap();
+    let id = toolbox
+        .start_command_with_input("s", "head -n 2")
+        .await
+        .unwrap();
+    let long = Duration::from_secs(10);
+    assert!(toolbox.send_input("s", &id, "one", long).await.unwrap());
+    assert!(toolbox.send_input("s", &id, "two\n", long).await.unwrap());
+    let mut chunks = Vec::new();
+    let outcome = toolbox
+        .follow_command("s", &id, &FollowOptions::default(), |c| chunks.push(c))
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(collect(&chunks, OutputStream::Stdout), "one\ntwo\n");
+    assert!(
+        !toolbox.send_input("s", &id, "late", long).await.unwrap(),
+        "an ended command answers 410"
+    );
+    let err = toolbox
+        .send_input("s", "cmd-none", "x", long)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    // By default Daytona echoes input into the output, as stdout.
+    let echoing = toolbox.start_command("s", "cat > /dev/null").await.unwrap();
+    assert!(
+        toolbox
+            .send_input("s", &echoing, "seen", long)
+            .await
+            .unwrap()
+    );
+    let logs = toolbox.command_logs("s", &echoing).await.unwrap();
+    assert_eq!(logs.stdout, b"seen\n");
+
+    // Bodies the description does not allow are refused with 400, as Daytona's binding does.
+    let http = reqwest::Client::new();
+    let input_url = format!(
+        "{}/{}/process/session/s/command/{id}/input",
+        fake.toolbox_url(),
+        sandbox.id
+    );
+    for bad in [
+        serde_json::json!({"text": "x"}),
+        serde_json::json!({"data": 5}),
+    ] {
+        let answer = http
+            .post(&input_url)
+            .bearer_auth(fake.api_key())
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "{bad}");
+    }
+    let answer = http
+        .post(format!(
+            "{}/{}/files/upload?path={}/x",
+            fake.toolbox_url(),
+            sandbox.id,
+            fake.sandbox_home(&sandbox.id).unwrap().display()
+        ))
+        .bearer_auth(fake.api_key())
+        .body("not a form")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        400,
+        "an upload that is not a form"
+    );
+
+    let home = fake.sandbox_home(&sandbox.id).unwrap();
+    let path = format!("{}/f.bin", home.display());
+    let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    toolbox.upload_file(&path, &data).await.unwrap();
+    toolbox.set_file_mode(&path, 0o751).await.unwrap();
+    let info = toolbox.file_info(&path).await.unwrap();
+    assert_eq!(
+        (info.size, info.is_dir, info.mode_bits()),
+        (70_000, false, Some(0o751))
+    );
+    assert_eq!(toolbox.download_file(&path, info.size).await.unwrap(), data);
+    let err = toolbox.file_info("/etc/passwd").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "outside the fake sandbox: {err}");
+    let err = toolbox
+        .file_info(&format!("{}/missing", home.display()))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    let upload = fake.requests_for("UploadFile");
+    assert_eq!(upload.len(), 2, "the bad form, then the file");
+    assert!(
+        upload[1]
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("multipart/form-data; boundary=")),
+        "{:?}",
+        upload[1].headers
+    );
+}

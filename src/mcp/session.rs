@@ -18,14 +18,16 @@ use crate::ops::session as ops_session;
 #[serde(deny_unknown_fields)]
 pub struct StartSessionArgs {
     /// `sandbox` (default: a container of its own, where files, installed packages and
-    /// background processes persist) or `local` (this host; the directory and exported
-    /// variables persist).
+    /// background processes persist), `cloud` (a Daytona sandbox of its own, where files and
+    /// installed packages persist) or `local` (this host; the directory and exported variables
+    /// persist).
     #[serde(default)]
     pub mode: Option<String>,
     /// A name that can stand for the id while the session lives.
     #[serde(default)]
     pub name: Option<String>,
-    /// The sandbox image (default: the user's configured one).
+    /// The sandbox image (default: the user's configured one; not for `cloud`, whose
+    /// Daytona snapshot decides).
     #[serde(default)]
     pub image: Option<String>,
     /// End the session after this many idle seconds (default 3600).
@@ -174,7 +176,8 @@ impl StigmerMcp {
         description = "Start a session: a durable workspace for multi-step work. Each \
         `run_command` with `session` starts where the previous one ended (working directory, \
         exported variables, functions, aliases); in a sandbox session the container is the \
-        session's own, so files, installed packages and background processes persist. One \
+        session's own, so files, installed packages and background processes persist; in a \
+        cloud session its Daytona sandbox is, so files and installed packages persist. One \
         command at a time. It ends after `ttl_secs` idle seconds or with `end_session`.",
         output_schema = schema_for_output::<SessionStarted>()
     )]
@@ -218,20 +221,22 @@ impl StigmerMcp {
     ) -> Result<Answer<SessionEnded>, String> {
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let (s, removed) = ops_session::end_session(store, &args.id, "ended by end_session")
-            .await
-            .map_err(|e| tool_error(&e))?;
+        let (s, removed) =
+            ops_session::end_session(store, &cfg.daytona(), &args.id, "ended by end_session")
+                .await
+                .map_err(|e| tool_error(&e))?;
         Ok(Answer(SessionEnded {
             id: s.id,
             removed_containers: removed,
         }))
     }
 
-    /// Writes a file into a sandbox session.
+    /// Writes a file into a sandbox or cloud session.
     #[tool(
-        description = "Write a file into a sandbox session's container (absolute path; the \
-        directory must exist). Text content, or base64 with `base64: true` for binary files. \
-        The file belongs to the sandbox user. At most 256 MiB.",
+        description = "Write a file into a sandbox session's container or a cloud session's \
+        Daytona sandbox (absolute path; the directory must exist). Text content, or base64 \
+        with `base64: true` for binary files. The file belongs to the sandbox user. At most \
+        256 MiB.",
         output_schema = schema_for_output::<FileWritten>()
     )]
     async fn write_file(
@@ -258,9 +263,16 @@ impl StigmerMcp {
         };
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let session = ops_session::write_in(store, &args.session, &args.path, &data, mode)
-            .await
-            .map_err(|e| tool_error(&e))?;
+        let session = ops_session::write_in(
+            store,
+            &cfg.daytona(),
+            &args.session,
+            &args.path,
+            &data,
+            mode,
+        )
+        .await
+        .map_err(|e| tool_error(&e))?;
         Ok(Answer(FileWritten {
             session: session.id,
             path: args.path,
@@ -268,9 +280,10 @@ impl StigmerMcp {
         }))
     }
 
-    /// Reads a file out of a sandbox session.
+    /// Reads a file out of a sandbox or cloud session.
     #[tool(
-        description = "Read a file from a sandbox session's container (absolute path). Returns \
+        description = "Read a file from a sandbox session's container or a cloud session's \
+        Daytona sandbox (absolute path). Returns \
         text, or base64 with `base64: true` (needed for a file that is not UTF-8). At most \
         256 MiB.",
         output_schema = schema_for_output::<FileRead>(),
@@ -282,9 +295,10 @@ impl StigmerMcp {
     ) -> Result<Answer<FileRead>, String> {
         let cfg = Self::config(None)?;
         let store = self.store(&cfg).await?;
-        let (session, file) = ops_session::read_in(store, &args.session, &args.path)
-            .await
-            .map_err(|e| tool_error(&e))?;
+        let (session, file) =
+            ops_session::read_in(store, &cfg.daytona(), &args.session, &args.path)
+                .await
+                .map_err(|e| tool_error(&e))?;
         let bytes = file.data.len() as u64;
         let base64 = args.base64.unwrap_or(false);
         let content = if base64 {

@@ -5,14 +5,15 @@
 
 use crate::cli::UsageError;
 use anyhow::Result;
+use stigmer_activities::cloud::{CloudBackend, CloudError, CloudSettings};
 use stigmer_activities::sandbox::SandboxBackend;
 use stigmer_activities::store::{NewSession, SessionRecord, Store, now_ms};
-use stigmer_workflows::SandboxSpec;
+use stigmer_workflows::{Backend, SandboxSpec};
 
 use crate::config::Config;
 
 /// The mode a session runs its commands in.
-pub const SESSION_MODES: &str = "sandbox or local";
+pub const SESSION_MODES: &str = "sandbox, cloud or local";
 
 /// A fresh session id: `ses-` and 16 random hex digits.
 pub fn new_session_id() -> Result<String> {
@@ -40,7 +41,8 @@ pub fn container_owner(id: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct SessionStart {
     pub name: Option<String>,
-    /// The sandbox spec of a sandbox session; `None` for a local one.
+    /// The sandbox spec of a sandbox or cloud session (backend `Daytona`); `None` for a local
+    /// one.
     pub sandbox: Option<SandboxSpec>,
     pub ttl_secs: u64,
     pub creator: String,
@@ -81,10 +83,10 @@ pub async fn start_session(store: &Store, start: SessionStart) -> Result<Session
         .create_session(&NewSession {
             id: id.clone(),
             name: start.name.clone(),
-            mode: if start.sandbox.is_some() {
-                "sandbox"
-            } else {
-                "local"
+            mode: match &start.sandbox {
+                Some(spec) if spec.backend == Backend::Daytona => "cloud",
+                Some(_) => "sandbox",
+                None => "local",
             }
             .into(),
             spec,
@@ -112,6 +114,7 @@ pub async fn start_from_args(args: &crate::cli::SessionStartArgs) -> Result<Sess
     }
     let sandbox = match args.mode.as_deref().unwrap_or("sandbox") {
         "sandbox" => Some(crate::cli::session_sandbox_spec(args, &cfg)?),
+        "cloud" => Some(crate::cli::session_cloud_spec(args, &cfg)?),
         "local" => {
             let flags = [
                 args.sandbox_image.is_some(),
@@ -130,8 +133,7 @@ pub async fn start_from_args(args: &crate::cli::SessionStartArgs) -> Result<Sess
         }
         other => {
             return Err(crate::cli::usage(format!(
-                "--mode {other:?}: a session runs in {}",
-                SESSION_MODES
+                "--mode {other:?}: a session runs in {SESSION_MODES} mode"
             )));
         }
     };
@@ -180,7 +182,7 @@ pub async fn session(store: &Store, id_or_name: &str) -> Result<SessionRecord> {
     })
 }
 
-/// The sandbox spec a sandbox session's commands run with.
+/// The sandbox spec a sandbox or cloud session's commands run with.
 pub fn session_spec(session: &SessionRecord) -> Result<Option<SandboxSpec>> {
     match &session.spec {
         Some(text) => {
@@ -197,30 +199,74 @@ pub fn session_spec(session: &SessionRecord) -> Result<Option<SandboxSpec>> {
 /// containers removed.
 pub async fn end_session(
     store: &Store,
+    daytona: &CloudSettings,
     id_or_name: &str,
     reason: &str,
 ) -> Result<(SessionRecord, Vec<String>)> {
     let live = find_session(store, id_or_name).await?;
     store.end_session(&live.id, reason).await?;
-    let removed = remove_containers(store, &live).await?;
+    let removed = remove_containers(store, daytona, &live).await?;
     Ok((session(store, &live.id).await?, removed))
 }
 
-async fn remove_containers(store: &Store, s: &SessionRecord) -> Result<Vec<String>> {
-    if s.mode != "sandbox" {
-        return Ok(Vec::new());
+/// The client for a cloud session's Daytona sandbox (to move files), or an error that says
+/// what to set.
+fn cloud_backend(
+    store: &Store,
+    daytona: &CloudSettings,
+    s: &SessionRecord,
+) -> Result<CloudBackend> {
+    CloudBackend::configured(store.clone(), "stigmer-session".into(), daytona.clone()).ok_or_else(
+        || {
+            anyhow::anyhow!(
+                "session {} is a cloud session and no Daytona key is set here: export \
+                 DAYTONA_API_KEY (the same as the daemon's) and try again",
+                s.id
+            )
+        },
+    )
+}
+
+async fn remove_containers(
+    store: &Store,
+    daytona: &CloudSettings,
+    s: &SessionRecord,
+) -> Result<Vec<String>> {
+    match s.mode.as_str() {
+        "sandbox" => {
+            let backend = SandboxBackend::new(store.clone(), "stigmer-session".into());
+            Ok(backend.remove_session_containers(&s.id).await?)
+        }
+        "cloud" => {
+            let Some(cloud) =
+                CloudBackend::configured(store.clone(), "stigmer-session".into(), daytona.clone())
+            else {
+                anyhow::bail!(
+                    "session {} ended, but its Daytona sandbox was not deleted: no Daytona key is \
+                     set here (DAYTONA_API_KEY); the daemon's reaper deletes it once it has been \
+                     idle for the session's TTL",
+                    s.id
+                );
+            };
+            cloud.remove_session_sandboxes(&s.id).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "session {} ended, but its Daytona sandbox could not be deleted ({e}); the \
+                         daemon's reaper deletes it once it has been idle for the session's TTL",
+                    s.id
+                )
+            })
+        }
+        _ => Ok(Vec::new()),
     }
-    let backend = SandboxBackend::new(store.clone(), "stigmer-session".into());
-    Ok(backend.remove_session_containers(&s.id).await?)
 }
 
 /// One pass of the session reaper: ends the sessions idle past their TTL and removes their
-/// containers. Returns the ids ended.
-pub async fn reap_sessions(store: &Store) -> Result<Vec<String>> {
+/// containers (Docker) or sandboxes (Daytona). Returns the ids ended.
+pub async fn reap_sessions(store: &Store, daytona: &CloudSettings) -> Result<Vec<String>> {
     let mut ended = Vec::new();
     for s in store.expired_sessions(now_ms()).await? {
         if store.end_session(&s.id, "idle past its TTL").await? {
-            if let Err(e) = remove_containers(store, &s).await {
+            if let Err(e) = remove_containers(store, daytona, &s).await {
                 tracing::warn!("could not remove the container of session {}: {e:#}", s.id);
             }
             ended.push(s.id);
@@ -268,12 +314,19 @@ pub struct Copied {
     pub mode: u32,
 }
 
-/// A sandbox session's running container, for moving files: only the session's creator may,
-/// and the session needs its container (made by its first command).
+/// Where a session's files are: its Docker container or its Daytona sandbox.
+enum FileHost {
+    Docker(stigmer_docker::Engine, String),
+    Cloud(CloudBackend, String),
+}
+
+/// A session's running container or sandbox, for moving files: only the session's creator
+/// may, and the session needs its container (made by its first command).
 async fn open_files(
     store: &Store,
+    daytona: &CloudSettings,
     session_ref: &str,
-) -> Result<(SessionRecord, stigmer_docker::Engine, String)> {
+) -> Result<(SessionRecord, FileHost)> {
     let session = find_session(store, session_ref).await?;
     let me = creator_of(nix::unistd::getuid().as_raw());
     if session.creator != me {
@@ -283,61 +336,96 @@ async fn open_files(
         ))
         .into());
     }
-    if session.mode != "sandbox" {
-        return Err(UsageError(format!(
+    let no_container = |session: &SessionRecord| -> anyhow::Error {
+        UsageError(format!(
+            "session {} has no running {} yet: run a command in it first \
+             (`stigmer run --session {} true`)",
+            session.id,
+            if session.mode == "cloud" {
+                "sandbox"
+            } else {
+                "container"
+            },
+            session.id
+        ))
+        .into()
+    };
+    match session.mode.as_str() {
+        "sandbox" => {
+            let engine = stigmer_docker::Engine::connect().await?;
+            match engine
+                .session_container(store.store_id(), &session.id)
+                .await?
+            {
+                Some(container) => Ok((session, FileHost::Docker(engine, container))),
+                None => Err(no_container(&session)),
+            }
+        }
+        "cloud" => {
+            let cloud = cloud_backend(store, daytona, &session)?;
+            match cloud.session_sandbox(&session.id).await? {
+                Some(sandbox) => Ok((session, FileHost::Cloud(cloud, sandbox))),
+                None => Err(no_container(&session)),
+            }
+        }
+        _ => Err(UsageError(format!(
             "session {} is a {} session: its files are this host's own; use cp",
             session.id, session.mode
         ))
-        .into());
+        .into()),
     }
-    let engine = stigmer_docker::Engine::connect().await?;
-    let Some(container) = engine
-        .session_container(store.store_id(), &session.id)
-        .await?
-    else {
-        return Err(UsageError(format!(
-            "session {} has no running container yet: run a command in it first \
-             (`stigmer run --session {} true`)",
-            session.id, session.id
-        ))
-        .into());
-    };
-    Ok((session, engine, container))
 }
 
-/// Writes one file into a sandbox session's container (`session cp`, MCP's `write_file`); a
-/// copy is use, so the session's idle clock starts again.
+/// Writes one file into a session's container or sandbox (`session cp`, MCP's `write_file`);
+/// a copy is use, so the session's idle clock starts again.
 pub async fn write_in(
     store: &Store,
+    daytona: &CloudSettings,
     session_ref: &str,
     path: &str,
     data: &[u8],
     mode: u32,
 ) -> Result<SessionRecord> {
-    let (session, engine, container) = open_files(store, session_ref).await?;
-    engine
-        .write_file(&container, path, data, mode)
-        .await
-        .map_err(usage_of)?;
+    let (session, host) = open_files(store, daytona, session_ref).await?;
+    match host {
+        FileHost::Docker(engine, container) => engine
+            .write_file(&container, path, data, mode)
+            .await
+            .map_err(usage_of)?,
+        FileHost::Cloud(cloud, sandbox) => cloud
+            .write_file(&sandbox, path, data, mode)
+            .await
+            .map_err(cloud_usage_of)?,
+    }
     store.touch_session(&session.id).await?;
     Ok(session)
 }
 
-/// Reads one file out of a sandbox session's container (`session cp`, MCP's `read_file`).
+/// Reads one file out of a session's container or sandbox (`session cp`, MCP's `read_file`).
 pub async fn read_in(
     store: &Store,
+    daytona: &CloudSettings,
     session_ref: &str,
     path: &str,
 ) -> Result<(SessionRecord, stigmer_docker::ContainerFile)> {
-    let (session, engine, container) = open_files(store, session_ref).await?;
-    let file = engine.read_file(&container, path).await.map_err(usage_of)?;
+    let (session, host) = open_files(store, daytona, session_ref).await?;
+    let file = match host {
+        FileHost::Docker(engine, container) => {
+            engine.read_file(&container, path).await.map_err(usage_of)?
+        }
+        FileHost::Cloud(cloud, sandbox) => cloud
+            .read_file(&sandbox, path)
+            .await
+            .map_err(cloud_usage_of)?,
+    };
     store.touch_session(&session.id).await?;
     Ok((session, file))
 }
 
-/// Copies one file between this host and a sandbox session's container, binary-safe and with
-/// its permission bits, through the engine's archive API. Only the session's creator may.
-pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
+/// Copies one file between this host and a session's container (the engine's archive API) or
+/// Daytona sandbox (the toolbox's file API), binary-safe and with its permission bits. Only
+/// the session's creator may.
+pub async fn copy(store: &Store, daytona: &CloudSettings, src: &str, dst: &str) -> Result<Copied> {
     use std::os::unix::fs::PermissionsExt;
     match (CopyEnd::parse(src), CopyEnd::parse(dst)) {
         (CopyEnd::Host(from), CopyEnd::Session { session, mut path }) => {
@@ -367,7 +455,7 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
                 let name = from.file_name().map(|n| n.to_string_lossy().into_owned());
                 path.push_str(&name.unwrap_or_default());
             }
-            let session = write_in(store, &session, &path, &data, mode).await?;
+            let session = write_in(store, daytona, &session, &path, &data, mode).await?;
             Ok(Copied {
                 from: from.display().to_string(),
                 to: format!("{}:{path}", session.id),
@@ -377,7 +465,7 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
             })
         }
         (CopyEnd::Session { session, path }, CopyEnd::Host(mut to)) => {
-            let (session, file) = read_in(store, &session, &path).await?;
+            let (session, file) = read_in(store, daytona, &session, &path).await?;
             if to.is_dir() {
                 to = to.join(path.rsplit('/').next().unwrap_or("file"));
             }
@@ -406,6 +494,14 @@ pub async fn copy(store: &Store, src: &str, dst: &str) -> Result<Copied> {
 fn usage_of(e: stigmer_docker::EngineError) -> anyhow::Error {
     match e {
         stigmer_docker::EngineError::InvalidSpec(m) => UsageError(m).into(),
+        other => other.into(),
+    }
+}
+
+/// A Daytona answer the caller can fix (a bad path, a missing file) is a usage error.
+fn cloud_usage_of(e: CloudError) -> anyhow::Error {
+    match e {
+        CloudError::Invalid(m) => UsageError(m).into(),
         other => other.into(),
     }
 }

@@ -95,6 +95,10 @@ pub(crate) enum Source {
         cwd: Option<String>,
         env: BTreeMap<String, String>,
         merge_stderr: bool,
+        /// The sandbox's directory: where the command starts (unless `cwd`), and its `HOME`.
+        home: Option<std::path::PathBuf>,
+        /// Whether stdin is a pipe for `command/{id}/input` (session commands), else empty.
+        input: bool,
     },
 }
 
@@ -111,6 +115,18 @@ pub(crate) struct CommandLog {
     pub command: String,
     inner: Mutex<LogInner>,
     version: watch::Sender<u64>,
+    /// The command's stdin while it runs on the host with a pipe for input.
+    pub input: tokio::sync::Mutex<Option<tokio::process::ChildStdin>>,
+    /// Its process group on the host, while it runs.
+    group: Mutex<Option<u32>>,
+    /// Set when the process has exited (before the exit code is recorded).
+    pub exited: std::sync::atomic::AtomicBool,
+    /// Set when the command runs on the host with a pipe for input: input that comes before
+    /// the process has started waits for its pipe.
+    pub takes_input: std::sync::atomic::AtomicBool,
+    /// Whether input is echoed into the log as stdout (Daytona's default, unless the command
+    /// was started with `suppressInputEcho`).
+    pub echo_input: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -126,7 +142,19 @@ impl CommandLog {
             command,
             inner: Mutex::new(LogInner::default()),
             version: watch::Sender::new(0),
+            input: tokio::sync::Mutex::new(None),
+            group: Mutex::new(None),
+            exited: std::sync::atomic::AtomicBool::new(false),
+            takes_input: std::sync::atomic::AtomicBool::new(false),
+            echo_input: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Kills the command's process group, if it runs on the host (its session or sandbox is
+    /// being deleted).
+    pub fn kill(&self) {
+        let group = self.group.lock().ok().and_then(|mut g| g.take());
+        drop(GroupKiller(group));
     }
 
     /// Appends output, each line behind its stream's marker, as the toolbox does.
@@ -201,7 +229,16 @@ pub(crate) async fn run(source: Source, log: &CommandLog, timeout: Option<Durati
                 cwd,
                 env,
                 merge_stderr,
-            } => run_on_host(&command, cwd.as_deref(), &env, merge_stderr, log).await,
+                home,
+                input,
+            } => {
+                let place = Place {
+                    cwd: cwd.map(std::path::PathBuf::from).or_else(|| home.clone()),
+                    home,
+                    input,
+                };
+                run_on_host(&command, &place, &env, merge_stderr, log).await
+            }
         }
     };
     match timeout {
@@ -222,9 +259,16 @@ async fn run_script(script: ScriptedCommand, log: &CommandLog) -> i32 {
     script.exit_code
 }
 
+/// Where and how a host command runs.
+struct Place {
+    cwd: Option<std::path::PathBuf>,
+    home: Option<std::path::PathBuf>,
+    input: bool,
+}
+
 async fn run_on_host(
     command: &str,
-    cwd: Option<&str>,
+    place: &Place,
     env: &BTreeMap<String, String>,
     merge_stderr: bool,
     log: &CommandLog,
@@ -239,12 +283,19 @@ async fn run_on_host(
     cmd.arg("-c")
         .arg(script)
         .envs(env)
-        .stdin(Stdio::null())
+        .stdin(if place.input {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    if let Some(dir) = cwd {
+    if let Some(home) = &place.home {
+        cmd.env("HOME", home);
+    }
+    if let Some(dir) = &place.cwd {
         cmd.current_dir(dir);
     }
     let mut child = match cmd.spawn() {
@@ -259,6 +310,12 @@ async fn run_on_host(
     };
     // On a timeout this future is dropped: kill the whole process group, not only the shell.
     let mut group = GroupKiller(child.id());
+    if let Ok(mut g) = log.group.lock() {
+        *g = child.id();
+    }
+    if let Some(stdin) = child.stdin.take() {
+        *log.input.lock().await = Some(stdin);
+    }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let (status, (), ()) = tokio::join!(
@@ -267,6 +324,15 @@ async fn run_on_host(
         pump(stderr.map(Pipe::Err), OutputStream::Stderr, log),
     );
     group.0 = None;
+    if let Ok(mut g) = log.group.lock() {
+        *g = None;
+    }
+    log.exited.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The end of the writer: a reader the command left behind sees end of file. An input call
+    // holding it drops it once it sees the command exited.
+    if let Ok(mut input) = log.input.try_lock() {
+        input.take();
+    }
     match status {
         Ok(s) => s.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;

@@ -12,7 +12,14 @@
 //!   unless a [`SandboxFate`] says otherwise (stuck in `starting`, `error`, `build_failed`);
 //! - commands never run on the host unless the fake is built with
 //!   [`FakeDaytonaBuilder::execute_on_host`]; otherwise each gets a [`ScriptedCommand`]
-//!   ([`FakeDaytona::script_command`]);
+//!   ([`FakeDaytona::script_command`]). On the host, each sandbox has a directory of its own
+//!   ([`FakeDaytona::sandbox_home`]): its commands start there with `HOME` set to it, and its
+//!   file API (`files/upload`, `files/download`, `files/info`, `files/permissions`) is
+//!   confined to it. Deleting a session kills what runs in it; deleting a sandbox also removes
+//!   its directory;
+//! - a session command's stdin is a pipe that `command/{id}/input` writes to, as Daytona's
+//!   toolbox does: a newline is added to data that does not end with one, there is no end of
+//!   input, and a command that has ended answers 410;
 //! - session logs are served as Daytona's toolbox serves them: plain text with stream markers,
 //!   JSON for clients announcing a recent SDK version, merged text otherwise, and a WebSocket
 //!   follow (`?follow=true`) that closes normally when the command ends;
@@ -244,7 +251,19 @@ impl FakeDaytonaBuilder {
     pub async fn start(self) -> std::io::Result<FakeDaytona> {
         let listener = tokio::net::TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
+        let home_root = if self.execute_on_host {
+            let root = std::env::temp_dir().join(format!(
+                "fake-daytona-{}-{}",
+                std::process::id(),
+                addr.port()
+            ));
+            std::fs::create_dir_all(&root)?;
+            Some(root)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
+            home_root,
             api_key: self.api_key,
             start_delay: self.start_delay,
             execute_on_host: self.execute_on_host,
@@ -274,6 +293,20 @@ pub struct FakeDaytona {
 impl Drop for FakeDaytona {
     fn drop(&mut self) {
         self.task.abort();
+        let commands: Vec<Arc<CommandLog>> = self
+            .shared
+            .lock()
+            .sandboxes
+            .values()
+            .flat_map(|s| s.sessions.values())
+            .flat_map(|s| s.commands.values().cloned())
+            .collect();
+        for command in commands {
+            command.kill();
+        }
+        if let Some(root) = &self.shared.home_root {
+            let _ = std::fs::remove_dir_all(root);
+        }
     }
 }
 
@@ -403,6 +436,17 @@ impl FakeDaytona {
     }
 
     /// A sandbox's current state as the fake would report it.
+    /// The host directory standing for sandbox `id`'s file system (its commands' `HOME`), when
+    /// the fake executes on the host.
+    #[must_use]
+    pub fn sandbox_home(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.shared
+            .lock()
+            .sandboxes
+            .get(id)
+            .and_then(|s| s.home.clone())
+    }
+
     #[must_use]
     pub fn sandbox_state(&self, id: &str) -> Option<String> {
         let state = self.shared.lock();
@@ -415,6 +459,8 @@ impl FakeDaytona {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// Where the sandboxes' directories are made, when commands run on the host.
+    home_root: Option<std::path::PathBuf>,
     api_key: String,
     start_delay: Duration,
     execute_on_host: bool,
@@ -486,6 +532,8 @@ struct FakeSandbox {
     created_at: String,
     fate: SandboxFate,
     sessions: HashMap<String, FakeSession>,
+    /// The sandbox's directory on the host (commands run on the host only).
+    home: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default)]

@@ -29,7 +29,8 @@ use super::{FakeSandbox, FakeSession, FaultKind, RecordedRequest, Shared};
 use crate::demux::demux_all;
 use crate::openapi::{self, Spec, Strictness};
 
-const MAX_BODY: usize = 16 << 20;
+/// The largest request body read: a file upload of 256 MiB and its form.
+const MAX_BODY: usize = 257 << 20;
 
 /// An OpenAPI operation the fake serves: its id, description, and body schemas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +131,18 @@ fn toolbox_operation(method: &str, rest: &[&str], deprecated: bool) -> Option<Op
             None,
             Some("Command"),
         ),
+        ("POST", ["process", "session", _, "command", _, "input"]) if !deprecated => {
+            op("SendInput", spec, Some("SessionSendInputRequest"), None)
+        }
+        ("GET", ["files", "info"]) if !deprecated => {
+            op("GetFileInfo", spec, None, Some("FileInfo"))
+        }
+        ("GET", ["files", "download"]) if !deprecated => op("DownloadFile", spec, None, None),
+        // A multipart form, not JSON: the handler checks it has its `file` part.
+        ("POST", ["files", "upload"]) if !deprecated => op("UploadFile", spec, None, None),
+        ("POST", ["files", "permissions"]) if !deprecated => {
+            op("SetFilePermissions", spec, None, None)
+        }
         ("GET", ["process", "session", _, "command", _, "logs"]) => op(
             name("GetSessionCommandLogs", "getSessionCommandLogs_deprecated"),
             spec,
@@ -156,7 +169,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/process/session/{session_id}/command/{command_id}/logs",
             get(command_logs),
-        );
+        )
+        .route(
+            "/process/session/{session_id}/command/{command_id}/input",
+            post(send_input),
+        )
+        .route("/files/info", get(file_info))
+        .route("/files/download", get(download_file))
+        .route("/files/upload", post(upload_file))
+        .route("/files/permissions", post(set_permissions));
     let api = Router::new()
         .route("/sandbox", post(create_sandbox).get(list_sandboxes))
         .route(
@@ -173,6 +194,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .nest("/toolbox/{sandbox_id}", toolbox)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route in the fake Daytona") })
         .layer(middleware::from_fn_with_state(shared.clone(), gate))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 
@@ -385,6 +407,19 @@ async fn create_sandbox(State(shared): State<Arc<Shared>>, body: axum::body::Byt
     let mut state = shared.lock();
     let id = state.next_id("sbx");
     let fate = state.fates.pop_front().unwrap_or_default();
+    let home = match &shared.home_root {
+        Some(root) => {
+            let home = root.join(&id);
+            if let Err(e) = std::fs::create_dir_all(&home) {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("fake daytona: could not make the sandbox's directory: {e}"),
+                );
+            }
+            Some(home)
+        }
+        None => None,
+    };
     let sandbox = FakeSandbox {
         id: id.clone(),
         name: body.name.unwrap_or_else(|| id.clone()),
@@ -403,6 +438,7 @@ async fn create_sandbox(State(shared): State<Arc<Shared>>, body: axum::body::Byt
         created_at: super::rfc3339(SystemTime::now()),
         fate,
         sessions: HashMap::new(),
+        home,
     };
     let answer = sandbox.to_json(&shared);
     state.sandboxes.insert(id, sandbox);
@@ -475,6 +511,12 @@ async fn delete_sandbox(State(shared): State<Arc<Shared>>, Path(p): Params) -> R
     let mut state = shared.lock();
     match state.sandboxes.remove(id) {
         Some(s) => {
+            for command in s.sessions.values().flat_map(|s| s.commands.values()) {
+                command.kill();
+            }
+            if let Some(home) = &s.home {
+                let _ = std::fs::remove_dir_all(home);
+            }
             let mut answer = s.to_json(&shared);
             answer["state"] = json!("destroying");
             answer["desiredState"] = json!("destroyed");
@@ -517,6 +559,7 @@ fn with_started<T>(
 fn choose_source(
     shared: &Shared,
     state: &super::State,
+    sandbox_id: &str,
     command: &str,
     cwd: Option<String>,
     env: BTreeMap<String, String>,
@@ -534,6 +577,9 @@ fn choose_source(
             cwd,
             env,
             merge_stderr,
+            home: state.sandboxes.get(sandbox_id).and_then(|s| s.home.clone()),
+            // Session commands read what `command/{id}/input` sends; `execute` reads nothing.
+            input: !merge_stderr,
         }
     } else {
         Source::Script(state.default_command.clone())
@@ -566,6 +612,7 @@ async fn execute(
         let source = choose_source(
             &shared,
             state,
+            id,
             &body.command,
             body.cwd.clone(),
             body.envs.clone(),
@@ -709,8 +756,15 @@ async fn delete_session(
     uri: axum::http::Uri,
 ) -> Response {
     match with_session(&shared, &p, |state, id, sid| {
-        if let Some(s) = state.sandboxes.get_mut(id) {
-            s.sessions.remove(sid);
+        // As Daytona does, deleting a session ends what still runs in it.
+        if let Some(session) = state
+            .sandboxes
+            .get_mut(id)
+            .and_then(|s| s.sessions.remove(sid))
+        {
+            for command in session.commands.values() {
+                command.kill();
+            }
         }
         Ok(())
     }) {
@@ -728,6 +782,8 @@ struct SessionExecBody {
     run_async: bool,
     #[serde(default, rename = "async")]
     async_old: bool,
+    #[serde(default)]
+    suppress_input_echo: bool,
 }
 
 /// What a client gets for session output, decided from its headers as Daytona's toolbox does:
@@ -806,8 +862,24 @@ async fn session_exec(
     let run_async = body.run_async || body.async_old;
     let prepared = with_session(&shared, &p, |state, id, sid| {
         let command_id = state.next_id("cmd");
-        let source = choose_source(&shared, state, &body.command, None, BTreeMap::new(), false);
+        let source = choose_source(
+            &shared,
+            state,
+            id,
+            &body.command,
+            None,
+            BTreeMap::new(),
+            false,
+        );
         let log = Arc::new(CommandLog::new(command_id.clone(), body.command.clone()));
+        if body.suppress_input_echo {
+            log.echo_input
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        if matches!(source, Source::Host { input: true, .. }) {
+            log.takes_input
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Some(session) = state
             .sandboxes
             .get_mut(id)
@@ -966,5 +1038,288 @@ async fn stream_log(
         if changes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+// ---- command input -----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct SendInputBody {
+    data: String,
+}
+
+/// Writes to a session command's stdin as Daytona's toolbox does: a newline is added to data
+/// that does not end with one, a command that has ended answers 410, and nothing ever ends the
+/// input.
+async fn send_input(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: SendInputBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let log = match find_command(&shared, &p) {
+        Ok(log) => log,
+        Err(r) => return r.into_response(),
+    };
+    let gone = |log: &CommandLog| {
+        error(
+            StatusCode::GONE,
+            format!(
+                "command has already completed with exit code {}",
+                log.exit_code().unwrap_or(-1)
+            ),
+        )
+    };
+    if log.exit_code().is_some() || log.exited.load(std::sync::atomic::Ordering::SeqCst) {
+        return gone(&log);
+    }
+    let mut data = body.data.into_bytes();
+    if !data.ends_with(b"\n") {
+        data.push(b'\n');
+    }
+    // The process may not have started yet: its pipe comes with it.
+    let mut input = log.input.lock().await;
+    let since = std::time::Instant::now();
+    while input.is_none()
+        && log.takes_input.load(std::sync::atomic::Ordering::SeqCst)
+        && !log.exited.load(std::sync::atomic::Ordering::SeqCst)
+        && since.elapsed() < Duration::from_secs(10)
+    {
+        drop(input);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        input = log.input.lock().await;
+    }
+    if log.exited.load(std::sync::atomic::Ordering::SeqCst) && input.is_none() {
+        return gone(&log);
+    }
+    // A scripted command reads nothing: what is sent to it is dropped, as a pipe nobody reads
+    // until the command ends would.
+    let Some(pipe) = input.as_mut() else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    let written = tokio::io::AsyncWriteExt::write_all(pipe, &data).await;
+    if log.exited.load(std::sync::atomic::Ordering::SeqCst) {
+        input.take();
+    }
+    match written {
+        Ok(()) => {
+            // As Daytona: the input also shows in the output, as stdout, unless suppressed.
+            if log.echo_input.load(std::sync::atomic::Ordering::SeqCst) {
+                log.append(crate::model::OutputStream::Stdout, &data);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(_) if log.exited.load(std::sync::atomic::Ordering::SeqCst) => gone(&log),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to write to input pipe: {e}"),
+        ),
+    }
+}
+
+// ---- files -------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct FileQuery {
+    path: Option<String>,
+    mode: Option<String>,
+}
+
+/// The host path standing for `path` in sandbox `id`: inside the sandbox's directory only
+/// (the fake runs on the host; a real sandbox is a machine of its own).
+fn sandbox_path(
+    shared: &Shared,
+    id: &str,
+    path: Option<&str>,
+) -> Result<std::path::PathBuf, Reject> {
+    let home = with_started(shared, id, |state, id| {
+        state
+            .sandboxes
+            .get(id)
+            .and_then(|s| s.home.clone())
+            .ok_or_else(|| {
+                Reject(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "the fake keeps files only when it executes commands on the host".into(),
+                )
+            })
+    })?;
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return Err(Reject(StatusCode::BAD_REQUEST, "path is required".into()));
+    };
+    let path = std::path::Path::new(path);
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        home.join(path)
+    };
+    let outside = || {
+        Reject(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{}: the fake sandbox's files are under {}",
+                full.display(),
+                home.display()
+            ),
+        )
+    };
+    let home = home.canonicalize().map_err(|_| outside())?;
+    // The parent resolved (symbolic links included) must lie in the sandbox's directory.
+    let (Some(parent), Some(name)) = (full.parent(), full.file_name()) else {
+        return Err(outside());
+    };
+    let parent = match parent.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Reject(
+                StatusCode::NOT_FOUND,
+                format!("{}: no such file or directory", full.display()),
+            ));
+        }
+        Err(_) => return Err(outside()),
+    };
+    let resolved = parent.join(name);
+    if name == ".." || !(parent.starts_with(&home) || resolved == home) {
+        return Err(outside());
+    }
+    Ok(resolved)
+}
+
+fn io_reject(path: &std::path::Path, e: &std::io::Error) -> Reject {
+    let status = match e.kind() {
+        std::io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        std::io::ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Reject(status, format!("{}: {e}", path.display()))
+}
+
+async fn file_info(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+        Ok(path) => path,
+        Err(r) => return r.into_response(),
+    };
+    // As Daytona: a symbolic link is followed.
+    match std::fs::metadata(&path) {
+        Ok(meta) => {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let perm = meta.permissions().mode() & 0o777;
+            let mut letters = String::from(if meta.is_dir() { "d" } else { "-" });
+            for i in (0..9).rev() {
+                letters.push(if perm & (1 << i) == 0 {
+                    '-'
+                } else {
+                    ['x', 'w', 'r'][i % 3]
+                });
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let modified = meta.modified().map(super::rfc3339).unwrap_or_default();
+            Json(json!({
+                "name": name,
+                "isDir": meta.is_dir(),
+                "size": meta.len(),
+                "mode": letters,
+                "permissions": format!("{perm:04o}"),
+                "owner": meta.uid().to_string(),
+                "group": meta.gid().to_string(),
+                "modTime": modified,
+                "modifiedAt": modified,
+            }))
+            .into_response()
+        }
+        Err(e) => io_reject(&path, &e).into_response(),
+    }
+}
+
+async fn download_file(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+        Ok(path) => path,
+        Err(r) => return r.into_response(),
+    };
+    if path.is_dir() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{} is a directory", path.display()),
+        );
+    }
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Body::from(bytes),
+        )
+            .into_response(),
+        Err(e) => io_reject(&path, &e).into_response(),
+    }
+}
+
+async fn upload_file(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    Query(q): Query<FileQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+        Ok(path) => path,
+        Err(r) => return r.into_response(),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(data) = crate::files::multipart_file_part(content_type, &body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a multipart/form-data form with a `file` part",
+        );
+    };
+    if path.is_dir() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{} is a directory", path.display()),
+        );
+    }
+    match tokio::fs::write(&path, data).await {
+        Ok(()) => Json(json!({ "message": "File uploaded successfully" })).into_response(),
+        Err(e) => io_reject(&path, &e).into_response(),
+    }
+}
+
+async fn set_permissions(
+    State(shared): State<Arc<Shared>>,
+    Path(p): Params,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+        Ok(path) => path,
+        Err(r) => return r.into_response(),
+    };
+    let Some(mode) = q.mode.as_deref() else {
+        return StatusCode::OK.into_response();
+    };
+    let Ok(bits) = u32::from_str_radix(mode, 8) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid file mode {mode:?}: give it in octal, e.g. 0755"),
+        );
+    };
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bits & 0o7777)) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => io_reject(&path, &e).into_response(),
     }
 }
