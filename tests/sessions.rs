@@ -306,8 +306,7 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
     );
 
     // kill -9 of the daemon while a command runs: that command is lost (stopped, not re-run),
-    // and the session keeps its container and its files. The command is stopped with SIGTERM
-    // first, so, as in a terminal after Ctrl-C, what it had exported before is kept.
+    // and the session keeps its container and its files.
     let container = session_containers(&s1);
     let lost = env
         .cmd()
@@ -343,16 +342,17 @@ fn sessions_keep_state_files_and_processes_and_end_cleanly() {
         "pwd; echo $FOO; cat /tmp/d/f; test -f /tmp/d/mid && echo mid; \
          ps -eo args | grep -qx 'sleep 4646' || echo gone",
     );
-    assert_eq!(
-        text(&out.stdout),
-        "/tmp\nnever\nhi\nmid\ngone\n",
-        "after kill -9 mid-command: {}\n{}",
-        text(&out.stderr),
+    // Stopped with SIGTERM, the command's shell may run its EXIT trap (then what it exported
+    // is kept) or go before it saves (then the state from before it, and a notice).
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let saved = stdout == "/tmp\nnever\nhi\nmid\ngone\n" && !stderr.contains("did not save");
+    let not_saved = stdout == "/tmp\nbar\nhi\nmid\ngone\n" && stderr.contains("did not save");
+    assert!(
+        saved || not_saved,
+        "after kill -9 mid-command: {stdout}\n{stderr}\n{}",
         text(
             &env.stigmer(&["leases", "list", "--all", "--output", "json"])
-                .stdout
-        ) + &text(
-            &env.stigmer(&["executions", "list", "--limit", "3", "--output", "json"])
                 .stdout
         )
     );
