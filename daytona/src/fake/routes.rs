@@ -1128,8 +1128,24 @@ struct FileQuery {
     mode: Option<String>,
 }
 
-/// The host path standing for `path` in sandbox `id`: inside the sandbox's directory only
-/// (the fake runs on the host; a real sandbox is a machine of its own).
+/// The file a file route names in its sandbox; with `directory_ok` false, a directory is
+/// refused as Daytona refuses it (400).
+fn file_path(
+    shared: &Shared,
+    sandbox: &str,
+    q: &FileQuery,
+    directory_ok: bool,
+) -> Result<std::path::PathBuf, Reject> {
+    let path = sandbox_path(shared, sandbox, q.path.as_deref())?;
+    if !directory_ok && path.is_dir() {
+        return Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("{} is a directory", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
 fn sandbox_path(
     shared: &Shared,
     id: &str,
@@ -1202,7 +1218,7 @@ async fn file_info(
     Path(p): Params,
     Query(q): Query<FileQuery>,
 ) -> Response {
-    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+    let path = match file_path(&shared, param(&p, "sandbox_id"), &q, true) {
         Ok(path) => path,
         Err(r) => return r.into_response(),
     };
@@ -1246,16 +1262,10 @@ async fn download_file(
     Path(p): Params,
     Query(q): Query<FileQuery>,
 ) -> Response {
-    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+    let path = match file_path(&shared, param(&p, "sandbox_id"), &q, false) {
         Ok(path) => path,
         Err(r) => return r.into_response(),
     };
-    if path.is_dir() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{} is a directory", path.display()),
-        );
-    }
     match tokio::fs::read(&path).await {
         Ok(bytes) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -1273,7 +1283,7 @@ async fn upload_file(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+    let path = match file_path(&shared, param(&p, "sandbox_id"), &q, false) {
         Ok(path) => path,
         Err(r) => return r.into_response(),
     };
@@ -1287,12 +1297,6 @@ async fn upload_file(
             "the body must be a multipart/form-data form with a `file` part",
         );
     };
-    if path.is_dir() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{} is a directory", path.display()),
-        );
-    }
     match tokio::fs::write(&path, data).await {
         Ok(()) => Json(json!({ "message": "File uploaded successfully" })).into_response(),
         Err(e) => io_reject(&path, &e).into_response(),
@@ -1304,7 +1308,7 @@ async fn set_permissions(
     Path(p): Params,
     Query(q): Query<FileQuery>,
 ) -> Response {
-    let path = match sandbox_path(&shared, param(&p, "sandbox_id"), q.path.as_deref()) {
+    let path = match file_path(&shared, param(&p, "sandbox_id"), &q, true) {
         Ok(path) => path,
         Err(r) => return r.into_response(),
     };
