@@ -525,6 +525,7 @@ impl crate::backend::ContainerBackend for CloudBackend {
             )))
         });
         let mut input_failed = None;
+        let mut input_error: Option<(String, tokio::time::Instant)> = None;
 
         // The follower hands chunks to a callback; a channel carries them to the async sink.
         // Unbounded, yet memory stays bounded: the follower only runs when the loop below
@@ -557,14 +558,23 @@ impl crate::backend::ContainerBackend for CloudBackend {
                     match sent {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            input_failed = Some(format!("could not pass standard input to the command in the Daytona sandbox: {e}"));
-                            streams_open = false;
+                            input_error = Some((format!("could not pass standard input to the command in the Daytona sandbox: {e}"), tokio::time::Instant::now() + INPUT_FAILURE_GRACE));
                         }
                         Err(e) => {
-                            input_failed = Some(format!("the standard input's sender ended: {e}"));
-                            streams_open = false;
+                            input_error = Some((format!("the standard input's sender ended: {e}"), tokio::time::Instant::now() + INPUT_FAILURE_GRACE));
                         }
                     }
+                }
+                // A command that ended closed its input first: what it did not read is no
+                // error. One still running past the grace would wait for input that never comes.
+                () = async {
+                    match &input_error {
+                        Some((_, at)) => tokio::time::sleep_until(*at).await,
+                        None => std::future::pending().await,
+                    }
+                }, if input_error.is_some() && outcome.is_none() && stopped.is_none() && input_failed.is_none() => {
+                    input_failed = input_error.take().map(|(why, _)| why);
+                    streams_open = false;
                 }
                 () = stop.token().cancelled(), if stopped.is_none() && outcome.is_none() && input_failed.is_none() => {
                     stopped = Some(stop.reason().unwrap_or(StopReason::Cancelled));
@@ -701,6 +711,10 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
+
+/// How long a command whose input could not be passed may take to be seen ending by itself (a
+/// command that exits closes its input: the toolbox then answers an error, or 410, at once).
+const INPUT_FAILURE_GRACE: Duration = Duration::from_secs(3);
 
 /// Passes the command's stdin to it as base64 lines, then the end mark (see the module's
 /// comment). Returns once all is sent, or as soon as the command has ended (what it did not
