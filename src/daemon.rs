@@ -952,12 +952,7 @@ async fn session_request(
             session.creator
         ));
     }
-    let mode = match session.mode.as_str() {
-        "sandbox" => Mode::Sandbox,
-        "cloud" => Mode::Cloud,
-        _ => Mode::Local,
-    };
-    if request.effective_mode != mode {
+    if request.effective_mode != session.run_mode() {
         return Err(format!(
             "session {id} runs its commands in {} mode; the session decides the mode",
             session.mode

@@ -8,7 +8,7 @@ use anyhow::Result;
 use stigmer_activities::cloud::{CloudBackend, CloudError, CloudSettings};
 use stigmer_activities::sandbox::SandboxBackend;
 use stigmer_activities::store::{NewSession, SessionRecord, Store, now_ms};
-use stigmer_workflows::{Backend, SandboxSpec};
+use stigmer_workflows::{Backend, Mode, SandboxSpec};
 
 use crate::config::Config;
 
@@ -232,12 +232,12 @@ async fn remove_containers(
     daytona: &CloudSettings,
     s: &SessionRecord,
 ) -> Result<Vec<String>> {
-    match s.mode.as_str() {
-        "sandbox" => {
+    match s.run_mode() {
+        Mode::Sandbox => {
             let backend = SandboxBackend::new(store.clone(), "stigmer-session".into());
             Ok(backend.remove_session_containers(&s.id).await?)
         }
-        "cloud" => {
+        Mode::Cloud => {
             let Some(cloud) =
                 CloudBackend::configured(store.clone(), "stigmer-session".into(), daytona.clone())
             else {
@@ -341,7 +341,7 @@ async fn open_files(
             "session {} has no running {} yet: run a command in it first \
              (`stigmer run --session {} true`)",
             session.id,
-            if session.mode == "cloud" {
+            if session.run_mode() == Mode::Cloud {
                 "sandbox"
             } else {
                 "container"
@@ -350,8 +350,8 @@ async fn open_files(
         ))
         .into()
     };
-    match session.mode.as_str() {
-        "sandbox" => {
+    match session.run_mode() {
+        Mode::Sandbox => {
             let engine = stigmer_docker::Engine::connect().await?;
             match engine
                 .session_container(store.store_id(), &session.id)
@@ -361,7 +361,7 @@ async fn open_files(
                 None => Err(no_container(&session)),
             }
         }
-        "cloud" => {
+        Mode::Cloud => {
             let cloud = cloud_backend(store, daytona, &session)?;
             match cloud.session_sandbox(&session.id).await? {
                 Some(sandbox) => Ok((session, FileHost::Cloud(cloud, sandbox))),

@@ -7,9 +7,9 @@
 //! holding execution ends, so a crash between two commands never leaves a session held by
 //! nothing (a holder that ended, or never got recorded, no longer counts).
 
-use crate::{Result, Store, now_ms, q};
+use crate::{LeaseState, Result, Store, now_ms, q};
 use serde::{Deserialize, Serialize};
-use stigmer_workflows::Status;
+use stigmer_workflows::{Mode, Status};
 
 /// A holder recorded as busy but absent from `executions` still counts for this long: the
 /// daemon takes the session just before it records the execution.
@@ -55,6 +55,16 @@ impl SessionRecord {
     pub fn is_live(&self) -> bool {
         self.ended_at.is_none()
     }
+
+    /// The mode the session's commands run in (what `mode` records).
+    #[must_use]
+    pub fn run_mode(&self) -> Mode {
+        match self.mode.as_str() {
+            "sandbox" => Mode::Sandbox,
+            "cloud" => Mode::Cloud,
+            _ => Mode::Local,
+        }
+    }
 }
 
 const SESSION_COLUMNS: &str = "id, name, mode, spec, ttl_secs, creator, created_at, last_used_at, \
@@ -63,8 +73,14 @@ const SESSION_COLUMNS: &str = "id, name, mode, spec, ttl_secs, creator, created_
 /// No container lease is still held for the execution in `busy`. A command's end is recorded
 /// before its container is given back; the next command in the session waits for that, or it
 /// would find the session's container busy and make the session a second one.
-const HOLDER_LEASE_GONE: &str = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.execution_id = \
-     sessions.busy AND l.state IN ('creating', 'busy'))";
+fn holder_lease_gone() -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM leases l WHERE l.execution_id = sessions.busy AND l.state IN \
+         ('{}', '{}'))",
+        LeaseState::Creating.as_str(),
+        LeaseState::Busy.as_str()
+    )
+}
 
 /// The condition under which the holder in `busy` no longer holds: it ended and gave its
 /// container back, or it was never recorded and the grace for that has passed. `$T1`, `$T2`
@@ -72,9 +88,10 @@ const HOLDER_LEASE_GONE: &str = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.exec
 fn holder_gone(t1: &str, t2: &str, now: &str) -> String {
     format!(
         "(busy IS NULL OR NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = sessions.busy \
-         AND e.status IN ({t1}, {t2})) AND {HOLDER_LEASE_GONE} AND (EXISTS (SELECT 1 FROM \
+         AND e.status IN ({t1}, {t2})) AND {} AND (EXISTS (SELECT 1 FROM \
          executions e WHERE e.id = sessions.busy) OR busy_since < {now} - \
-         {ABSENT_HOLDER_GRACE_MS}))"
+         {ABSENT_HOLDER_GRACE_MS}))",
+        holder_lease_gone()
     )
 }
 
@@ -186,7 +203,8 @@ impl Store {
     pub async fn release_session(&self, execution_id: &str) -> Result<()> {
         let sql = format!(
             "UPDATE sessions SET busy = NULL, busy_since = NULL, last_used_at = $2 \
-             WHERE busy = $1 AND {HOLDER_LEASE_GONE}"
+             WHERE busy = $1 AND {}",
+            holder_lease_gone()
         );
         with_pool!(self, pool => sqlx::query(&sql)
         .bind(execution_id)
